@@ -1,0 +1,132 @@
+//! The one configuration schema. `berth serve --config FILE` reads it, `berth gc` reads the same
+//! file, and the operator renders it into a ConfigMap, so a registry on a laptop and one in a
+//! cluster are configured the same way. Command-line flags and `BERTH_*` variables override the
+//! file; the file overrides the defaults.
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1:5000";
+pub const DEFAULT_ROOT: &str = "./berth-data";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on, `host:port` (default 127.0.0.1:5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Where blobs, manifests, tags and upload sessions are stored.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// In-memory caches (content-addressed, safe to size down to zero).
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// `POST ?mount=<digest>` without `from` mounts a blob the registry already stores
+    /// (default true). Turn off to answer such requests with a new upload session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_cross_mount: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Local filesystem storage (a directory, a PVC in Kubernetes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FilesystemConfig {
+    /// Root directory of the store (default ./berth-data).
+    pub root: PathBuf,
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogConfig {
+    /// `plain` (default) or `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    /// A tracing filter such as `info` or `berth=debug` (default `info`; RUST_LOG wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bytes of manifests kept in memory by digest (default 8 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_bytes: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The filesystem root, falling back to the default.
+    pub fn root(&self) -> PathBuf {
+        self.storage
+            .filesystem
+            .as_ref()
+            .map(|f| f.root.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_documented_shape_and_rejects_typos() {
+        let c: Config = serde_yaml::from_str(
+            "addr: 0.0.0.0:5000\nstorage:\n  filesystem:\n    root: /data\nlog:\n  format: json\n",
+        )
+        .unwrap();
+        assert_eq!(c.addr.as_deref(), Some("0.0.0.0:5000"));
+        assert_eq!(c.root(), PathBuf::from("/data"));
+        assert_eq!(c.log.format, Some(LogFormat::Json));
+        assert!(serde_yaml::from_str::<Config>("adr: x\n").is_err());
+        let round: Config = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+    }
+}

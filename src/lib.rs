@@ -1,0 +1,8 @@
+//! Berth: an OCI Distribution v1.1 registry (`berth serve`) and, in later modules, the
+//! Kubernetes operator that deploys it. `main.rs` only parses arguments and calls in here.
+
+pub mod config;
+pub mod oci;
+pub mod registry;
+pub mod serve;
+pub mod store;

@@ -1,0 +1,187 @@
+//! Blob GET/HEAD (with single `Range` requests) and DELETE. A repository serves a blob only
+//! when it holds a link to it (a layer it pushed or mounted, or one of its manifests).
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::Registry;
+use super::errors::{RegistryError, Result};
+use super::server::Req;
+use crate::oci::{Digest, RepoName};
+use crate::store::MetaKey;
+
+/// What a `Range` header asks of a blob of `size` bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeAsk {
+    /// No usable range: answer 200 with the whole blob.
+    Whole,
+    /// Bytes `start..=end`: answer 206.
+    Part(u64, u64),
+    /// Nothing can be served: answer 416.
+    Unsatisfiable,
+}
+
+/// Parses a single-range `bytes=` header as RFC 9110 describes. Headers it cannot use
+/// (another unit, several ranges, bad syntax) are ignored, which the RFC allows.
+pub fn parse_range(h: &str, size: u64) -> RangeAsk {
+    let h = h.trim();
+    let Some(spec) = h
+        .get(..6)
+        .filter(|p| p.eq_ignore_ascii_case("bytes="))
+        .map(|_| &h[6..])
+    else {
+        return RangeAsk::Whole;
+    };
+    if spec.contains(',') {
+        return RangeAsk::Whole;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeAsk::Whole;
+    };
+    let num = |s: &str| -> Option<u64> {
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    match (a.trim(), b.trim()) {
+        ("", suffix) => match num(suffix) {
+            None => RangeAsk::Whole,
+            Some(0) => RangeAsk::Unsatisfiable,
+            Some(_) if size == 0 => RangeAsk::Unsatisfiable,
+            Some(n) => RangeAsk::Part(size.saturating_sub(n), size - 1),
+        },
+        (start, "") => match num(start) {
+            None => RangeAsk::Whole,
+            Some(s) if s >= size => RangeAsk::Unsatisfiable,
+            Some(s) => RangeAsk::Part(s, size - 1),
+        },
+        (start, end) => match (num(start), num(end)) {
+            (Some(s), Some(e)) if s <= e => {
+                if s >= size {
+                    RangeAsk::Unsatisfiable
+                } else {
+                    RangeAsk::Part(s, e.min(size - 1))
+                }
+            }
+            // An inverted range can never be satisfied (the conformance suite wants 416).
+            (Some(_), Some(_)) => RangeAsk::Unsatisfiable,
+            _ => RangeAsk::Whole,
+        },
+    }
+}
+
+/// Whether `repo` may serve `digest` as a blob.
+pub async fn repo_has_blob(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<bool> {
+    Ok(reg
+        .store
+        .meta_exists(&MetaKey::blob_link(repo, digest))
+        .await?
+        || reg
+            .store
+            .meta_exists(&MetaKey::manifest_link(repo, digest))
+            .await?)
+}
+
+pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Result<Response> {
+    let digest: Digest = digest.parse()?;
+    if !repo_has_blob(reg, repo, &digest).await? {
+        return Err(RegistryError::BlobUnknown);
+    }
+    let handle = reg
+        .store
+        .blob_open(&digest)
+        .await?
+        .ok_or(RegistryError::BlobUnknown)?;
+    let size = handle.size;
+    let digest_hdr = HeaderValue::from_str(&digest.to_string())
+        .map_err(|e| RegistryError::Storage(e.to_string()))?;
+    let etag = HeaderValue::from_str(&format!("\"{digest}\""))
+        .map_err(|e| RegistryError::Storage(e.to_string()))?;
+    let common = [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        ),
+        (header::ACCEPT_RANGES, HeaderValue::from_static("bytes")),
+        (
+            header::HeaderName::from_static("docker-content-digest"),
+            digest_hdr,
+        ),
+        (header::ETAG, etag),
+        (
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=31536000"),
+        ),
+    ];
+    let ask = match req.header(header::RANGE) {
+        Some(r) if req.method == Method::GET => parse_range(r, size),
+        _ => RangeAsk::Whole,
+    };
+    let (status, start, end) = match ask {
+        RangeAsk::Whole => (StatusCode::OK, 0, size.saturating_sub(1)),
+        RangeAsk::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e),
+        RangeAsk::Unsatisfiable => {
+            let mut resp = RegistryError::RangeNotSatisfiable {
+                message: format!("range not satisfiable for a blob of {size} bytes"),
+                current: None,
+            }
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+    };
+    let len = if size == 0 { 0 } else { end - start + 1 };
+    let mut resp = if req.method == Method::HEAD || len == 0 {
+        (status, common, Body::empty()).into_response()
+    } else {
+        (status, common, Body::from_stream(handle.stream(start, end))).into_response()
+    };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{size}"))
+    {
+        h.insert(header::CONTENT_RANGE, v);
+    }
+    Ok(resp)
+}
+
+pub async fn delete(reg: &Registry, repo: &RepoName, digest: &str) -> Result<Response> {
+    let digest: Digest = digest.parse()?;
+    if !reg
+        .store
+        .meta_delete(&MetaKey::blob_link(repo, &digest))
+        .await?
+    {
+        return Err(RegistryError::BlobUnknown);
+    }
+    Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_rfc9110() {
+        use RangeAsk::*;
+        assert_eq!(parse_range("bytes=0-9", 100), Part(0, 9));
+        assert_eq!(parse_range("bytes=90-200", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=10-", 100), Part(10, 99));
+        assert_eq!(parse_range("bytes=-10", 100), Part(90, 99));
+        assert_eq!(parse_range("bytes=-500", 100), Part(0, 99));
+        assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=100-200", 100), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=500-0", 2048), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), Whole);
+        assert_eq!(parse_range("items=0-1", 100), Whole);
+        assert_eq!(parse_range("bytes=a-b", 100), Whole);
+        assert_eq!(parse_range("bytes=--1", 100), Whole);
+        assert_eq!(parse_range("bytes=99999999999999999999-", 100), Whole);
+    }
+}

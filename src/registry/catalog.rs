@@ -1,0 +1,21 @@
+//! `GET /v2/_catalog`: every repository, paginated like tag lists.
+
+use axum::response::Response;
+use serde_json::json;
+
+use super::Registry;
+use super::errors::Result;
+use super::server::Req;
+use super::tags::{json_page, paginate};
+
+pub async fn list(reg: &Registry, req: &Req) -> Result<Response> {
+    let all: Vec<String> = reg
+        .store
+        .repositories()
+        .await?
+        .into_iter()
+        .map(|r| r.as_str().to_owned())
+        .collect();
+    let (page, link) = paginate(all, req, "/v2/_catalog")?;
+    Ok(json_page(json!({"repositories": page}), link))
+}

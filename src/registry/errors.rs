@@ -1,0 +1,183 @@
+//! The distribution spec's error codes and their HTTP statuses, in one enum. Handlers return
+//! `RegistryError`; this file alone decides what a client sees. Client mistakes are 4xx with a
+//! code from the spec; only a failing store is a 5xx.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::oci::ManifestError;
+use crate::oci::digest::DigestError;
+use crate::oci::name::{NameError, ReferenceError, TagError};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    #[error("{0}")]
+    BlobUploadInvalid(String),
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    #[error("{0}")]
+    DigestInvalid(String),
+    #[error("manifest references a blob unknown to the repository: {0}")]
+    ManifestBlobUnknown(String),
+    #[error("{0}")]
+    ManifestInvalid(String),
+    #[error("manifest unknown to registry")]
+    ManifestUnknown,
+    #[error("{0}")]
+    ManifestNotAcceptable(String),
+    #[error("{0}")]
+    NameInvalid(String),
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    #[error("{0}")]
+    SizeInvalid(String),
+    #[error("{0}")]
+    TagInvalid(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{message}")]
+    RangeNotSatisfiable {
+        message: String,
+        current: Option<u64>,
+    },
+    #[error("{0}")]
+    PaginationInvalid(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the operation is not allowed on this route")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl RegistryError {
+    pub fn code(&self) -> &'static str {
+        use RegistryError::*;
+        match self {
+            BlobUnknown => "BLOB_UNKNOWN",
+            BlobUploadInvalid(_) | RangeNotSatisfiable { .. } => "BLOB_UPLOAD_INVALID",
+            BlobUploadUnknown => "BLOB_UPLOAD_UNKNOWN",
+            DigestInvalid(_) => "DIGEST_INVALID",
+            ManifestBlobUnknown(_) => "MANIFEST_BLOB_UNKNOWN",
+            ManifestInvalid(_) => "MANIFEST_INVALID",
+            ManifestUnknown | ManifestNotAcceptable(_) => "MANIFEST_UNKNOWN",
+            NameInvalid(_) => "NAME_INVALID",
+            NameUnknown => "NAME_UNKNOWN",
+            SizeInvalid(_) | PayloadTooLarge(_) => "SIZE_INVALID",
+            TagInvalid(_) => "MANIFEST_INVALID",
+            PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
+            Unsupported(_) | MethodNotAllowed | NotFound(_) => "UNSUPPORTED",
+            Storage(_) => "UNKNOWN",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        use RegistryError::*;
+        match self {
+            BlobUnknown
+            | BlobUploadUnknown
+            | ManifestUnknown
+            | NameUnknown
+            | NotFound(_)
+            | ManifestNotAcceptable(_) => StatusCode::NOT_FOUND,
+            BlobUploadInvalid(_)
+            | DigestInvalid(_)
+            | ManifestBlobUnknown(_)
+            | ManifestInvalid(_)
+            | NameInvalid(_)
+            | SizeInvalid(_)
+            | TagInvalid(_)
+            | PaginationInvalid(_) => StatusCode::BAD_REQUEST,
+            PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body =
+            json!({"errors": [{"code": self.code(), "message": self.to_string(), "detail": null}]});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let RegistryError::RangeNotSatisfiable {
+            current: Some(size),
+            ..
+        } = self
+        {
+            // For uploads, tell the client how much we hold so it can resume.
+            let range = if size == 0 {
+                "0-0".to_owned()
+            } else {
+                format!("0-{}", size - 1)
+            };
+            if let Ok(v) = HeaderValue::from_str(&range) {
+                resp.headers_mut().insert(header::RANGE, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for RegistryError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UploadUnknown => RegistryError::BlobUploadUnknown,
+            StoreError::OffsetMismatch { expected, got } => RegistryError::RangeNotSatisfiable {
+                message: format!("chunk starts at {got}, but the upload holds {expected} bytes"),
+                current: Some(expected),
+            },
+            StoreError::LengthMismatch { .. } => RegistryError::SizeInvalid(e.to_string()),
+            StoreError::DigestMismatch { .. } => RegistryError::DigestInvalid(e.to_string()),
+            StoreError::Body(_) => RegistryError::BlobUploadInvalid(e.to_string()),
+            StoreError::Io(_) => RegistryError::Storage(e.to_string()),
+        }
+    }
+}
+
+impl From<DigestError> for RegistryError {
+    fn from(e: DigestError) -> Self {
+        RegistryError::DigestInvalid(e.to_string())
+    }
+}
+
+impl From<NameError> for RegistryError {
+    fn from(e: NameError) -> Self {
+        RegistryError::NameInvalid(e.to_string())
+    }
+}
+
+impl From<TagError> for RegistryError {
+    fn from(e: TagError) -> Self {
+        RegistryError::TagInvalid(e.to_string())
+    }
+}
+
+impl From<ReferenceError> for RegistryError {
+    fn from(e: ReferenceError) -> Self {
+        match e {
+            ReferenceError::Tag(t) => t.into(),
+            ReferenceError::Digest(d) => d.into(),
+        }
+    }
+}
+
+impl From<ManifestError> for RegistryError {
+    fn from(e: ManifestError) -> Self {
+        RegistryError::ManifestInvalid(e.to_string())
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

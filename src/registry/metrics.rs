@@ -1,0 +1,117 @@
+//! Prometheus metrics for the registry: requests by route and status, durations, bytes in and
+//! out, upload requests in progress. Served on /metrics beside /healthz and /readyz.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry as PromRegistry;
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Method {
+    GET,
+    HEAD,
+    PUT,
+    POST,
+    PATCH,
+    DELETE,
+    OTHER,
+}
+
+impl Method {
+    pub fn of(m: &axum::http::Method) -> Self {
+        match *m {
+            axum::http::Method::GET => Method::GET,
+            axum::http::Method::HEAD => Method::HEAD,
+            axum::http::Method::PUT => Method::PUT,
+            axum::http::Method::POST => Method::POST,
+            axum::http::Method::PATCH => Method::PATCH,
+            axum::http::Method::DELETE => Method::DELETE,
+            _ => Method::OTHER,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: Method,
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub method: Method,
+    pub route: &'static str,
+}
+
+pub struct Metrics {
+    registry: PromRegistry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub durations: Family<RouteLabels, Histogram>,
+    pub bytes_received: Counter,
+    pub bytes_sent: Counter,
+    pub uploads_in_progress: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = PromRegistry::with_prefix("berth");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let durations = Family::<RouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+        });
+        let bytes_received = Counter::default();
+        let bytes_sent = Counter::default();
+        let uploads_in_progress = Gauge::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to produce a response (streaming bodies excluded)",
+            durations.clone(),
+        );
+        registry.register(
+            "http_received_bytes",
+            "Blob and manifest bytes received",
+            bytes_received.clone(),
+        );
+        registry.register(
+            "http_sent_bytes",
+            "Response body bytes sent",
+            bytes_sent.clone(),
+        );
+        registry.register(
+            "uploads_in_progress",
+            "Upload requests currently receiving bytes",
+            uploads_in_progress.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            bytes_received,
+            bytes_sent,
+            uploads_in_progress,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,38 @@
+//! The OCI registry's HTTP side: route table, handlers per API area, error mapping, metrics.
+//! Handlers parse and validate requests into `oci` newtypes, call the store, and map errors to
+//! the spec's codes; they never touch files themselves.
+
+pub mod blobs;
+pub mod cache;
+pub mod catalog;
+pub mod errors;
+pub mod manifests;
+pub mod metrics;
+pub mod referrers;
+pub mod server;
+pub mod tags;
+pub mod uploads;
+
+use std::sync::Arc;
+
+use crate::store::Store;
+
+/// What every handler shares: the store, caches and metrics.
+pub struct Registry {
+    pub store: Arc<dyn Store>,
+    pub manifests: cache::ManifestCache,
+    pub metrics: metrics::Metrics,
+    /// Mount a blob given `?mount=` without `from` when the registry already stores it.
+    pub automatic_cross_mount: bool,
+}
+
+impl Registry {
+    pub fn new(store: Arc<dyn Store>, manifest_cache_bytes: usize) -> Self {
+        Registry {
+            store,
+            manifests: cache::ManifestCache::new(manifest_cache_bytes),
+            metrics: metrics::Metrics::new(),
+            automatic_cross_mount: true,
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! Blob uploads: POST (session, monolithic `?digest=`, or cross-repository `?mount=&from=`),
+//! PATCH chunks with `Content-Range`, GET status, PUT `?digest=` to finish, DELETE to cancel.
+//! Bytes are hashed as they arrive and become visible only after the digest checks out.
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+
+use super::Registry;
+use super::errors::{RegistryError, Result};
+use super::server::Req;
+use crate::oci::{Digest, RepoName};
+use crate::store::{ByteStream, MetaKey, UploadId};
+
+fn upload_location(repo: &RepoName, id: &UploadId) -> String {
+    format!("/v2/{repo}/blobs/uploads/{id}")
+}
+
+fn header(v: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(v).map_err(|e| RegistryError::Storage(e.to_string()))
+}
+
+/// The `Range` an upload reports: `0-<last byte>` (`0-0` before any byte, as Distribution does).
+fn range_of(size: u64) -> String {
+    format!("0-{}", size.saturating_sub(1))
+}
+
+/// 202 with the headers that let a client continue the session.
+fn session_response(
+    status: StatusCode,
+    repo: &RepoName,
+    id: &UploadId,
+    size: u64,
+) -> Result<Response> {
+    Ok((
+        status,
+        [
+            (header::LOCATION, header(&upload_location(repo, id))?),
+            (header::RANGE, header(&range_of(size))?),
+            (
+                header::HeaderName::from_static("docker-upload-uuid"),
+                header(id.as_str())?,
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
+        ],
+    )
+        .into_response())
+}
+
+/// 201 for a blob that is now in `repo`.
+pub fn created_blob(repo: &RepoName, digest: &Digest) -> Result<Response> {
+    Ok((
+        StatusCode::CREATED,
+        [
+            (
+                header::LOCATION,
+                header(&format!("/v2/{repo}/blobs/{digest}"))?,
+            ),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                header(&digest.to_string())?,
+            ),
+            (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
+        ],
+    )
+        .into_response())
+}
+
+fn parse_id(id: &str) -> Result<UploadId> {
+    id.parse().map_err(|_| RegistryError::BlobUploadUnknown)
+}
+
+/// `Content-Range: <start>-<end>` (inclusive; a `bytes ` prefix and `/<total>` are tolerated).
+fn parse_content_range(v: &str) -> Result<(u64, u64)> {
+    let bad = || RegistryError::RangeNotSatisfiable {
+        message: format!("malformed Content-Range {v:?}: expected <start>-<end>"),
+        current: None,
+    };
+    let v = v.trim();
+    let v = v.strip_prefix("bytes ").unwrap_or(v);
+    let v = v.split('/').next().unwrap_or(v);
+    let (a, b) = v.split_once('-').ok_or_else(bad)?;
+    let start: u64 = a.trim().parse().map_err(|_| bad())?;
+    let end: u64 = b.trim().parse().map_err(|_| bad())?;
+    if end < start {
+        return Err(bad());
+    }
+    Ok((start, end))
+}
+
+/// The request body as a store stream, counted into the metrics.
+fn body_stream(reg: &Registry, body: Body) -> ByteStream {
+    let counter = reg.metrics.bytes_received.clone();
+    body.into_data_stream()
+        .map_err(std::io::Error::other)
+        .inspect_ok(move |b| {
+            counter.inc_by(b.len() as u64);
+        })
+        .boxed()
+}
+
+fn has_body(req: &Req) -> bool {
+    req.content_length().is_some_and(|n| n > 0)
+        || req.headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+/// Keeps the in-progress gauge right whichever way a request ends.
+struct InProgress(prometheus_client::metrics::gauge::Gauge);
+
+impl InProgress {
+    fn new(reg: &Registry) -> Self {
+        reg.metrics.uploads_in_progress.inc();
+        InProgress(reg.metrics.uploads_in_progress.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn link_blob(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<()> {
+    reg.store
+        .meta_put(&MetaKey::blob_link(repo, digest), b"")
+        .await?;
+    Ok(())
+}
+
+pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Result<Response> {
+    if let Some(mount) = req.query.get("mount") {
+        let digest: Digest = mount.parse()?;
+        let mountable = match req.query.get("from") {
+            Some(from) => {
+                let from: RepoName = from.parse()?;
+                reg.store
+                    .meta_exists(&MetaKey::blob_link(&from, &digest))
+                    .await?
+                    && reg.store.blob_size(&digest).await?.is_some()
+            }
+            // No `from`: mount when the registry already holds the bytes, if so configured.
+            None => reg.automatic_cross_mount && reg.store.blob_size(&digest).await?.is_some(),
+        };
+        if mountable {
+            link_blob(reg, repo, &digest).await?;
+            return created_blob(repo, &digest);
+        }
+        // Cannot mount: fall back to a new session, as the spec asks.
+    } else if let Some(d) = req.query.get("digest") {
+        let digest: Digest = d.parse()?;
+        let _g = InProgress::new(reg);
+        let id = reg.store.upload_create(repo).await?;
+        let len = req.content_length();
+        let result = async {
+            reg.store
+                .upload_append(
+                    repo,
+                    &id,
+                    Some(0),
+                    len,
+                    Some(digest.algorithm()),
+                    body_stream(reg, body),
+                )
+                .await?;
+            reg.store.upload_commit(repo, &id, &digest).await?;
+            link_blob(reg, repo, &digest).await
+        }
+        .await;
+        if result.is_err() {
+            let _ = reg.store.upload_cancel(repo, &id).await;
+        }
+        result?;
+        return created_blob(repo, &digest);
+    }
+    let id = reg.store.upload_create(repo).await?;
+    session_response(StatusCode::ACCEPTED, repo, &id, 0)
+}
+
+pub async fn status(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response> {
+    let id = parse_id(id)?;
+    let size = reg.store.upload_size(repo, &id).await?;
+    session_response(StatusCode::NO_CONTENT, repo, &id, size)
+}
+
+pub async fn patch(
+    reg: &Registry,
+    repo: &RepoName,
+    id: &str,
+    req: Req,
+    body: Body,
+) -> Result<Response> {
+    let id = parse_id(id)?;
+    let (offset, len) = match req.header(header::CONTENT_RANGE) {
+        Some(v) => {
+            let (s, e) = parse_content_range(v)?;
+            (Some(s), Some(e - s + 1))
+        }
+        None => (None, None),
+    };
+    if let (Some(declared), Some(cl)) = (len, req.content_length())
+        && declared != cl
+    {
+        return Err(RegistryError::RangeNotSatisfiable {
+            message: format!("Content-Range covers {declared} bytes but Content-Length is {cl}"),
+            current: None,
+        });
+    }
+    let _g = InProgress::new(reg);
+    let len = len.or(req.content_length());
+    let size = reg
+        .store
+        .upload_append(repo, &id, offset, len, None, body_stream(reg, body))
+        .await?;
+    session_response(StatusCode::ACCEPTED, repo, &id, size)
+}
+
+pub async fn finish(
+    reg: &Registry,
+    repo: &RepoName,
+    id: &str,
+    req: Req,
+    body: Body,
+) -> Result<Response> {
+    let id = parse_id(id)?;
+    let digest: Digest = req
+        .query
+        .get("digest")
+        .ok_or_else(|| {
+            RegistryError::DigestInvalid("the digest query parameter is required".into())
+        })?
+        .parse()?;
+    if has_body(&req) {
+        let (offset, len) = match req.header(header::CONTENT_RANGE) {
+            Some(v) => {
+                let (s, e) = parse_content_range(v)?;
+                (Some(s), Some(e - s + 1))
+            }
+            None => (None, req.content_length()),
+        };
+        let _g = InProgress::new(reg);
+        reg.store
+            .upload_append(
+                repo,
+                &id,
+                offset,
+                len,
+                Some(digest.algorithm()),
+                body_stream(reg, body),
+            )
+            .await?;
+    } else {
+        // Make sure the session exists (and belongs to this repository) before committing.
+        reg.store.upload_size(repo, &id).await?;
+    }
+    reg.store.upload_commit(repo, &id, &digest).await?;
+    link_blob(reg, repo, &digest).await?;
+    created_blob(repo, &digest)
+}
+
+pub async fn cancel(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response> {
+    let id = parse_id(id)?;
+    reg.store.upload_cancel(repo, &id).await?;
+    Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_forms() {
+        assert_eq!(parse_content_range("0-99").unwrap(), (0, 99));
+        assert_eq!(parse_content_range("bytes 100-199/*").unwrap(), (100, 199));
+        assert!(parse_content_range("5-1").is_err());
+        assert!(parse_content_range("abc").is_err());
+        assert!(parse_content_range("-5").is_err());
+    }
+}

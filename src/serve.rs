@@ -1,0 +1,137 @@
+//! `berth serve`: resolve the settings (flags > BERTH_* variables > config file > defaults),
+//! open the store, and run the HTTP server until SIGINT or SIGTERM, finishing requests in
+//! flight before exiting.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::{self, Config, LogFormat};
+use crate::registry::{Registry, server};
+use crate::store::fs::FsStore;
+
+/// The settings `serve` runs with, after every source has been merged.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub addr: String,
+    pub root: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub manifest_cache_bytes: usize,
+    pub automatic_cross_mount: bool,
+}
+
+/// Values given on the command line or in the environment; `None` means "not given".
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub addr: Option<String>,
+    pub root: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+    pub manifest_cache_bytes: Option<usize>,
+    pub automatic_cross_mount: Option<bool>,
+}
+
+impl Settings {
+    pub fn resolve(file: Option<Config>, o: Overrides) -> Settings {
+        let file = file.unwrap_or_default();
+        Settings {
+            addr: o
+                .addr
+                .or(file.addr.clone())
+                .unwrap_or_else(|| config::DEFAULT_ADDR.to_owned()),
+            root: o.root.unwrap_or_else(|| file.root()),
+            log_format: o.log_format.or(file.log.format).unwrap_or_default(),
+            log_level: o
+                .log_level
+                .or(file.log.level.clone())
+                .unwrap_or_else(|| "info".to_owned()),
+            manifest_cache_bytes: o
+                .manifest_cache_bytes
+                .or(file.cache.manifest_bytes)
+                .unwrap_or(8 << 20),
+            automatic_cross_mount: o
+                .automatic_cross_mount
+                .or(file.automatic_cross_mount)
+                .unwrap_or(true),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open storage at {root}: {source}")]
+    Store {
+        root: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Sets up logging: plain or JSON lines on stderr, filtered before formatting.
+pub fn init_tracing(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Plain => builder.try_init(),
+    };
+}
+
+pub async fn run(settings: Settings) -> Result<(), ServeError> {
+    let store = FsStore::open(&settings.root).map_err(|source| ServeError::Store {
+        root: settings.root.clone(),
+        source,
+    })?;
+    let mut registry = Registry::new(Arc::new(store), settings.manifest_cache_bytes);
+    registry.automatic_cross_mount = settings.automatic_cross_mount;
+    let registry = Arc::new(registry);
+    let listener = tokio::net::TcpListener::bind(&settings.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.addr.clone(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(ServeError::Serve)?;
+    tracing::warn!(
+        "no authentication is configured: anyone who can reach {local} can push and pull"
+    );
+    tracing::info!(addr = %local, root = %settings.root.display(), "listening");
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, server::router(registry))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(ServeError::Serve)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

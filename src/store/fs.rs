@@ -1,0 +1,657 @@
+//! The filesystem backend: a directory tree laid out by [`super::layout`].
+//!
+//! Writes that make something visible end in a rename within the same filesystem: blob bytes
+//! are fsynced once, renamed into place and the directory fsynced, so a crash leaves either no
+//! blob or the whole verified blob. Upload sessions are plain files under `uploads/`, so they
+//! survive a restart; the running digest of each session is kept in memory as a cache and is
+//! recomputed from the file when it is missing (after a restart) or stale.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use super::layout::{self, MetaDir, MetaKey, UploadId};
+use super::{BlobHandle, BlobInfo, BlobSource, ByteStream, Result, Store, StoreError, UploadInfo};
+use crate::oci::{Algorithm, Digest, Digester, RepoName};
+
+/// Blobs up to this size are read whole in one step (one blocking hop per request).
+const SMALL_BLOB: u64 = 64 * 1024;
+/// Read size when streaming a blob out.
+const READ_CHUNK: usize = 1024 * 1024;
+/// Received bytes are hashed and written in batches of about this size.
+const WRITE_BATCH: usize = 1024 * 1024;
+/// Upload digest states kept in memory before idle ones are dropped (they can be recomputed).
+const MAX_UPLOAD_STATES: usize = 4096;
+
+/// The running digest of one upload session: `hasher` covers the first `hashed` bytes.
+#[derive(Default)]
+struct UploadState {
+    hasher: Option<Digester>,
+    hashed: u64,
+}
+
+pub struct FsStore {
+    root: PathBuf,
+    uploads: Mutex<HashMap<UploadId, Arc<tokio::sync::Mutex<UploadState>>>>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
+}
+
+fn not_found_as_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, fsyncing both.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let parent = path
+        .parent()
+        .ok_or_else(|| io::Error::other("key has no parent"))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::other("key has no file name"))?;
+    let tmp = parent.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
+    let mut f = match File::create(&tmp) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            fs::create_dir_all(parent)?;
+            File::create(&tmp)?
+        }
+        other => other?,
+    };
+    let result = f
+        .write_all(bytes)
+        .and_then(|_| f.sync_data())
+        .and_then(|_| fs::rename(&tmp, path))
+        .and_then(|_| fsync_dir(parent));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Hashes the first `len` bytes of `path` with `alg` (rebuilding a lost upload state).
+fn hash_file(path: &Path, alg: Algorithm, len: u64) -> io::Result<Digester> {
+    let mut h = alg.digester();
+    let mut f = File::open(path)?.take(len);
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h)
+}
+
+fn read_chunk(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = BytesMut::zeroed(len);
+    let mut filled = 0;
+    while filled < len {
+        match file.read_at(&mut buf[filled..], pos + filled as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    "blob shorter than its size",
+                ));
+            }
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf.freeze())
+}
+
+enum FsBlob {
+    Small(Bytes),
+    File(Arc<File>),
+}
+
+impl BlobSource for FsBlob {
+    fn stream(self: Box<Self>, start: u64, end: u64) -> ByteStream {
+        match *self {
+            FsBlob::Small(b) => {
+                let part = if b.is_empty() {
+                    b
+                } else {
+                    b.slice(start as usize..=end as usize)
+                };
+                futures::stream::once(async move { Ok(part) }).boxed()
+            }
+            FsBlob::File(file) => file_stream(file, start, end),
+        }
+    }
+}
+
+/// Streams `start..=end` of a file in large reads, one read ahead of the consumer.
+fn file_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
+    struct St {
+        file: Arc<File>,
+        next_pos: u64,
+        end_excl: u64,
+        pending: Option<JoinHandle<io::Result<Bytes>>>,
+    }
+    fn spawn_next(st: &mut St) {
+        if st.pending.is_none() && st.next_pos < st.end_excl {
+            let len = (st.end_excl - st.next_pos).min(READ_CHUNK as u64) as usize;
+            let (file, pos) = (st.file.clone(), st.next_pos);
+            st.next_pos += len as u64;
+            st.pending = Some(tokio::task::spawn_blocking(move || {
+                read_chunk(&file, pos, len)
+            }));
+        }
+    }
+    let st = St {
+        file,
+        next_pos: start,
+        end_excl: end + 1,
+        pending: None,
+    };
+    futures::stream::unfold(st, |mut st| async move {
+        spawn_next(&mut st);
+        let handle = st.pending.take()?;
+        let chunk = match handle.await {
+            Ok(r) => r,
+            Err(e) => Err(io::Error::other(e)),
+        };
+        if chunk.is_ok() {
+            spawn_next(&mut st);
+        } else {
+            st.next_pos = st.end_excl;
+        }
+        Some((chunk, st))
+    })
+    .boxed()
+}
+
+impl FsStore {
+    /// Opens (creating if needed) a store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        for d in [layout::BLOBS, layout::REPOSITORIES, layout::UPLOADS] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        Ok(FsStore {
+            root,
+            uploads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn upload_state(&self, id: &UploadId) -> Arc<tokio::sync::Mutex<UploadState>> {
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_UPLOAD_STATES && !map.contains_key(id) {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(id.clone()).or_default().clone()
+    }
+
+    fn forget_upload(&self, id: &UploadId) {
+        let mut map = self.uploads.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(id);
+    }
+
+    /// The session's data file, after checking that the session exists and belongs to `repo`.
+    async fn upload_data(&self, repo: &RepoName, id: &UploadId) -> Result<PathBuf> {
+        let dir = self.path(&layout::upload_dir(id));
+        let owner_path = dir.join("repo");
+        let owner = blocking(move || not_found_as_none(fs::read(owner_path))).await?;
+        match owner {
+            Some(o) if o == repo.as_str().as_bytes() => Ok(dir.join("data")),
+            _ => Err(StoreError::UploadUnknown),
+        }
+    }
+}
+
+/// Makes `st` cover exactly the first `size` bytes of `data` with algorithm `alg`.
+async fn bring_up_to_date(
+    st: &mut UploadState,
+    data: &Path,
+    size: u64,
+    alg: Algorithm,
+) -> Result<()> {
+    let current = st.hasher.as_ref().map(|h| h.algorithm());
+    if current == Some(alg) && st.hashed == size {
+        return Ok(());
+    }
+    let path = data.to_owned();
+    let h = blocking(move || hash_file(&path, alg, size)).await?;
+    st.hasher = Some(h);
+    st.hashed = size;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for FsStore {
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        let p = self.path(&layout::blob_key(digest));
+        Ok(blocking(move || not_found_as_none(fs::metadata(p).map(|m| m.len()))).await?)
+    }
+
+    async fn blob_open(&self, digest: &Digest) -> Result<Option<BlobHandle>> {
+        let p = self.path(&layout::blob_key(digest));
+        let opened = blocking(move || {
+            let Some(mut f) = not_found_as_none(File::open(p))? else {
+                return Ok(None);
+            };
+            let size = f.metadata()?.len();
+            if size <= SMALL_BLOB {
+                let mut buf = Vec::with_capacity(size as usize);
+                f.read_to_end(&mut buf)?;
+                return Ok(Some((size, FsBlob::Small(Bytes::from(buf)))));
+            }
+            Ok(Some((size, FsBlob::File(Arc::new(f)))))
+        })
+        .await?;
+        Ok(opened.map(|(size, src)| BlobHandle::new(size, Box::new(src))))
+    }
+
+    async fn blob_read(&self, digest: &Digest) -> Result<Option<Bytes>> {
+        let p = self.path(&layout::blob_key(digest));
+        Ok(blocking(move || not_found_as_none(fs::read(p)))
+            .await?
+            .map(Bytes::from))
+    }
+
+    async fn blob_put(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
+        let p = self.path(&layout::blob_key(digest));
+        blocking(move || {
+            if p.exists() {
+                return Ok(());
+            }
+            write_atomic(&p, &bytes)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn blob_delete(&self, digest: &Digest) -> Result<()> {
+        let p = self.path(&layout::blob_key(digest));
+        blocking(move || not_found_as_none(fs::remove_file(p)).map(|_| ())).await?;
+        Ok(())
+    }
+
+    async fn blob_list(&self) -> Result<Vec<BlobInfo>> {
+        let root = self.path(layout::BLOBS);
+        Ok(blocking(move || {
+            let mut out = Vec::new();
+            for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+                let Some(prefixes) = not_found_as_none(fs::read_dir(root.join(alg.as_str())))?
+                else {
+                    continue;
+                };
+                for prefix in prefixes {
+                    for entry in fs::read_dir(prefix?.path())? {
+                        let entry = entry?;
+                        let name = entry.file_name();
+                        let Some(digest) =
+                            name.to_str().and_then(|n| Digest::from_parts(alg, n).ok())
+                        else {
+                            continue; // temporary files and strays are not blobs
+                        };
+                        let meta = entry.metadata()?;
+                        out.push(BlobInfo {
+                            digest,
+                            size: meta.len(),
+                            modified: meta.modified()?,
+                        });
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await?)
+    }
+
+    async fn upload_create(&self, repo: &RepoName) -> Result<UploadId> {
+        let id = UploadId::random();
+        let dir = self.path(&layout::upload_dir(&id));
+        let owner = repo.as_str().to_owned();
+        blocking(move || {
+            fs::create_dir_all(&dir)?;
+            File::create(dir.join("data"))?;
+            fs::write(dir.join("repo"), owner)
+        })
+        .await?;
+        Ok(id)
+    }
+
+    async fn upload_size(&self, repo: &RepoName, id: &UploadId) -> Result<u64> {
+        let data = self.upload_data(repo, id).await?;
+        let len = blocking(move || not_found_as_none(fs::metadata(data).map(|m| m.len()))).await?;
+        len.ok_or(StoreError::UploadUnknown)
+    }
+
+    async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: Option<u64>,
+        len: Option<u64>,
+        hint: Option<Algorithm>,
+        mut body: ByteStream,
+    ) -> Result<u64> {
+        let data = self.upload_data(repo, id).await?;
+        let state = self.upload_state(id);
+        let mut st = state.lock().await;
+        let path = data.clone();
+        let opened = blocking(move || {
+            let Some(f) = not_found_as_none(OpenOptions::new().append(true).open(path))? else {
+                return Ok(None);
+            };
+            let size = f.metadata()?.len();
+            Ok(Some((f, size)))
+        })
+        .await?;
+        let (file, start) = opened.ok_or(StoreError::UploadUnknown)?;
+        if let Some(got) = offset
+            && got != start
+        {
+            return Err(StoreError::OffsetMismatch {
+                expected: start,
+                got,
+            });
+        }
+        // Hash with the algorithm the client will finish with when it said so; otherwise
+        // keep the session's algorithm (sha256 for a new session).
+        let alg = hint
+            .or(st.hasher.as_ref().map(|h| h.algorithm()))
+            .unwrap_or(Algorithm::Sha256);
+        bring_up_to_date(&mut st, &data, start, alg).await?;
+        let start_hasher = st.hasher.clone();
+        let mut hasher = st.hasher.take().unwrap_or_else(|| alg.digester());
+
+        // Receive while the previous batch is hashed and written on a blocking thread.
+        let mut file = Some(file);
+        let mut pending: Option<JoinHandle<io::Result<(File, Digester)>>> = None;
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut batch_len = 0usize;
+        let mut received: u64 = 0;
+        let mut failure: Option<StoreError> = None;
+        loop {
+            let next = body.next().await;
+            let last = match &next {
+                None => true,
+                Some(Err(_)) => true,
+                Some(Ok(_)) => false,
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    received += chunk.len() as u64;
+                    batch_len += chunk.len();
+                    batch.push(chunk);
+                }
+                Some(Err(e)) => failure = Some(StoreError::Body(e)),
+                None => {}
+            }
+            if failure.is_some() {
+                break;
+            }
+            if batch_len >= WRITE_BATCH || (last && !batch.is_empty()) {
+                if let Some(p) = pending.take() {
+                    match p.await.map_err(io::Error::other).and_then(|r| r) {
+                        Ok((f, h)) => {
+                            file = Some(f);
+                            hasher = h;
+                        }
+                        Err(e) => {
+                            failure = Some(e.into());
+                            break;
+                        }
+                    }
+                }
+                let (Some(mut f), mut h) = (file.take(), hasher.clone()) else {
+                    failure = Some(io::Error::other("upload file lost").into());
+                    break;
+                };
+                let work = std::mem::take(&mut batch);
+                batch_len = 0;
+                pending = Some(tokio::task::spawn_blocking(move || {
+                    for b in &work {
+                        h.update(b);
+                        f.write_all(b)?;
+                    }
+                    Ok((f, h))
+                }));
+            }
+            if last {
+                break;
+            }
+        }
+        if let Some(p) = pending.take() {
+            match p.await.map_err(io::Error::other).and_then(|r| r) {
+                Ok((f, h)) => {
+                    file = Some(f);
+                    hasher = h;
+                }
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                }
+            }
+        }
+        if failure.is_none()
+            && let Some(expected) = len
+            && expected != received
+        {
+            failure = Some(StoreError::LengthMismatch {
+                expected,
+                got: received,
+            });
+        }
+        if let Some(err) = failure {
+            // All or nothing: cut the file back to where this chunk started.
+            let path = data.clone();
+            blocking(move || OpenOptions::new().write(true).open(path)?.set_len(start)).await?;
+            st.hasher = start_hasher;
+            st.hashed = start;
+            return Err(err);
+        }
+        drop(file);
+        st.hasher = Some(hasher);
+        st.hashed = start + received;
+        Ok(start + received)
+    }
+
+    async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
+        let data = self.upload_data(repo, id).await?;
+        let state = self.upload_state(id);
+        let mut st = state.lock().await;
+        let path = data.clone();
+        let size = blocking(move || not_found_as_none(fs::metadata(path).map(|m| m.len())))
+            .await?
+            .ok_or(StoreError::UploadUnknown)?;
+        bring_up_to_date(&mut st, &data, size, digest.algorithm()).await?;
+        let computed = st
+            .hasher
+            .clone()
+            .map(Digester::finish)
+            .ok_or_else(|| io::Error::other("upload digest state missing"))?;
+        let upload_dir = self.path(&layout::upload_dir(id));
+        if &computed != digest {
+            drop(st);
+            self.forget_upload(id);
+            blocking(move || not_found_as_none(fs::remove_dir_all(upload_dir)).map(|_| ())).await?;
+            return Err(StoreError::DigestMismatch { computed });
+        }
+        let blob = self.path(&layout::blob_key(digest));
+        blocking(move || {
+            File::open(&data)?.sync_all()?;
+            let parent = blob
+                .parent()
+                .ok_or_else(|| io::Error::other("blob key has no parent"))?;
+            fs::create_dir_all(parent)?;
+            fs::rename(&data, &blob)?;
+            fsync_dir(parent)?;
+            not_found_as_none(fs::remove_dir_all(upload_dir)).map(|_| ())
+        })
+        .await?;
+        drop(st);
+        self.forget_upload(id);
+        Ok(size)
+    }
+
+    async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
+        self.upload_data(repo, id).await?;
+        let state = self.upload_state(id);
+        let _st = state.lock().await;
+        let dir = self.path(&layout::upload_dir(id));
+        blocking(move || not_found_as_none(fs::remove_dir_all(dir)).map(|_| ())).await?;
+        self.forget_upload(id);
+        Ok(())
+    }
+
+    async fn upload_list(&self) -> Result<Vec<UploadInfo>> {
+        let dir = self.path(layout::UPLOADS);
+        Ok(blocking(move || {
+            let mut out = Vec::new();
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                let data = entry.path().join("data");
+                let meta = match not_found_as_none(fs::metadata(&data))? {
+                    Some(m) => m,
+                    None => entry.metadata()?,
+                };
+                out.push(UploadInfo {
+                    id,
+                    modified: meta.modified()?,
+                });
+            }
+            Ok(out)
+        })
+        .await?)
+    }
+
+    async fn meta_put(&self, key: &MetaKey, value: &[u8]) -> Result<()> {
+        let p = self.path(key.as_str());
+        let v = value.to_vec();
+        blocking(move || write_atomic(&p, &v)).await?;
+        Ok(())
+    }
+
+    async fn meta_get(&self, key: &MetaKey) -> Result<Option<Bytes>> {
+        let p = self.path(key.as_str());
+        Ok(blocking(move || not_found_as_none(fs::read(p)))
+            .await?
+            .map(Bytes::from))
+    }
+
+    async fn meta_exists(&self, key: &MetaKey) -> Result<bool> {
+        let p = self.path(key.as_str());
+        Ok(blocking(move || not_found_as_none(fs::metadata(p)))
+            .await?
+            .is_some())
+    }
+
+    async fn meta_delete(&self, key: &MetaKey) -> Result<bool> {
+        let p = self.path(key.as_str());
+        Ok(blocking(move || not_found_as_none(fs::remove_file(p)))
+            .await?
+            .is_some())
+    }
+
+    async fn meta_list(&self, dir: &MetaDir) -> Result<Vec<String>> {
+        let p = self.path(dir.as_str());
+        Ok(blocking(move || {
+            let Some(entries) = not_found_as_none(fs::read_dir(p))? else {
+                return Ok(Vec::new());
+            };
+            let mut names = Vec::new();
+            for e in entries {
+                if let Some(n) = e?.file_name().to_str()
+                    && !n.starts_with('.')
+                {
+                    names.push(n.to_owned());
+                }
+            }
+            names.sort_unstable();
+            Ok(names)
+        })
+        .await?)
+    }
+
+    async fn repositories(&self) -> Result<Vec<RepoName>> {
+        let root = self.path(layout::REPOSITORIES);
+        Ok(blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![(root, String::new())];
+            while let Some((dir, name)) = stack.pop() {
+                let Some(entries) = not_found_as_none(fs::read_dir(&dir))? else {
+                    continue;
+                };
+                let mut is_repo = false;
+                for e in entries {
+                    let e = e?;
+                    let Some(child) = e.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    if child.starts_with('_') {
+                        is_repo |= child == layout::REPO_MANIFESTS || child == layout::REPO_BLOBS;
+                    } else if e.file_type()?.is_dir() {
+                        let full = if name.is_empty() {
+                            child
+                        } else {
+                            format!("{name}/{child}")
+                        };
+                        stack.push((e.path(), full));
+                    }
+                }
+                if is_repo && let Ok(r) = name.parse() {
+                    out.push(r);
+                }
+            }
+            out.sort_unstable();
+            Ok(out)
+        })
+        .await?)
+    }
+
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool> {
+        let base = self.path(MetaDir::repo(repo).as_str());
+        Ok(blocking(move || {
+            Ok(
+                base.join(layout::REPO_MANIFESTS).exists()
+                    || base.join(layout::REPO_BLOBS).exists(),
+            )
+        })
+        .await?)
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let p = self.root.clone();
+        blocking(move || fs::metadata(p).map(|_| ())).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! Where every piece of registry state lives, in one place. Keys are relative, `/`-separated
+//! paths built only from validated newtypes (`RepoName`, `Tag`, `Digest`, `UploadId`), so no
+//! request can address anything outside the store. The filesystem backend joins them under its
+//! root; an object-store backend uses them as object keys under its prefix.
+//!
+//! ```text
+//! blobs/<alg>/<hex[0..2]>/<hex>                          blob and manifest bytes, once per registry
+//! repositories/<name>/_blobs/<alg>/<hex>                 link: the repository may serve this blob
+//! repositories/<name>/_manifests/<alg>/<hex>             link: manifest revision; holds its media type
+//! repositories/<name>/_tags/<tag>                        holds the digest the tag points at
+//! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex> a referrer of subject <alg>:<hex>; holds
+//!                                                        its descriptor (JSON)
+//! uploads/<id>/data, uploads/<id>/repo                   an upload session's bytes and owner
+//! ```
+//! Repository names cannot contain a component starting with `_`, so the bookkeeping
+//! directories never collide with nested repositories (`a` and `a/b` coexist).
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::oci::{Algorithm, Digest, RepoName, Tag};
+
+pub const BLOBS: &str = "blobs";
+pub const REPOSITORIES: &str = "repositories";
+pub const UPLOADS: &str = "uploads";
+
+/// Names of the per-repository bookkeeping directories.
+pub const REPO_BLOBS: &str = "_blobs";
+pub const REPO_MANIFESTS: &str = "_manifests";
+pub const REPO_TAGS: &str = "_tags";
+pub const REPO_REFERRERS: &str = "_referrers";
+
+/// A random upload session id: 32 lowercase hex characters.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct UploadId(String);
+
+impl UploadId {
+    pub fn random() -> Self {
+        UploadId(format!("{:032x}", rand::random::<u128>()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid upload id")]
+pub struct UploadIdError;
+
+impl FromStr for UploadId {
+    type Err = UploadIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == 32
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(UploadId(s.to_owned()))
+        } else {
+            Err(UploadIdError)
+        }
+    }
+}
+
+impl fmt::Display for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for UploadId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A small metadata document (link, tag, referrer): its key is a path built here.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MetaKey(String);
+
+/// A directory of metadata documents, listed by name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MetaDir(String);
+
+impl MetaKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn blob_link(repo: &RepoName, d: &Digest) -> Self {
+        MetaKey(format!(
+            "{}/{}",
+            MetaDir::repo_blobs(repo, d.algorithm()).0,
+            d.hex()
+        ))
+    }
+
+    pub fn manifest_link(repo: &RepoName, d: &Digest) -> Self {
+        MetaKey(format!(
+            "{}/{}",
+            MetaDir::repo_manifests(repo, d.algorithm()).0,
+            d.hex()
+        ))
+    }
+
+    pub fn tag(repo: &RepoName, tag: &Tag) -> Self {
+        MetaKey(format!("{}/{}", MetaDir::tags(repo).0, tag.as_str()))
+    }
+
+    pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Self {
+        MetaKey(format!(
+            "{}/{}-{}",
+            MetaDir::referrers(repo, subject).0,
+            referrer.algorithm(),
+            referrer.hex()
+        ))
+    }
+}
+
+impl MetaDir {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn repo(repo: &RepoName) -> Self {
+        MetaDir(format!("{REPOSITORIES}/{}", repo.as_str()))
+    }
+
+    pub fn repo_blobs(repo: &RepoName, alg: Algorithm) -> Self {
+        MetaDir(format!(
+            "{REPOSITORIES}/{}/{REPO_BLOBS}/{alg}",
+            repo.as_str()
+        ))
+    }
+
+    pub fn repo_manifests(repo: &RepoName, alg: Algorithm) -> Self {
+        MetaDir(format!(
+            "{REPOSITORIES}/{}/{REPO_MANIFESTS}/{alg}",
+            repo.as_str()
+        ))
+    }
+
+    pub fn tags(repo: &RepoName) -> Self {
+        MetaDir(format!("{REPOSITORIES}/{}/{REPO_TAGS}", repo.as_str()))
+    }
+
+    pub fn referrers(repo: &RepoName, subject: &Digest) -> Self {
+        MetaDir(format!(
+            "{REPOSITORIES}/{}/{REPO_REFERRERS}/{}/{}",
+            repo.as_str(),
+            subject.algorithm(),
+            subject.hex()
+        ))
+    }
+}
+
+/// Parses the file name of a referrer entry (`<alg>-<hex>`) back into a digest.
+pub fn referrer_entry_digest(name: &str) -> Option<Digest> {
+    let (alg, hex) = name.split_once('-')?;
+    Digest::from_parts(Algorithm::parse(alg).ok()?, hex).ok()
+}
+
+/// Where a blob's bytes live.
+pub fn blob_key(d: &Digest) -> String {
+    format!("{BLOBS}/{}/{}/{}", d.algorithm(), &d.hex()[..2], d.hex())
+}
+
+pub fn upload_dir(id: &UploadId) -> String {
+    format!("{UPLOADS}/{}", id.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_built_from_validated_parts() {
+        let repo: RepoName = "team/app".parse().unwrap();
+        let d = Algorithm::Sha256.digest_of(b"x");
+        let tag: Tag = "v1".parse().unwrap();
+        assert_eq!(
+            MetaKey::tag(&repo, &tag).as_str(),
+            "repositories/team/app/_tags/v1"
+        );
+        assert!(blob_key(&d).starts_with(&format!("blobs/sha256/{}/", &d.hex()[..2])));
+        let r = MetaKey::referrer(&repo, &d, &d);
+        let name = r.as_str().rsplit('/').next().unwrap();
+        assert_eq!(referrer_entry_digest(name), Some(d));
+        assert!(
+            "../../etc/passwd00000000000000000"
+                .parse::<UploadId>()
+                .is_err()
+        );
+        assert!(UploadId::random().as_str().parse::<UploadId>().is_ok());
+    }
+}

@@ -1,0 +1,134 @@
+//! Content-addressed storage behind one trait: the only way the registry touches bytes.
+//!
+//! Blobs (layers, configs and manifest bytes alike) are stored once per registry by digest.
+//! Repositories hold small metadata documents (links, tags, referrers) whose keys come from
+//! [`layout`]. Upload sessions live in the store too, so an upload survives a restart and (on a
+//! shared backend) can continue on another replica. Every write that makes something visible is
+//! atomic: readers see the old state or the new one, never a torn blob.
+
+pub mod fs;
+pub mod layout;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::oci::{Algorithm, Digest, RepoName};
+pub use layout::{MetaDir, MetaKey, UploadId};
+
+/// A stream of body bytes flowing into or out of the store.
+pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("upload session not found")]
+    UploadUnknown,
+    #[error("chunk starts at offset {got}, but the upload holds {expected} bytes")]
+    OffsetMismatch { expected: u64, got: u64 },
+    #[error("chunk length {got} does not match the declared length {expected}")]
+    LengthMismatch { expected: u64, got: u64 },
+    #[error("content digest is {computed}, not the digest given")]
+    DigestMismatch { computed: Digest },
+    #[error("request body ended early: {0}")]
+    Body(std::io::Error),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An open blob: its size is known, and its bytes (or a range of them) can be streamed.
+pub struct BlobHandle {
+    pub size: u64,
+    source: Box<dyn BlobSource>,
+}
+
+impl BlobHandle {
+    pub fn new(size: u64, source: Box<dyn BlobSource>) -> Self {
+        BlobHandle { size, source }
+    }
+
+    /// Streams bytes `start..=end` (inclusive, already checked against `size`).
+    pub fn stream(self, start: u64, end: u64) -> ByteStream {
+        self.source.stream(start, end)
+    }
+}
+
+pub trait BlobSource: Send {
+    fn stream(self: Box<Self>, start: u64, end: u64) -> ByteStream;
+}
+
+/// A blob as listed for garbage collection.
+#[derive(Clone, Debug)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+    pub modified: SystemTime,
+}
+
+/// An upload session as listed for garbage collection.
+#[derive(Clone, Debug)]
+pub struct UploadInfo {
+    pub id: UploadId,
+    pub modified: SystemTime,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The size of a blob, or `None` when it is not stored.
+    async fn blob_size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Opens a blob for streaming, or `None` when it is not stored.
+    async fn blob_open(&self, digest: &Digest) -> Result<Option<BlobHandle>>;
+    /// Reads a small blob (a manifest) whole; `None` when not stored.
+    async fn blob_read(&self, digest: &Digest) -> Result<Option<Bytes>>;
+    /// Stores bytes whose digest the caller has computed; atomic and idempotent.
+    async fn blob_put(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
+    /// Removes a blob's bytes (garbage collection only).
+    async fn blob_delete(&self, digest: &Digest) -> Result<()>;
+    /// Every stored blob.
+    async fn blob_list(&self) -> Result<Vec<BlobInfo>>;
+
+    /// Starts an upload session owned by `repo`.
+    async fn upload_create(&self, repo: &RepoName) -> Result<UploadId>;
+    /// Bytes received so far; `UploadUnknown` when the session does not exist for `repo`.
+    async fn upload_size(&self, repo: &RepoName, id: &UploadId) -> Result<u64>;
+    /// Appends a chunk. `offset`, when given, must equal the bytes received so far, and `len`,
+    /// when given, the chunk's length. A chunk is all-or-nothing: if the body fails midway the
+    /// session is left as it was. `hint` is the digest algorithm the client will finish with,
+    /// when known up front. Returns the new size.
+    async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: Option<u64>,
+        len: Option<u64>,
+        hint: Option<Algorithm>,
+        body: ByteStream,
+    ) -> Result<u64>;
+    /// Verifies the session's bytes against `digest` and makes them the blob `digest`
+    /// (atomically); the session is gone afterwards whatever the outcome. Returns the size.
+    async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64>;
+    /// Abandons a session.
+    async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()>;
+    /// Every upload session with its last activity.
+    async fn upload_list(&self) -> Result<Vec<UploadInfo>>;
+
+    /// Writes a metadata document atomically (replacing any previous value).
+    async fn meta_put(&self, key: &MetaKey, value: &[u8]) -> Result<()>;
+    /// Reads a metadata document.
+    async fn meta_get(&self, key: &MetaKey) -> Result<Option<Bytes>>;
+    /// Whether a metadata document exists.
+    async fn meta_exists(&self, key: &MetaKey) -> Result<bool>;
+    /// Removes a metadata document; `false` when there was none.
+    async fn meta_delete(&self, key: &MetaKey) -> Result<bool>;
+    /// The document names in a directory, sorted; empty when the directory does not exist.
+    async fn meta_list(&self, dir: &MetaDir) -> Result<Vec<String>>;
+    /// Every repository that has ever held content, sorted by name.
+    async fn repositories(&self) -> Result<Vec<RepoName>>;
+    /// Whether a repository exists.
+    async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
+    /// Whether the backend can serve requests now (for /readyz).
+    async fn ready(&self) -> Result<()>;
+}
