@@ -266,7 +266,7 @@ mod tests {
             r#","artifactType":"application/x-sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1}}"#
         );
         let m = Manifest::parse(image(&extra).as_bytes(), None).unwrap();
-        assert_eq!(m.subject.unwrap().digest.to_string(), D);
+        assert_eq!(m.subject.as_ref().unwrap().digest.to_string(), D);
         assert_eq!(
             m.referrer_artifact_type().as_deref(),
             Some("application/x-sig")

@@ -9,7 +9,6 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::future::try_join_all;
-use http_body_util::BodyExt;
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
@@ -28,22 +27,37 @@ fn too_large() -> RegistryError {
     ))
 }
 
+/// Bodies up to this size are read and discarded before a 413, so the client sees the answer
+/// instead of a reset connection; larger ones are cut off.
+const DRAIN_LIMIT: u64 = 32 * 1024 * 1024;
+
 /// Reads a manifest body, refusing more than the limit without buffering it.
 async fn read_limited(req: &Req, body: Body) -> Result<Bytes> {
-    if req
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut over = req
         .content_length()
-        .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64)
-    {
+        .is_some_and(|n| n > MAX_MANIFEST_BYTES as u64);
+    let mut seen: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            RegistryError::ManifestInvalid(format!("could not read the manifest body: {e}"))
+        })?;
+        seen += chunk.len() as u64;
+        over |= seen > MAX_MANIFEST_BYTES as u64;
+        if over {
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            continue;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    if over {
         return Err(too_large());
     }
-    let limited = http_body_util::Limited::new(body, MAX_MANIFEST_BYTES);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(RegistryError::ManifestInvalid(format!(
-            "could not read the manifest body: {e}"
-        ))),
-    }
+    Ok(buf.freeze())
 }
 
 /// Where `reference` points in `repo`: the digest and the media type recorded at push time.

@@ -1,0 +1,221 @@
+//! Test harness: a real `berth serve` process on an ephemeral loopback port, over a temporary
+//! directory, plus small helpers that push blobs and manifests over plain HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth::oci::Algorithm;
+
+pub struct Server {
+    child: Child,
+    pub addr: String,
+    pub root: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// A server on a fresh temporary directory.
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(args: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("data");
+        let mut s = Self::start_on(&root, args);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server on `root` (which may already hold data from an earlier server).
+    pub fn start_on(root: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0", "--log-format", "json", "--root"])
+            .arg(root)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(t) = &tx
+                    && let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "listening"
+                {
+                    let _ = t.send(v["fields"]["addr"].as_str().unwrap_or_default().to_owned());
+                    tx = None;
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "berth serve did not start; logs: {:?}",
+                    logs.lock().unwrap()
+                )
+            });
+        Server {
+            child,
+            addr,
+            root: root.to_owned(),
+            _dir: None,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `host:port`, as docker and skopeo want it.
+    pub fn host(&self) -> &str {
+        &self.addr
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    Algorithm::Sha256.digest_of(bytes).to_string()
+}
+
+pub fn sha512(bytes: &[u8]) -> String {
+    Algorithm::Sha512.digest_of(bytes).to_string()
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Pushes `bytes` to `repo` with a monolithic POST; returns the digest.
+pub async fn push_blob(c: &reqwest::Client, s: &Server, repo: &str, bytes: &[u8]) -> String {
+    let d = sha256(bytes);
+    let r = c
+        .post(s.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("push blob");
+    assert_eq!(r.status(), 201, "push blob: {:?}", r.text().await);
+    d
+}
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+/// An OCI image manifest over `config` and `layers` (digest, size) pairs.
+pub fn image_manifest(config: (&str, usize), layers: &[(&str, usize)], extra: &str) -> String {
+    let layers: Vec<String> = layers
+        .iter()
+        .map(|(d, n)| {
+            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{d}","size":{n}}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{}","size":{}}},"layers":[{}]{extra}}}"#,
+        config.0,
+        config.1,
+        layers.join(",")
+    )
+}
+
+/// Pushes a small image (config + one layer) to `repo:reference`; returns the manifest and its
+/// digest.
+pub async fn push_image(
+    c: &reqwest::Client,
+    s: &Server,
+    repo: &str,
+    reference: &str,
+    seed: &str,
+) -> (String, String) {
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
+    let layer = format!("layer bytes for {seed}").repeat(10);
+    let cd = push_blob(c, s, repo, config.as_bytes()).await;
+    let ld = push_blob(c, s, repo, layer.as_bytes()).await;
+    let m = image_manifest((&cd, config.len()), &[(&ld, layer.len())], "");
+    let r = c
+        .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("content-type", OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .await
+        .expect("push manifest");
+    assert_eq!(r.status(), 201, "push manifest: {:?}", r.text().await);
+    let d = sha256(m.as_bytes());
+    (m, d)
+}
+
+/// Waits until `f` is true or the deadline passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Every file under `root/blobs` hashes to its own name: nothing torn or partial is visible.
+pub fn assert_blob_store_consistent(root: &Path) -> usize {
+    let mut n = 0;
+    for alg in ["sha256", "sha512"] {
+        let Ok(prefixes) = std::fs::read_dir(root.join("blobs").join(alg)) else {
+            continue;
+        };
+        for p in prefixes {
+            for f in std::fs::read_dir(p.unwrap().path()).unwrap() {
+                let f = f.unwrap();
+                let name = f.file_name().into_string().unwrap();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let bytes = std::fs::read(f.path()).unwrap();
+                let got = match alg {
+                    "sha256" => sha256(&bytes),
+                    _ => sha512(&bytes),
+                };
+                assert_eq!(
+                    got,
+                    format!("{alg}:{name}"),
+                    "blob file {name} does not match its digest"
+                );
+                n += 1;
+            }
+        }
+    }
+    n
+}
