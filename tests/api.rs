@@ -1371,3 +1371,50 @@ fn config_file_and_environment() {
         assert!(help.contains(flag), "serve --help documents {flag}");
     }
 }
+
+#[tokio::test]
+async fn cached_tag_lists_see_every_change() {
+    let s = Server::start();
+    let c = client();
+    let (m, _) = push_image(&c, &s, "cache", "a", "x").await;
+    let tags = |c: reqwest::Client, url: String| async move {
+        let v: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+        v["tags"].clone()
+    };
+    let url = s.url("/v2/cache/tags/list");
+    // Let the directory stamp settle so the next listings are served from the cache.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(tags(c.clone(), url.clone()).await, serde_json::json!(["a"]));
+    assert_eq!(tags(c.clone(), url.clone()).await, serde_json::json!(["a"]));
+    for round in 0..3 {
+        let t = format!("b{round}");
+        let r = c
+            .put(s.url(&format!("/v2/cache/manifests/{t}")))
+            .header("content-type", OCI_MANIFEST)
+            .body(m.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let listed = tags(c.clone(), url.clone()).await;
+        assert!(
+            listed.as_array().unwrap().iter().any(|v| v == &t),
+            "round {round}: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        tags(c.clone(), url.clone()).await;
+        assert_eq!(
+            c.delete(s.url(&format!("/v2/cache/manifests/{t}")))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            202
+        );
+        let listed = tags(c.clone(), url.clone()).await;
+        assert!(
+            !listed.as_array().unwrap().iter().any(|v| v == &t),
+            "round {round}: {listed}"
+        );
+    }
+}

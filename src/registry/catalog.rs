@@ -1,12 +1,17 @@
 //! `GET /v2/_catalog`: every repository, paginated like tag lists.
 
 use axum::response::Response;
-use serde_json::json;
+use serde::Serialize;
 
 use super::Registry;
 use super::errors::Result;
 use super::server::Req;
 use super::tags::{json_page, paginate};
+
+#[derive(Serialize)]
+struct Catalog<'a> {
+    repositories: &'a [String],
+}
 
 pub async fn list(reg: &Registry, req: &Req) -> Result<Response> {
     let all: Vec<String> = reg
@@ -16,6 +21,6 @@ pub async fn list(reg: &Registry, req: &Req) -> Result<Response> {
         .into_iter()
         .map(|r| r.as_str().to_owned())
         .collect();
-    let (page, link) = paginate(all, req, "/v2/_catalog")?;
-    Ok(json_page(json!({"repositories": page}), link))
+    let (page, link) = paginate(&all, req, "/v2/_catalog")?;
+    Ok(json_page(&Catalog { repositories: page }, link))
 }

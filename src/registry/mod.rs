@@ -22,6 +22,7 @@ pub struct Registry {
     pub store: Arc<dyn Store>,
     pub manifests: cache::ManifestCache,
     pub metrics: metrics::Metrics,
+    pub tag_lists: tags::TagListCache,
     /// Mount a blob given `?mount=` without `from` when the registry already stores it.
     pub automatic_cross_mount: bool,
 }
@@ -32,6 +33,7 @@ impl Registry {
             store,
             manifests: cache::ManifestCache::new(manifest_cache_bytes),
             metrics: metrics::Metrics::new(),
+            tag_lists: tags::TagListCache::default(),
             automatic_cross_mount: true,
         }
     }

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -106,20 +105,39 @@ fn hash_file(path: &Path, alg: Algorithm, len: u64) -> io::Result<Digester> {
     Ok(h)
 }
 
+/// Reads `len` bytes at `pos` straight into a fresh buffer (no zero-filling first: on a pull
+/// every byte is copied once, from the page cache into the buffer hyper writes out).
 fn read_chunk(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
-    let mut buf = BytesMut::zeroed(len);
-    let mut filled = 0;
-    while filled < len {
-        match file.read_at(&mut buf[filled..], pos + filled as u64) {
-            Ok(0) => {
+    use std::os::fd::AsRawFd;
+    let mut buf = BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let filled = buf.len();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `len - filled` bytes into the spare capacity, which is
+        // at least that large; exactly the bytes it reports are then marked initialised.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                len - filled,
+                (pos + filled as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => {
                 return Err(io::Error::new(
                     ErrorKind::UnexpectedEof,
                     "blob shorter than its size",
                 ));
             }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // SAFETY: pread initialised `n` more bytes after `filled`.
+            n => unsafe { buf.set_len(filled + n as usize) },
         }
     }
     Ok(buf.freeze())
@@ -146,7 +164,7 @@ impl BlobSource for FsBlob {
     }
 }
 
-/// Streams `start..=end` of a file in large reads, one read ahead of the consumer.
+/// Streams `start..=end` of a file in large pieces, one piece ahead of the consumer.
 fn file_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
     struct St {
         file: Arc<File>,
@@ -160,7 +178,7 @@ fn file_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
             let (file, pos) = (st.file.clone(), st.next_pos);
             st.next_pos += len as u64;
             st.pending = Some(tokio::task::spawn_blocking(move || {
-                read_chunk(&file, pos, len)
+                map_chunk(&file, pos, len).or_else(|_| read_chunk(&file, pos, len))
             }));
         }
     }
@@ -185,6 +203,26 @@ fn file_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
         Some((chunk, st))
     })
     .boxed()
+}
+
+/// Maps `len` bytes at `pos` of a blob and hands the mapping to hyper as `Bytes`, so a pull
+/// copies each byte once (page cache to socket) instead of twice. The mapping is populated
+/// here, on a blocking thread, so the async thread that writes it never waits on the disk.
+/// Blob files are never modified once renamed into place (gc only unlinks them, which keeps
+/// an open mapping valid), so the mapped bytes cannot change underneath.
+fn map_chunk(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
+    let page = 4096u64;
+    let aligned = pos - pos % page;
+    let skip = (pos - aligned) as usize;
+    // SAFETY: see above: the file's bytes in this range are immutable for the mapping's life.
+    let map = unsafe {
+        memmap2::MmapOptions::new()
+            .offset(aligned)
+            .len(skip + len)
+            .populate()
+            .map(file)?
+    };
+    Ok(Bytes::from_owner(map).slice(skip..skip + len))
 }
 
 impl FsStore {
@@ -598,6 +636,30 @@ impl Store for FsStore {
             }
             names.sort_unstable();
             Ok(names)
+        })
+        .await?)
+    }
+
+    async fn meta_dir_stamp(&self, dir: &MetaDir) -> Result<Option<u128>> {
+        // A directory's mtime moves on every create, rename-over and unlink in it. Kernel
+        // timestamps are coarse (a clock tick), so two changes within one tick can share an
+        // mtime: a stamp is only offered once it is old enough that any later change must
+        // carry a different one.
+        let p = self.path(dir.as_str());
+        Ok(blocking(move || {
+            let Some(meta) = not_found_as_none(fs::metadata(p))? else {
+                return Ok(None);
+            };
+            let mtime = meta.modified()?;
+            let settled = mtime
+                .elapsed()
+                .is_ok_and(|age| age > std::time::Duration::from_secs(1));
+            Ok(settled.then(|| {
+                mtime
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            }))
         })
         .await?)
     }

@@ -125,6 +125,12 @@ pub trait Store: Send + Sync + 'static {
     async fn meta_delete(&self, key: &MetaKey) -> Result<bool>;
     /// The document names in a directory, sorted; empty when the directory does not exist.
     async fn meta_list(&self, dir: &MetaDir) -> Result<Vec<String>>;
+    /// A value that changes whenever a document in `dir` is added, replaced or removed, for
+    /// validating caches of `meta_list`. `None` when the directory does not exist, when the
+    /// backend has no cheap stamp, or when the stamp is too recent to be trusted yet.
+    async fn meta_dir_stamp(&self, _dir: &MetaDir) -> Result<Option<u128>> {
+        Ok(None)
+    }
     /// Every repository that has ever held content, sorted by name.
     async fn repositories(&self) -> Result<Vec<RepoName>>;
     /// Whether a repository exists.
