@@ -71,10 +71,13 @@ pub fn json_page(body: &impl Serialize, link: Option<String>) -> Response {
     resp
 }
 
-/// Tag lists by repository, each with the stamp it was read under.
+/// A repository's tag list and the directory stamp it was read under.
+type StampedList = (u128, Arc<Vec<String>>);
+
+/// Tag lists by repository.
 #[derive(Default)]
 pub struct TagListCache {
-    inner: Mutex<HashMap<RepoName, (u128, Arc<Vec<String>>)>>,
+    inner: Mutex<HashMap<RepoName, StampedList>>,
 }
 
 impl TagListCache {
