@@ -30,6 +30,47 @@ pub struct Config {
     /// (default true). Turn off to answer such requests with a new upload session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_cross_mount: Option<bool>,
+    /// Garbage collection: `berth gc` and `serve --gc-interval` read this.
+    #[serde(default)]
+    pub gc: GcConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GcConfig {
+    /// Run a collection inside `berth serve` this often (e.g. `6h`); off when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Keep unreferenced blobs and manifests touched within this time (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace: Option<String>,
+    /// Remove upload sessions idle for longer than this (default `24h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_ttl: Option<String>,
+    /// Remove manifests that no tag reaches (directly, through an index, or as a referrer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_untagged: Option<bool>,
+    /// Tag retention rules; the first rule whose pattern matches a repository applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<RetentionRule>,
+}
+
+/// A retention rule for the repositories matching `repositories` (a glob: `*` within one path
+/// component, `**` across components). A tag is kept if any of the rule's conditions keeps it;
+/// a rule with no conditions keeps everything.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetentionRule {
+    pub repositories: String,
+    /// Keep the newest N tags (by when they were last pushed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<usize>,
+    /// Keep tags matching this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_tags: Option<String>,
+    /// Keep tags pushed more recently than this (e.g. `30d`); older ones go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub older_than: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -2,6 +2,7 @@
 //! Kubernetes operator that deploys it. `main.rs` only parses arguments and calls in here.
 
 pub mod config;
+pub mod gc;
 pub mod oci;
 pub mod registry;
 pub mod serve;

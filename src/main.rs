@@ -22,6 +22,39 @@ struct Cli {
 enum Command {
     /// Run the OCI Distribution v1.1 registry.
     Serve(ServeArgs),
+    /// Delete unreferenced blobs and manifests, apply tag retention, purge abandoned uploads.
+    /// Safe to run while registries serve the same storage.
+    Gc(GcArgs),
+}
+
+#[derive(Args)]
+struct GcArgs {
+    /// YAML config file (the same file `serve` reads; its `gc` section sets the defaults).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Storage root directory [default: the config file's, else ./berth-data]
+    #[arg(long, env = "BERTH_ROOT")]
+    root: Option<PathBuf>,
+    /// Report what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Also delete manifests no tag reaches (children of tagged indexes and referrers of kept
+    /// manifests are kept).
+    #[arg(long)]
+    delete_untagged: bool,
+    /// Keep unreferenced items touched within this long, e.g. 1h, 30m; 0s sweeps at once [default: 1h]
+    #[arg(long)]
+    grace: Option<String>,
+    /// Purge upload sessions idle for longer than this [default: 24h]
+    #[arg(long)]
+    upload_ttl: Option<String>,
+    /// A retention rule, PATTERN[:keep-last=N,keep-tags=REGEX,older-than=DURATION]; repeatable,
+    /// replaces the config file's rules.
+    #[arg(long = "rule", value_name = "RULE")]
+    rules: Vec<String>,
+    /// Print the report as JSON (with --dry-run: every deletion and its reason).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -47,11 +80,16 @@ struct ServeArgs {
     /// Mount `?mount=` blobs without `from` when the registry already stores them [default: true]
     #[arg(long, env = "BERTH_AUTOMATIC_CROSS_MOUNT")]
     automatic_cross_mount: Option<bool>,
+    /// Collect garbage inside the server this often, e.g. 6h (the config file's gc section
+    /// sets grace, retention and the rest) [default: off]
+    #[arg(long, env = "BERTH_GC_INTERVAL")]
+    gc_interval: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Gc(a) => gc(a),
         Command::Serve(a) => {
             let file = match a.config.as_deref().map(Config::load).transpose() {
                 Ok(f) => f,
@@ -69,8 +107,16 @@ fn main() -> ExitCode {
                     log_level: a.log_level,
                     manifest_cache_bytes: a.manifest_cache_bytes,
                     automatic_cross_mount: a.automatic_cross_mount,
+                    gc_interval: a.gc_interval,
                 },
             );
+            let settings = match settings {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    return ExitCode::from(2);
+                }
+            };
             serve::init_tracing(settings.log_format, &settings.log_level);
             limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -104,5 +150,87 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator tunable; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(64)
+        .build()
+        .map_err(|e| {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+/// `berth gc`: one collection, a report on stdout, progress on stderr, non-zero on failure.
+fn gc(a: GcArgs) -> ExitCode {
+    let file = match a.config.as_deref().map(Config::load).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("berth gc: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    serve::init_tracing(file.log.format.unwrap_or_default(), "warn");
+    let options = (|| {
+        let mut o = berth::gc::GcOptions::from_config(&file.gc)?;
+        o.dry_run = a.dry_run;
+        o.delete_untagged |= a.delete_untagged;
+        if let Some(g) = &a.grace {
+            o.set_grace(g)?;
+        }
+        if let Some(t) = &a.upload_ttl {
+            o.set_upload_ttl(t)?;
+        }
+        if !a.rules.is_empty() {
+            o.retention = a
+                .rules
+                .iter()
+                .map(|r| berth::gc::parse_rule(r))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok::<_, berth::gc::GcError>(o)
+    })();
+    let options = match options {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("berth gc: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let root = a.root.unwrap_or_else(|| file.root());
+    let store = match berth::store::fs::FsStore::open(&root) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berth gc: cannot open storage at {}: {e}", root.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let progress = |line: &str| eprintln!("berth gc: {line}");
+    match rt.block_on(berth::gc::collect(&store, &options, &progress)) {
+        Ok(report) => {
+            if a.json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("berth gc: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                println!("{}", report.summary());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth gc: failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -18,6 +18,9 @@ pub struct Settings {
     pub log_level: String,
     pub manifest_cache_bytes: usize,
     pub automatic_cross_mount: bool,
+    /// Run a garbage collection this often inside the server.
+    pub gc_interval: Option<std::time::Duration>,
+    pub gc: crate::gc::GcOptions,
 }
 
 /// Values given on the command line or in the environment; `None` means "not given".
@@ -29,12 +32,24 @@ pub struct Overrides {
     pub log_level: Option<String>,
     pub manifest_cache_bytes: Option<usize>,
     pub automatic_cross_mount: Option<bool>,
+    pub gc_interval: Option<String>,
 }
 
 impl Settings {
-    pub fn resolve(file: Option<Config>, o: Overrides) -> Settings {
+    pub fn resolve(file: Option<Config>, o: Overrides) -> Result<Settings, ServeError> {
         let file = file.unwrap_or_default();
-        Settings {
+        let gc = crate::gc::GcOptions::from_config(&file.gc)?;
+        let gc_interval = o
+            .gc_interval
+            .or(file.gc.interval.clone())
+            .map(|v| {
+                humantime::parse_duration(&v)
+                    .map_err(|e| ServeError::Option(format!("gc interval {v:?}: {e}")))
+            })
+            .transpose()?;
+        Ok(Settings {
+            gc,
+            gc_interval,
             addr: o
                 .addr
                 .or(file.addr.clone())
@@ -53,7 +68,7 @@ impl Settings {
                 .automatic_cross_mount
                 .or(file.automatic_cross_mount)
                 .unwrap_or(true),
-        }
+        })
     }
 }
 
@@ -71,6 +86,10 @@ pub enum ServeError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("invalid option: {0}")]
+    Option(String),
+    #[error(transparent)]
+    Gc(#[from] crate::gc::GcError),
 }
 
 /// Sets up logging: plain or JSON lines on stderr, filtered before formatting.
@@ -93,9 +112,17 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         root: settings.root.clone(),
         source,
     })?;
-    let mut registry = Registry::new(Arc::new(store), settings.manifest_cache_bytes);
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let mut registry = Registry::new(store.clone(), settings.manifest_cache_bytes);
     registry.automatic_cross_mount = settings.automatic_cross_mount;
     let registry = Arc::new(registry);
+    if let Some(every) = settings.gc_interval {
+        tokio::spawn(collect_periodically(
+            registry.clone(),
+            every,
+            settings.gc.clone(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(&settings.addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -134,4 +161,45 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// `serve --gc-interval`: collect garbage in the background while serving, and report it on
+/// /metrics. Safe beside pushes (see `crate::gc`), and beside other replicas doing the same.
+async fn collect_periodically(
+    registry: Arc<Registry>,
+    every: std::time::Duration,
+    opts: crate::gc::GcOptions,
+) {
+    use crate::registry::metrics::GcLabels;
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let quiet = |_: &str| {};
+        match crate::gc::collect(registry.store.as_ref(), &opts, &quiet).await {
+            Ok(report) => {
+                tracing::info!(target: "berth::gc", "{}", report.summary());
+                let m = &registry.metrics;
+                m.gc_runs
+                    .get_or_create(&GcLabels { result: "success" })
+                    .inc();
+                m.gc_last_bytes_freed.set(report.bytes_freed as i64);
+                m.gc_bytes_freed.inc_by(report.bytes_freed);
+                m.gc_blobs_deleted.inc_by(report.blobs_deleted as u64);
+            }
+            Err(e) => {
+                tracing::error!(target: "berth::gc", error = %e, "garbage collection failed");
+                registry
+                    .metrics
+                    .gc_runs
+                    .get_or_create(&GcLabels { result: "failure" })
+                    .inc();
+            }
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        registry.metrics.gc_last_run_timestamp.set(now);
+    }
 }

@@ -88,11 +88,20 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
     if !repo_has_blob(reg, repo, &digest).await? {
         return Err(RegistryError::BlobUnknown);
     }
-    let handle = reg
-        .store
-        .blob_open(&digest)
-        .await?
-        .ok_or(RegistryError::BlobUnknown)?;
+    let handle = match reg.store.blob_open(&digest).await? {
+        Some(h) => h,
+        // A collection may have staged it an instant ago: a touch brings it back.
+        None => {
+            reg.store
+                .blob_touch(&digest)
+                .await?
+                .ok_or(RegistryError::BlobUnknown)?;
+            reg.store
+                .blob_open(&digest)
+                .await?
+                .ok_or(RegistryError::BlobUnknown)?
+        }
+    };
     let size = handle.size;
     let digest_hdr = HeaderValue::from_str(&digest.to_string())
         .map_err(|e| RegistryError::Storage(e.to_string()))?;

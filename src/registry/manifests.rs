@@ -80,11 +80,17 @@ pub async fn resolve(
                 .ok_or_else(|| RegistryError::Storage(format!("tag {t} holds an invalid digest")))?
         }
     };
-    let media = reg
-        .store
-        .meta_get(&MetaKey::manifest_link(repo, &digest))
-        .await?
-        .ok_or(RegistryError::ManifestUnknown)?;
+    let link = MetaKey::manifest_link(repo, &digest);
+    let media = match reg.store.meta_get(&link).await? {
+        Some(m) => m,
+        // A collection may have staged it an instant ago: a touch brings it back.
+        None if reg.store.meta_touch(&link).await? => reg
+            .store
+            .meta_get(&link)
+            .await?
+            .ok_or(RegistryError::ManifestUnknown)?,
+        None => return Err(RegistryError::ManifestUnknown),
+    };
     Ok((digest, String::from_utf8_lossy(&media).into_owned()))
 }
 
@@ -167,15 +173,18 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &str, req: &Req) ->
     Ok(resp)
 }
 
-/// Checks that every blob and child manifest `m` references is in `repo`.
-async fn check_references(reg: &Registry, repo: &RepoName, m: &Manifest) -> Result<()> {
+/// Checks that every blob and child manifest `m` references is in `repo`, touching each so
+/// that garbage collection's grace period restarts for it (see `crate::gc`): a collection that
+/// raced this check either sees the touch and keeps the item, or has already removed it and
+/// the check fails.
+async fn touch_references(reg: &Registry, repo: &RepoName, m: &Manifest) -> Result<()> {
     let blob_checks = m.required_blobs().map(|d: &Descriptor| async move {
         let linked = reg
             .store
             .meta_exists(&MetaKey::blob_link(repo, &d.digest))
             .await?;
         let size = if linked {
-            reg.store.blob_size(&d.digest).await?
+            reg.store.blob_touch(&d.digest).await?
         } else {
             None
         };
@@ -192,8 +201,9 @@ async fn check_references(reg: &Registry, repo: &RepoName, m: &Manifest) -> Resu
     let child_checks = m.manifests.iter().map(|d| async move {
         if reg
             .store
-            .meta_exists(&MetaKey::manifest_link(repo, &d.digest))
+            .meta_touch(&MetaKey::manifest_link(repo, &d.digest))
             .await?
+            && reg.store.blob_touch(&d.digest).await?.is_some()
         {
             Ok(())
         } else {
@@ -234,14 +244,13 @@ pub async fn put(
         .map(|t| t.parse::<Tag>())
         .collect::<Result<_, _>>()?;
     let manifest = Manifest::parse(&bytes, content_type.as_deref())?;
-    check_references(reg, repo, &manifest).await?;
+    touch_references(reg, repo, &manifest).await?;
 
+    let link = MetaKey::manifest_link(repo, &digest);
+    let existed = reg.store.meta_exists(&link).await?;
     reg.store.blob_put(&digest, bytes.clone()).await?;
     reg.store
-        .meta_put(
-            &MetaKey::manifest_link(repo, &digest),
-            manifest.media_type.as_bytes(),
-        )
+        .meta_put(&link, manifest.media_type.as_bytes())
         .await?;
     if let Some(subject) = &manifest.subject {
         let entry = Descriptor {
@@ -257,6 +266,28 @@ pub async fn put(
         reg.store
             .meta_put(&MetaKey::referrer(repo, &subject.digest, &digest), &json)
             .await?;
+    }
+    // Now that the manifest is recorded, touch everything again. If a collection removed
+    // something between the first touch and the record, this is where it shows: undo the
+    // record and fail, so a 201 never points at anything missing.
+    let recheck = async {
+        touch_references(reg, repo, &manifest).await?;
+        if reg.store.blob_touch(&digest).await?.is_none() {
+            return Err(RegistryError::ManifestBlobUnknown(digest.to_string()));
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = recheck {
+        if !existed {
+            reg.store.meta_delete(&link).await?;
+            if let Some(subject) = &manifest.subject {
+                reg.store
+                    .meta_delete(&MetaKey::referrer(repo, &subject.digest, &digest))
+                    .await?;
+            }
+        }
+        return Err(e);
     }
     let mut tags: Vec<&Tag> = extra_tags.iter().collect();
     if let Reference::Tag(tag) = &reference {

@@ -54,6 +54,16 @@ pub struct Metrics {
     pub bytes_received: Counter,
     pub bytes_sent: Counter,
     pub uploads_in_progress: Gauge,
+    pub gc_runs: Family<GcLabels, Counter>,
+    pub gc_last_run_timestamp: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub gc_last_bytes_freed: Gauge,
+    pub gc_bytes_freed: Counter,
+    pub gc_blobs_deleted: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GcLabels {
+    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -97,8 +107,43 @@ impl Metrics {
             "Upload requests currently receiving bytes",
             uploads_in_progress.clone(),
         );
+        let gc_runs = Family::<GcLabels, Counter>::default();
+        let gc_last_run_timestamp = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let gc_last_bytes_freed = Gauge::default();
+        let gc_bytes_freed = Counter::default();
+        let gc_blobs_deleted = Counter::default();
+        registry.register(
+            "gc_runs",
+            "Garbage collections run in this process",
+            gc_runs.clone(),
+        );
+        registry.register(
+            "gc_last_run_timestamp_seconds",
+            "When the last garbage collection in this process finished",
+            gc_last_run_timestamp.clone(),
+        );
+        registry.register(
+            "gc_last_freed_bytes",
+            "Bytes the last garbage collection freed",
+            gc_last_bytes_freed.clone(),
+        );
+        registry.register(
+            "gc_freed_bytes",
+            "Bytes freed by garbage collection",
+            gc_bytes_freed.clone(),
+        );
+        registry.register(
+            "gc_deleted_blobs",
+            "Blobs deleted by garbage collection",
+            gc_blobs_deleted.clone(),
+        );
         Metrics {
             registry,
+            gc_runs,
+            gc_last_run_timestamp,
+            gc_last_bytes_freed,
+            gc_bytes_freed,
+            gc_blobs_deleted,
             requests,
             durations,
             bytes_received,

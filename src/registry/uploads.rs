@@ -137,10 +137,10 @@ pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Res
                 reg.store
                     .meta_exists(&MetaKey::blob_link(&from, &digest))
                     .await?
-                    && reg.store.blob_size(&digest).await?.is_some()
+                    && reg.store.blob_touch(&digest).await?.is_some()
             }
             // No `from`: mount when the registry already holds the bytes, if so configured.
-            None => reg.automatic_cross_mount && reg.store.blob_size(&digest).await?.is_some(),
+            None => reg.automatic_cross_mount && reg.store.blob_touch(&digest).await?.is_some(),
         };
         if mountable {
             link_blob(reg, repo, &digest).await?;

@@ -50,6 +50,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| io::Error::other(format!("blocking task failed: {e}")))?
 }
 
+/// Adds the path to an I/O error, keeping its kind, so a storage error says where it happened.
+trait At<T> {
+    fn at(self, path: &Path) -> io::Result<T>;
+}
+
+impl<T> At<T> for io::Result<T> {
+    fn at(self, path: &Path) -> io::Result<T> {
+        self.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+}
+
 fn not_found_as_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     match r {
         Ok(v) => Ok(Some(v)),
@@ -88,6 +99,101 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Where a collection stages an item it is about to delete: beside it, under a dot-name that
+/// listings skip (see `crate::gc` for the protocol).
+fn staged_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    Some(path.with_file_name(format!(".gc-{name}")))
+}
+
+/// Sets a file's modification time to the precise current time. (`UTIME_NOW` would use the
+/// kernel's coarse clock, which can lag `SystemTime::now()` by a tick and so make a touch look
+/// older than a collection that started just before it.)
+fn set_mtime_now(path: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(io::Error::other)?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let ts = libc::timespec {
+        tv_sec: now.as_secs() as libc::time_t,
+        tv_nsec: now.subsec_nanos() as libc::c_long,
+    };
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        ts,
+    ];
+    // SAFETY: `c` is a valid NUL-terminated path and `times` holds two timespecs.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Touches `path`, restoring it from its staged name first if a collection staged it.
+/// Returns its size, or `None` when it is gone. Retries, because a collection may stage the
+/// item again between our steps; whatever the interleaving, `Some` means the item is in place
+/// with a fresh time, which that collection will see when it looks again.
+fn touch(path: &Path) -> io::Result<Option<u64>> {
+    let staged = staged_path(path).ok_or_else(|| io::Error::other("path has no file name"))?;
+    for _ in 0..8 {
+        match set_mtime_now(path) {
+            Ok(()) => match not_found_as_none(fs::metadata(path)).at(path)? {
+                Some(m) => return Ok(Some(m.len())),
+                None => continue,
+            },
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(path),
+            Err(_) => {}
+        }
+        match fs::rename(&staged, path) {
+            Ok(()) => continue,
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(&staged),
+            // Neither in place nor staged: gone, unless someone restored it meanwhile.
+            Err(_) if !path.exists() => return Ok(None),
+            Err(_) => continue,
+        }
+    }
+    Err(io::Error::other("item kept moving while being touched"))
+}
+
+/// The sweep side of the protocol: delete `path` only if it was not touched at or after
+/// `cutoff`, checking again after staging it so a touch that raced the decision wins.
+fn delete_if_stale(path: &Path, cutoff: std::time::SystemTime) -> io::Result<Option<u64>> {
+    let staged = staged_path(path).ok_or_else(|| io::Error::other("path has no file name"))?;
+    match not_found_as_none(fs::metadata(path)).at(path)? {
+        Some(m) if m.modified()? >= cutoff => return Ok(None),
+        // Stage it; if it vanished meanwhile, someone else finished the job.
+        Some(_)
+            if not_found_as_none(fs::rename(path, &staged))
+                .at(path)?
+                .is_none() =>
+        {
+            return Ok(None);
+        }
+        Some(_) => {}
+        // Already staged by an interrupted collection: finish the job below.
+        None => {}
+    }
+    let Some(m) = not_found_as_none(fs::metadata(&staged)).at(&staged)? else {
+        return Ok(None); // restored by a toucher
+    };
+    if m.modified()? >= cutoff {
+        // Touched between our first look and the staging: put it back.
+        match fs::rename(&staged, path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(&staged),
+            _ => return Ok(None),
+        }
+    }
+    Ok(not_found_as_none(fs::remove_file(&staged))
+        .at(&staged)?
+        .map(|_| m.len()))
 }
 
 /// Hashes the first `len` bytes of `path` with `alg` (rebuilding a lost upload state).
@@ -324,7 +430,8 @@ impl Store for FsStore {
     async fn blob_put(&self, digest: &Digest, bytes: Bytes) -> Result<()> {
         let p = self.path(&layout::blob_key(digest));
         blocking(move || {
-            if p.exists() {
+            // Already stored (the same bytes): touch it, so its grace period restarts.
+            if touch(&p)?.is_some() {
                 return Ok(());
             }
             write_atomic(&p, &bytes)
@@ -333,10 +440,18 @@ impl Store for FsStore {
         Ok(())
     }
 
-    async fn blob_delete(&self, digest: &Digest) -> Result<()> {
+    async fn blob_touch(&self, digest: &Digest) -> Result<Option<u64>> {
         let p = self.path(&layout::blob_key(digest));
-        blocking(move || not_found_as_none(fs::remove_file(p)).map(|_| ())).await?;
-        Ok(())
+        Ok(blocking(move || touch(&p)).await?)
+    }
+
+    async fn blob_delete_if_stale(
+        &self,
+        digest: &Digest,
+        cutoff: std::time::SystemTime,
+    ) -> Result<Option<u64>> {
+        let p = self.path(&layout::blob_key(digest));
+        Ok(blocking(move || delete_if_stale(&p, cutoff)).await?)
     }
 
     async fn blob_list(&self) -> Result<Vec<BlobInfo>> {
@@ -349,19 +464,27 @@ impl Store for FsStore {
                     continue;
                 };
                 for prefix in prefixes {
-                    for entry in fs::read_dir(prefix?.path())? {
+                    let prefix = prefix?.path();
+                    for entry in fs::read_dir(&prefix).at(&prefix)? {
                         let entry = entry?;
                         let name = entry.file_name();
-                        let Some(digest) =
-                            name.to_str().and_then(|n| Digest::from_parts(alg, n).ok())
-                        else {
+                        let Some(name) = name.to_str() else { continue };
+                        let (staged, hex) = match name.strip_prefix(".gc-") {
+                            Some(h) => (true, h),
+                            None => (false, name),
+                        };
+                        let Ok(digest) = Digest::from_parts(alg, hex) else {
                             continue; // temporary files and strays are not blobs
                         };
-                        let meta = entry.metadata()?;
+                        let Some(meta) = not_found_as_none(entry.metadata()).at(&entry.path())?
+                        else {
+                            continue;
+                        };
                         out.push(BlobInfo {
                             digest,
                             size: meta.len(),
                             modified: meta.modified()?,
+                            staged,
                         });
                     }
                 }
@@ -375,10 +498,12 @@ impl Store for FsStore {
         let id = UploadId::random();
         let dir = self.path(&layout::upload_dir(&id));
         let owner = repo.as_str().to_owned();
+        // The owner first, atomically: a crash part-way leaves a session that answers as
+        // unknown and that gc's upload TTL purges, never one with a torn owner.
         blocking(move || {
             fs::create_dir_all(&dir)?;
-            File::create(dir.join("data"))?;
-            fs::write(dir.join("repo"), owner)
+            write_atomic(&dir.join("repo"), owner.as_bytes())?;
+            File::create(dir.join("data")).map(|_| ())
         })
         .await?;
         Ok(id)
@@ -544,6 +669,9 @@ impl Store for FsStore {
         let blob = self.path(&layout::blob_key(digest));
         blocking(move || {
             File::open(&data)?.sync_all()?;
+            // Its grace period starts now, not at the upload's last write; stamped before the
+            // rename (which keeps it) so nothing after the rename can race a collection.
+            set_mtime_now(&data)?;
             let parent = blob
                 .parent()
                 .ok_or_else(|| io::Error::other("blob key has no parent"))?;
@@ -568,19 +696,32 @@ impl Store for FsStore {
         Ok(())
     }
 
+    async fn upload_delete(&self, id: &UploadId) -> Result<()> {
+        let state = self.upload_state(id);
+        let _st = state.lock().await;
+        let dir = self.path(&layout::upload_dir(id));
+        blocking(move || not_found_as_none(fs::remove_dir_all(dir)).map(|_| ())).await?;
+        self.forget_upload(id);
+        Ok(())
+    }
+
     async fn upload_list(&self) -> Result<Vec<UploadInfo>> {
         let dir = self.path(layout::UPLOADS);
         Ok(blocking(move || {
             let mut out = Vec::new();
-            for entry in fs::read_dir(dir)? {
+            for entry in fs::read_dir(&dir).at(&dir)? {
                 let entry = entry?;
                 let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                     continue;
                 };
                 let data = entry.path().join("data");
-                let meta = match not_found_as_none(fs::metadata(&data))? {
+                // A session may finish (and vanish) while we list.
+                let meta = match not_found_as_none(fs::metadata(&data)).at(&data)? {
                     Some(m) => m,
-                    None => entry.metadata()?,
+                    None => match not_found_as_none(entry.metadata()).at(&entry.path())? {
+                        Some(m) => m,
+                        None => continue,
+                    },
                 };
                 out.push(UploadInfo {
                     id,
@@ -613,6 +754,28 @@ impl Store for FsStore {
             .is_some())
     }
 
+    async fn meta_modified(&self, key: &MetaKey) -> Result<Option<std::time::SystemTime>> {
+        let p = self.path(key.as_str());
+        let m = blocking(move || not_found_as_none(fs::metadata(p))).await?;
+        Ok(m.map(|m| m.modified()).transpose()?)
+    }
+
+    async fn meta_touch(&self, key: &MetaKey) -> Result<bool> {
+        let p = self.path(key.as_str());
+        Ok(blocking(move || touch(&p)).await?.is_some())
+    }
+
+    async fn meta_delete_if_stale(
+        &self,
+        key: &MetaKey,
+        cutoff: std::time::SystemTime,
+    ) -> Result<bool> {
+        let p = self.path(key.as_str());
+        Ok(blocking(move || delete_if_stale(&p, cutoff))
+            .await?
+            .is_some())
+    }
+
     async fn meta_delete(&self, key: &MetaKey) -> Result<bool> {
         let p = self.path(key.as_str());
         Ok(blocking(move || not_found_as_none(fs::remove_file(p)))
@@ -623,7 +786,7 @@ impl Store for FsStore {
     async fn meta_list(&self, dir: &MetaDir) -> Result<Vec<String>> {
         let p = self.path(dir.as_str());
         Ok(blocking(move || {
-            let Some(entries) = not_found_as_none(fs::read_dir(p))? else {
+            let Some(entries) = not_found_as_none(fs::read_dir(&p)).at(&p)? else {
                 return Ok(Vec::new());
             };
             let mut names = Vec::new();
@@ -670,7 +833,7 @@ impl Store for FsStore {
             let mut out = Vec::new();
             let mut stack = vec![(root, String::new())];
             while let Some((dir, name)) = stack.pop() {
-                let Some(entries) = not_found_as_none(fs::read_dir(&dir))? else {
+                let Some(entries) = not_found_as_none(fs::read_dir(&dir)).at(&dir)? else {
                     continue;
                 };
                 let mut is_repo = false;
@@ -681,7 +844,7 @@ impl Store for FsStore {
                     };
                     if child.starts_with('_') {
                         is_repo |= child == layout::REPO_MANIFESTS || child == layout::REPO_BLOBS;
-                    } else if e.file_type()?.is_dir() {
+                    } else if e.file_type().at(&e.path())?.is_dir() {
                         let full = if name.is_empty() {
                             child
                         } else {

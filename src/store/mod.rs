@@ -66,6 +66,8 @@ pub struct BlobInfo {
     pub digest: Digest,
     pub size: u64,
     pub modified: SystemTime,
+    /// Left staged for deletion by a garbage collection that was interrupted.
+    pub staged: bool,
 }
 
 /// An upload session as listed for garbage collection.
@@ -85,9 +87,18 @@ pub trait Store: Send + Sync + 'static {
     async fn blob_read(&self, digest: &Digest) -> Result<Option<Bytes>>;
     /// Stores bytes whose digest the caller has computed; atomic and idempotent.
     async fn blob_put(&self, digest: &Digest, bytes: Bytes) -> Result<()>;
-    /// Removes a blob's bytes (garbage collection only).
-    async fn blob_delete(&self, digest: &Digest) -> Result<()>;
-    /// Every stored blob.
+    /// Marks a blob as in use now (its "last touched" time, which garbage collection's grace
+    /// period is measured from), bringing it back if a collection had staged it for deletion.
+    /// Returns its size, or `None` when it is gone.
+    async fn blob_touch(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Deletes a blob unless it was touched at or after `cutoff`, safely against concurrent
+    /// touches (see `crate::gc`). Returns the bytes freed, `None` when it was kept or absent.
+    async fn blob_delete_if_stale(
+        &self,
+        digest: &Digest,
+        cutoff: SystemTime,
+    ) -> Result<Option<u64>>;
+    /// Every stored blob, including ones an interrupted collection left staged.
     async fn blob_list(&self) -> Result<Vec<BlobInfo>>;
 
     /// Starts an upload session owned by `repo`.
@@ -112,6 +123,8 @@ pub trait Store: Send + Sync + 'static {
     async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64>;
     /// Abandons a session.
     async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()>;
+    /// Removes a session whatever its repository (garbage collection of abandoned uploads).
+    async fn upload_delete(&self, id: &UploadId) -> Result<()>;
     /// Every upload session with its last activity.
     async fn upload_list(&self) -> Result<Vec<UploadInfo>>;
 
@@ -121,6 +134,13 @@ pub trait Store: Send + Sync + 'static {
     async fn meta_get(&self, key: &MetaKey) -> Result<Option<Bytes>>;
     /// Whether a metadata document exists.
     async fn meta_exists(&self, key: &MetaKey) -> Result<bool>;
+    /// When a metadata document was last written or touched.
+    async fn meta_modified(&self, key: &MetaKey) -> Result<Option<SystemTime>>;
+    /// Marks a document as in use now, like [`Store::blob_touch`]; `false` when it is gone.
+    async fn meta_touch(&self, key: &MetaKey) -> Result<bool>;
+    /// Deletes a document unless it was written or touched at or after `cutoff`, with the
+    /// same protocol as [`Store::blob_delete_if_stale`]. Returns whether it was deleted.
+    async fn meta_delete_if_stale(&self, key: &MetaKey, cutoff: SystemTime) -> Result<bool>;
     /// Removes a metadata document; `false` when there was none.
     async fn meta_delete(&self, key: &MetaKey) -> Result<bool>;
     /// The document names in a directory, sorted; empty when the directory does not exist.
