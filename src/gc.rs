@@ -40,6 +40,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::StreamExt;
 use regex::Regex;
 use serde::Serialize;
 
@@ -50,6 +51,9 @@ use crate::store::{MetaDir, MetaKey, Store, StoreError, layout};
 /// Subtracted from every cutoff, beyond the grace period: covers the kernel's coarse file
 /// timestamps and small clock adjustments. (Touches themselves set precise times.)
 pub const CLOCK_MARGIN: Duration = Duration::from_millis(50);
+
+/// Blob deletions in flight at once during a sweep.
+const SWEEP_CONCURRENCY: usize = 16;
 
 /// What a collection does.
 #[derive(Clone, Debug)]
@@ -363,6 +367,7 @@ pub async fn collect(
 
     progress(&format!("sweeping blobs ({} marked)", marked.len()));
     let mut deleted: HashSet<Digest> = HashSet::new();
+    let mut candidates = Vec::new();
     for blob in store.blob_list().await? {
         report.blobs_examined += 1;
         if marked.contains(&blob.digest) {
@@ -387,10 +392,20 @@ pub async fn collect(
             });
             continue;
         }
-        if let Some(freed) = store.blob_delete_if_stale(&blob.digest, cutoff).await? {
+        candidates.push(blob.digest);
+    }
+    // Deletions are independent, and each is a few metadata operations: run several at once.
+    let mut sweeps = futures::stream::iter(candidates)
+        .map(|d| async move {
+            let freed = store.blob_delete_if_stale(&d, cutoff).await?;
+            Ok::<_, StoreError>((d, freed))
+        })
+        .buffer_unordered(SWEEP_CONCURRENCY);
+    while let Some(result) = sweeps.next().await {
+        if let (d, Some(freed)) = result? {
             report.blobs_deleted += 1;
             report.bytes_freed += freed;
-            deleted.insert(blob.digest);
+            deleted.insert(d);
         }
     }
 
