@@ -89,6 +89,25 @@ fn parse_content_range(v: &str) -> Result<(u64, u64)> {
     Ok((start, end))
 }
 
+/// Where a chunk says it starts and how long it says it is: from `Content-Range` (which
+/// must agree with `Content-Length`), else just the length.
+fn declared_chunk(req: &Req) -> Result<(Option<u64>, Option<u64>)> {
+    let Some(v) = req.header(header::CONTENT_RANGE) else {
+        return Ok((None, req.content_length()));
+    };
+    let (start, end) = parse_content_range(v)?;
+    let len = end - start + 1;
+    if let Some(cl) = req.content_length()
+        && cl != len
+    {
+        return Err(RegistryError::RangeNotSatisfiable {
+            message: format!("Content-Range covers {len} bytes but Content-Length is {cl}"),
+            current: None,
+        });
+    }
+    Ok((Some(start), Some(len)))
+}
+
 /// The request body as a store stream, counted into the metrics.
 fn body_stream(reg: &Registry, body: Body) -> ByteStream {
     let counter = reg.metrics.bytes_received.clone();
@@ -191,23 +210,8 @@ pub async fn patch(
     body: Body,
 ) -> Result<Response> {
     let id = parse_id(id)?;
-    let (offset, len) = match req.header(header::CONTENT_RANGE) {
-        Some(v) => {
-            let (s, e) = parse_content_range(v)?;
-            (Some(s), Some(e - s + 1))
-        }
-        None => (None, None),
-    };
-    if let (Some(declared), Some(cl)) = (len, req.content_length())
-        && declared != cl
-    {
-        return Err(RegistryError::RangeNotSatisfiable {
-            message: format!("Content-Range covers {declared} bytes but Content-Length is {cl}"),
-            current: None,
-        });
-    }
+    let (offset, len) = declared_chunk(&req)?;
     let _g = InProgress::new(reg);
-    let len = len.or(req.content_length());
     let size = reg
         .store
         .upload_append(repo, &id, offset, len, None, body_stream(reg, body))
@@ -231,13 +235,7 @@ pub async fn finish(
         })?
         .parse()?;
     if has_body(&req) {
-        let (offset, len) = match req.header(header::CONTENT_RANGE) {
-            Some(v) => {
-                let (s, e) = parse_content_range(v)?;
-                (Some(s), Some(e - s + 1))
-            }
-            None => (None, req.content_length()),
-        };
+        let (offset, len) = declared_chunk(&req)?;
         let _g = InProgress::new(reg);
         reg.store
             .upload_append(
