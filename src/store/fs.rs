@@ -75,6 +75,12 @@ fn fsync_dir(dir: &Path) -> io::Result<()> {
 
 /// Writes `bytes` to `path` through a temporary file and a rename, fsyncing both.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_via_rename(path, bytes, true)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename: readers see the old
+/// content or the new, never a part. `durable` adds an fsync of the file and its directory.
+fn write_via_rename(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
     let parent = path
         .parent()
         .ok_or_else(|| io::Error::other("key has no parent"))?;
@@ -92,13 +98,13 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     };
     let result = f
         .write_all(bytes)
-        .and_then(|_| f.sync_data())
+        .and_then(|_| if durable { f.sync_data() } else { Ok(()) })
         .and_then(|_| fs::rename(&tmp, path))
-        .and_then(|_| fsync_dir(parent));
+        .and_then(|_| if durable { fsync_dir(parent) } else { Ok(()) });
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    result.at(path)
 }
 
 /// Where a collection stages an item it is about to delete: beside it, under a dot-name that
@@ -499,10 +505,11 @@ impl Store for FsStore {
         let dir = self.path(&layout::upload_dir(&id));
         let owner = repo.as_str().to_owned();
         // The owner first, atomically: a crash part-way leaves a session that answers as
-        // unknown and that gc's upload TTL purges, never one with a torn owner.
+        // unknown and that gc's upload TTL purges, never one with a torn owner. Not fsynced:
+        // a session lost to a power failure is simply started again by the client.
         blocking(move || {
             fs::create_dir_all(&dir)?;
-            write_atomic(&dir.join("repo"), owner.as_bytes())?;
+            write_via_rename(&dir.join("repo"), owner.as_bytes(), false)?;
             File::create(dir.join("data")).map(|_| ())
         })
         .await?;
