@@ -1,0 +1,386 @@
+//! The Store conformance suite: one set of checks that every storage backend must pass, as
+//! Distribution's storage drivers share one test suite. Each check takes a `&dyn Store`; the
+//! `backends()` list says which backends run (the filesystem today; an object-store backend
+//! adds itself there).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use berth::oci::{Algorithm, Digest, RepoName, Tag};
+use berth::store::fs::FsStore;
+use berth::store::{ByteStream, MetaDir, MetaKey, Store, StoreError};
+use bytes::Bytes;
+use futures::StreamExt;
+
+struct Backend {
+    name: &'static str,
+    store: Arc<dyn Store>,
+    _guard: tempfile::TempDir,
+}
+
+fn backends() -> Vec<Backend> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FsStore::open(dir.path().join("store")).unwrap());
+    vec![Backend {
+        name: "filesystem",
+        store,
+        _guard: dir,
+    }]
+}
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+fn body(chunks: &[&[u8]]) -> ByteStream {
+    let v: Vec<Result<Bytes, std::io::Error>> = chunks
+        .iter()
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    futures::stream::iter(v).boxed()
+}
+
+fn failing_body(first: &[u8]) -> ByteStream {
+    let v: Vec<Result<Bytes, std::io::Error>> = vec![
+        Ok(Bytes::copy_from_slice(first)),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client went away",
+        )),
+    ];
+    futures::stream::iter(v).boxed()
+}
+
+async fn read_all(store: &dyn Store, d: &Digest, start: u64, end: u64) -> Vec<u8> {
+    let h = store.blob_open(d).await.unwrap().expect("blob present");
+    let mut s = h.stream(start, end);
+    let mut out = Vec::new();
+    while let Some(c) = s.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    out
+}
+
+async fn blobs(store: &dyn Store) {
+    let small = b"small blob".to_vec();
+    let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    for data in [&small, &large] {
+        let d = Algorithm::Sha256.digest_of(data);
+        assert_eq!(store.blob_size(&d).await.unwrap(), None);
+        assert!(store.blob_open(&d).await.unwrap().is_none());
+        store.blob_put(&d, Bytes::from(data.clone())).await.unwrap();
+        store.blob_put(&d, Bytes::from(data.clone())).await.unwrap(); // idempotent
+        assert_eq!(store.blob_size(&d).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(
+            store.blob_read(&d).await.unwrap().unwrap().as_ref(),
+            &data[..]
+        );
+        let n = data.len() as u64;
+        assert_eq!(read_all(store, &d, 0, n - 1).await, data[..]);
+        assert_eq!(read_all(store, &d, 3, 7).await, data[3..=7]);
+        assert_eq!(
+            read_all(store, &d, n - 2, n - 1).await,
+            data[data.len() - 2..]
+        );
+        if n > 2_000_000 {
+            assert_eq!(
+                read_all(store, &d, 1_048_570, 2_097_160).await,
+                data[1_048_570..=2_097_160]
+            );
+        }
+    }
+    let listed: Vec<Digest> = store
+        .blob_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.digest)
+        .collect();
+    assert!(listed.contains(&Algorithm::Sha256.digest_of(&small)));
+    assert!(listed.contains(&Algorithm::Sha256.digest_of(&large)));
+}
+
+async fn uploads(store: &dyn Store) {
+    let r = repo("up/load");
+    let other = repo("other");
+    let id = store.upload_create(&r).await.unwrap();
+    assert_eq!(store.upload_size(&r, &id).await.unwrap(), 0);
+    assert!(matches!(
+        store.upload_size(&other, &id).await,
+        Err(StoreError::UploadUnknown)
+    ));
+    assert_eq!(
+        store
+            .upload_append(&r, &id, Some(0), Some(5), None, body(&[b"hel", b"lo"]))
+            .await
+            .unwrap(),
+        5
+    );
+    // Out of order, wrong length, a failing body: each rejected, and nothing appended.
+    assert!(matches!(
+        store
+            .upload_append(&r, &id, Some(3), None, None, body(&[b"x"]))
+            .await,
+        Err(StoreError::OffsetMismatch {
+            expected: 5,
+            got: 3
+        })
+    ));
+    assert!(matches!(
+        store
+            .upload_append(&r, &id, Some(5), Some(10), None, body(&[b" world"]))
+            .await,
+        Err(StoreError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        store
+            .upload_append(&r, &id, Some(5), None, None, failing_body(b" partial"))
+            .await,
+        Err(StoreError::Body(_))
+    ));
+    assert_eq!(store.upload_size(&r, &id).await.unwrap(), 5);
+    assert_eq!(
+        store
+            .upload_append(&r, &id, None, None, None, body(&[b" world"]))
+            .await
+            .unwrap(),
+        11
+    );
+    // A wrong digest: refused, session gone, nothing stored.
+    let wrong = Algorithm::Sha256.digest_of(b"something else");
+    assert!(matches!(
+        store.upload_commit(&r, &id, &wrong).await,
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert!(matches!(
+        store.upload_size(&r, &id).await,
+        Err(StoreError::UploadUnknown)
+    ));
+    assert_eq!(store.blob_size(&wrong).await.unwrap(), None);
+
+    // The right digest, in either algorithm (sha512 after sha256 hashing on the way).
+    for alg in [Algorithm::Sha256, Algorithm::Sha512] {
+        let id = store.upload_create(&r).await.unwrap();
+        let data = format!("content for {alg}").repeat(1000);
+        let half = data.len() / 2;
+        store
+            .upload_append(
+                &r,
+                &id,
+                Some(0),
+                None,
+                None,
+                body(&[&data.as_bytes()[..half]]),
+            )
+            .await
+            .unwrap();
+        store
+            .upload_append(
+                &r,
+                &id,
+                Some(half as u64),
+                None,
+                None,
+                body(&[&data.as_bytes()[half..]]),
+            )
+            .await
+            .unwrap();
+        let d = alg.digest_of(data.as_bytes());
+        assert_eq!(
+            store.upload_commit(&r, &id, &d).await.unwrap(),
+            data.len() as u64
+        );
+        assert_eq!(
+            store.blob_read(&d).await.unwrap().unwrap().as_ref(),
+            data.as_bytes()
+        );
+        assert!(matches!(
+            store.upload_size(&r, &id).await,
+            Err(StoreError::UploadUnknown)
+        ));
+    }
+    // Cancel, list, delete.
+    let a = store.upload_create(&r).await.unwrap();
+    let b = store.upload_create(&other).await.unwrap();
+    let ids: Vec<_> = store
+        .upload_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    assert!(ids.contains(&a) && ids.contains(&b));
+    assert!(matches!(
+        store.upload_cancel(&other, &a).await,
+        Err(StoreError::UploadUnknown)
+    ));
+    store.upload_cancel(&r, &a).await.unwrap();
+    store.upload_delete(&b).await.unwrap();
+    assert!(matches!(
+        store.upload_size(&r, &a).await,
+        Err(StoreError::UploadUnknown)
+    ));
+    assert!(matches!(
+        store.upload_size(&other, &b).await,
+        Err(StoreError::UploadUnknown)
+    ));
+}
+
+async fn metadata(store: &dyn Store) {
+    let r = repo("meta/repo");
+    let d = Algorithm::Sha256.digest_of(b"m");
+    assert!(!store.repository_exists(&r).await.unwrap());
+    assert_eq!(
+        store.meta_list(&MetaDir::tags(&r)).await.unwrap(),
+        Vec::<String>::new()
+    );
+    for t in ["b", "a", "c"] {
+        let tag: Tag = t.parse().unwrap();
+        store
+            .meta_put(&MetaKey::tag(&r, &tag), d.to_string().as_bytes())
+            .await
+            .unwrap();
+    }
+    store
+        .meta_put(
+            &MetaKey::manifest_link(&r, &d),
+            b"application/vnd.oci.image.manifest.v1+json",
+        )
+        .await
+        .unwrap();
+    assert!(store.repository_exists(&r).await.unwrap());
+    assert_eq!(
+        store.meta_list(&MetaDir::tags(&r)).await.unwrap(),
+        ["a", "b", "c"]
+    );
+    let a = MetaKey::tag(&r, &"a".parse().unwrap());
+    assert_eq!(
+        store.meta_get(&a).await.unwrap().unwrap().as_ref(),
+        d.to_string().as_bytes()
+    );
+    store.meta_put(&a, b"replaced").await.unwrap();
+    assert_eq!(
+        store.meta_get(&a).await.unwrap().unwrap().as_ref(),
+        b"replaced"
+    );
+    assert!(store.meta_modified(&a).await.unwrap().is_some());
+    assert!(store.meta_delete(&a).await.unwrap());
+    assert!(!store.meta_delete(&a).await.unwrap());
+    assert!(!store.meta_exists(&a).await.unwrap());
+    assert_eq!(
+        store.meta_list(&MetaDir::tags(&r)).await.unwrap(),
+        ["b", "c"]
+    );
+    store
+        .meta_put(&MetaKey::blob_link(&repo("meta/repo/nested"), &d), b"")
+        .await
+        .unwrap();
+    let repos: Vec<String> = store
+        .repositories()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert!(
+        repos.contains(&"meta/repo".to_owned()) && repos.contains(&"meta/repo/nested".to_owned())
+    );
+    let mut sorted = repos.clone();
+    sorted.sort();
+    assert_eq!(repos, sorted);
+    // A stamp, where a backend offers one, changes with the directory's content.
+    let dir = MetaDir::tags(&r);
+    if let Some(before) = store.meta_dir_stamp(&dir).await.unwrap() {
+        store
+            .meta_put(&MetaKey::tag(&r, &"z".parse().unwrap()), b"x")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let after = store.meta_dir_stamp(&dir).await.unwrap();
+        assert_ne!(after, Some(before));
+    }
+}
+
+/// The garbage-collection protocol: touches win over sweeps, staged items come back.
+async fn touch_and_stale_deletion(store: &dyn Store) {
+    let d = Algorithm::Sha256.digest_of(b"gc subject");
+    store
+        .blob_put(&d, Bytes::from_static(b"gc subject"))
+        .await
+        .unwrap();
+    let future = SystemTime::now() + Duration::from_secs(3600);
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    // Touched after the cutoff: kept.
+    assert_eq!(store.blob_delete_if_stale(&d, past).await.unwrap(), None);
+    assert!(store.blob_size(&d).await.unwrap().is_some());
+    // Older than the cutoff: deleted, bytes reported; a touch then finds nothing.
+    assert_eq!(
+        store.blob_delete_if_stale(&d, future).await.unwrap(),
+        Some(10)
+    );
+    assert_eq!(store.blob_size(&d).await.unwrap(), None);
+    assert_eq!(store.blob_touch(&d).await.unwrap(), None);
+    assert_eq!(store.blob_delete_if_stale(&d, future).await.unwrap(), None);
+    // A touch refreshes: the same cutoff that deleted before now keeps it.
+    store
+        .blob_put(&d, Bytes::from_static(b"gc subject"))
+        .await
+        .unwrap();
+    let cutoff = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.blob_touch(&d).await.unwrap(), Some(10));
+    assert_eq!(store.blob_delete_if_stale(&d, cutoff).await.unwrap(), None);
+    // Metadata follows the same rules.
+    let key = MetaKey::manifest_link(&repo("gc"), &d);
+    store.meta_put(&key, b"type").await.unwrap();
+    assert!(!store.meta_delete_if_stale(&key, past).await.unwrap());
+    let cutoff = SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store.meta_touch(&key).await.unwrap());
+    assert!(!store.meta_delete_if_stale(&key, cutoff).await.unwrap());
+    assert!(store.meta_delete_if_stale(&key, future).await.unwrap());
+    assert!(!store.meta_touch(&key).await.unwrap());
+}
+
+/// Concurrent touches and sweeps on one blob: whenever a touch reports the blob present after
+/// the sweep's cutoff was taken, the blob must survive that sweep.
+async fn touch_races_sweep(store: Arc<dyn Store>) {
+    for round in 0..200u32 {
+        let data = format!("race {round}");
+        let d = Algorithm::Sha256.digest_of(data.as_bytes());
+        store.blob_put(&d, Bytes::from(data.clone())).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let cutoff = SystemTime::now();
+        let (s1, s2) = (store.clone(), store.clone());
+        let (d1, d2) = (d.clone(), d.clone());
+        let sweep =
+            tokio::spawn(async move { s1.blob_delete_if_stale(&d1, cutoff).await.unwrap() });
+        let touch = tokio::spawn(async move { s2.blob_touch(&d2).await.unwrap() });
+        let (swept, touched) = (sweep.await.unwrap(), touch.await.unwrap());
+        match (swept, touched) {
+            (Some(_), Some(_)) => panic!("round {round}: touched after the cutoff, yet deleted"),
+            (None, Some(_)) => assert!(
+                store.blob_size(&d).await.unwrap().is_some(),
+                "round {round}"
+            ),
+            (Some(_), None) => assert!(
+                store.blob_size(&d).await.unwrap().is_none(),
+                "round {round}"
+            ),
+            (None, None) => panic!("round {round}: neither deleted nor present"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    for b in backends() {
+        eprintln!("store conformance: {}", b.name);
+        blobs(b.store.as_ref()).await;
+        uploads(b.store.as_ref()).await;
+        metadata(b.store.as_ref()).await;
+        touch_and_stale_deletion(b.store.as_ref()).await;
+        touch_races_sweep(b.store.clone()).await;
+        b.store.ready().await.unwrap();
+    }
+}
