@@ -133,7 +133,8 @@ fn hex_val(c: u8) -> Option<u8> {
     (c as char).to_digit(16).map(|d| d as u8)
 }
 
-/// Query parameters, percent-decoded; the first occurrence of a key wins.
+/// Query parameters, percent-decoded; the first occurrence of a key wins. A `+` stays a `+`
+/// (media types contain it; no value the API accepts can contain a space).
 #[derive(Debug, Default)]
 pub struct Query(Vec<(String, String)>);
 
@@ -145,7 +146,7 @@ impl Query {
                 .filter(|p| !p.is_empty())
                 .map(|p| {
                     let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                    (percent_decode(k), percent_decode(&v.replace('+', " ")))
+                    (percent_decode(k), percent_decode(v))
                 })
                 .collect(),
         )
@@ -428,7 +429,9 @@ mod tests {
 
     #[test]
     fn query_decodes_values() {
-        let q = Query::parse(Some("digest=sha256%3Aab&n=10&from=a%2Fb&empty"));
+        let q = Query::parse(Some("digest=sha256%3Aab&n=10&from=a%2Fb&empty&t=a+json&u=b%2Bjson"));
+        assert_eq!(q.get("t"), Some("a+json"));
+        assert_eq!(q.get("u"), Some("b+json"));
         assert_eq!(q.get("digest"), Some("sha256:ab"));
         assert_eq!(q.get("from"), Some("a/b"));
         assert_eq!(q.get("empty"), Some(""));
