@@ -404,6 +404,33 @@ async fn upload_errors_leave_nothing_visible() {
         .await
         .unwrap();
     assert_eq!(r.status(), 416, "range and body length disagree");
+    for range in ["0-18446744073709551615", "0-99999999999999999999999"] {
+        let r = c
+            .patch(s.url(&loc))
+            .header("content-range", range)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 416, "{range}");
+    }
+    // Absurd pagination and deeply nested JSON are client errors too.
+    let r = c
+        .get(s.url("/v2/_catalog?n=99999999999999999999999"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = c
+        .put(s.url("/v2/e/manifests/deep"))
+        .header("content-type", OCI_MANIFEST)
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(error_code(r).await, "MANIFEST_INVALID");
     let r = c.get(s.url(&loc)).send().await.unwrap();
     assert_eq!(header(&r, "range"), "0-0", "rejected chunks append nothing");
 }

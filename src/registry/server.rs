@@ -429,7 +429,9 @@ mod tests {
 
     #[test]
     fn query_decodes_values() {
-        let q = Query::parse(Some("digest=sha256%3Aab&n=10&from=a%2Fb&empty&t=a+json&u=b%2Bjson"));
+        let q = Query::parse(Some(
+            "digest=sha256%3Aab&n=10&from=a%2Fb&empty&t=a+json&u=b%2Bjson",
+        ));
         assert_eq!(q.get("t"), Some("a+json"));
         assert_eq!(q.get("u"), Some("b+json"));
         assert_eq!(q.get("digest"), Some("sha256:ab"));

@@ -96,7 +96,12 @@ fn declared_chunk(req: &Req) -> Result<(Option<u64>, Option<u64>)> {
         return Ok((None, req.content_length()));
     };
     let (start, end) = parse_content_range(v)?;
-    let len = end - start + 1;
+    let len = (end - start)
+        .checked_add(1)
+        .ok_or_else(|| RegistryError::RangeNotSatisfiable {
+            message: format!("Content-Range {v:?} is out of range"),
+            current: None,
+        })?;
     if let Some(cl) = req.content_length()
         && cl != len
     {
