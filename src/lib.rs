@@ -6,3 +6,4 @@ pub mod oci;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod tls;

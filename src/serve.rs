@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{self, Config, LogFormat};
+use crate::config::{self, AuthConfig, Config, LogFormat, TlsConfig};
+use crate::registry::auth::{Auth, AuthSetupError};
 use crate::registry::{Registry, server};
 use crate::store::fs::FsStore;
 
@@ -18,6 +19,8 @@ pub struct Settings {
     pub log_level: String,
     pub manifest_cache_bytes: usize,
     pub automatic_cross_mount: bool,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
 }
 
 /// Values given on the command line or in the environment; `None` means "not given".
@@ -29,6 +32,9 @@ pub struct Overrides {
     pub log_level: Option<String>,
     pub manifest_cache_bytes: Option<usize>,
     pub automatic_cross_mount: Option<bool>,
+    pub htpasswd: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -53,6 +59,24 @@ impl Settings {
                 .automatic_cross_mount
                 .or(file.automatic_cross_mount)
                 .unwrap_or(true),
+            auth: AuthConfig {
+                htpasswd: o.htpasswd.or(file.auth.htpasswd.clone()),
+                ..file.auth.clone()
+            },
+            tls: match (o.tls_cert, o.tls_key, file.tls.clone()) {
+                (Some(cert), Some(key), _) => Some(TlsConfig { cert, key }),
+                (Some(cert), None, Some(f)) => Some(TlsConfig { cert, key: f.key }),
+                (None, Some(key), Some(f)) => Some(TlsConfig { cert: f.cert, key }),
+                (None, None, f) => f,
+                (Some(cert), None, None) => Some(TlsConfig {
+                    key: PathBuf::new(),
+                    cert,
+                }),
+                (None, Some(key), None) => Some(TlsConfig {
+                    cert: PathBuf::new(),
+                    key,
+                }),
+            },
         }
     }
 }
@@ -71,6 +95,10 @@ pub enum ServeError {
     },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("auth configuration: {0}")]
+    Auth(#[from] AuthSetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Sets up logging: plain or JSON lines on stderr, filtered before formatting.
@@ -93,9 +121,36 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         root: settings.root.clone(),
         source,
     })?;
-    let mut registry = Registry::new(Arc::new(store), settings.manifest_cache_bytes);
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let mut registry = Registry::new(store.clone(), settings.manifest_cache_bytes);
     registry.automatic_cross_mount = settings.automatic_cross_mount;
+    let auth = Auth::from_config(
+        &settings.auth,
+        &settings.root,
+        store,
+        settings.tls.is_some(),
+    )?;
+    match &auth {
+        Some(a) => {
+            tracing::info!(auth = %a.describe(), "authentication is on; what no rule grants is denied");
+            if registry.automatic_cross_mount {
+                // A mount without `from` names no repository whose pull right could be
+                // checked: it would hand any blob to anyone who knows its digest.
+                tracing::info!("automatic cross-repository mount is off while auth is on");
+                registry.automatic_cross_mount = false;
+            }
+        }
+        None => tracing::warn!(
+            "no authentication is configured: anyone who can reach this registry can push and pull"
+        ),
+    }
+    registry.auth = auth.map(Arc::new);
     let registry = Arc::new(registry);
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::ReloadingTls::load(&t.cert, &t.key))
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(&settings.addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -103,21 +158,26 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             source,
         })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
-    tracing::warn!(
-        "no authentication is configured: anyone who can reach {local} can push and pull"
-    );
-    tracing::info!(addr = %local, root = %settings.root.display(), "listening");
+    tracing::info!(addr = %local, root = %settings.root.display(), tls = tls.is_some(), "listening");
+    if let Some(tls) = tls {
+        return crate::tls::serve(listener, tls, server::router(registry), shutdown_signal())
+            .await
+            .map_err(ServeError::Serve);
+    }
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, server::router(registry))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Serve)
+    axum::serve(
+        listener,
+        server::router(registry).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(ServeError::Serve)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
