@@ -233,4 +233,60 @@ mod tests {
         let round: Config = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
         assert_eq!(round, c);
     }
+
+    #[test]
+    fn reads_the_auth_section() {
+        let c: Config = serde_yaml::from_str(
+            r#"
+auth:
+  htpasswd: /etc/berth/htpasswd
+  admins: [admin]
+  groups: {team-a: [alice, bob]}
+  access:
+    - repository: "team-a/**"
+      groups: [team-a]
+      users: [carol, anonymous]
+      actions: [pull, push, delete]
+  maxFailedLogins: 5
+  token:
+    service: registry.example.com
+    trustedIssuers:
+      - issuer: acme
+        publicKey: /etc/acme.pem
+tls: {cert: /tls/crt, key: /tls/key}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.auth.htpasswd, Some(PathBuf::from("/etc/berth/htpasswd")));
+        assert_eq!(c.auth.groups["team-a"], ["alice", "bob"]);
+        assert_eq!(
+            c.auth.access[0].actions,
+            [Action::Pull, Action::Push, Action::Delete]
+        );
+        assert_eq!(c.auth.max_failed_logins, Some(5));
+        let t = c.auth.token.as_ref().unwrap();
+        assert_eq!(t.trusted_issuers[0].issuer, "acme");
+        assert_eq!(c.tls.as_ref().unwrap().key, PathBuf::from("/tls/key"));
+        let round: Config = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+        // Typos and unknown actions are errors, not silently open doors.
+        assert!(
+            serde_yaml::from_str::<Config>(
+                "auth:
+  htpaswd: x
+"
+            )
+            .is_err()
+        );
+        assert!(
+            serde_yaml::from_str::<Config>(
+                "auth:
+  access:
+    - repository: a
+      actions: [pul]
+"
+            )
+            .is_err()
+        );
+    }
 }

@@ -83,8 +83,17 @@ fn docker_login(cfg: &Path, host: &str, user: &str, password: &str) -> (bool, St
 
 #[test]
 fn docker_login_push_pull_with_tokens() {
+    docker_login_push_pull(true);
+}
+
+#[test]
+fn docker_login_push_pull_with_basic_auth() {
+    docker_login_push_pull(false);
+}
+
+fn docker_login_push_pull(tokens: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), true);
+    let cfg = config(dir.path(), tokens);
     let s = Server::start_with(&["--config", cfg.to_str().unwrap()]);
     let docker_cfg = dir.path().join("docker");
     std::fs::create_dir_all(&docker_cfg).unwrap();
