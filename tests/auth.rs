@@ -577,6 +577,15 @@ fn start_up_validates_the_policy() {
 #[tokio::test]
 async fn open_registry_warns_and_htpasswd_flag_turns_auth_on() {
     let s = Server::start();
+    let c = client();
+    push_image(&c, &s, "open/x", "v1", "open").await;
+    let r = c
+        .get(s.url("/v2/open/x/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(audit_lines(&s).is_empty(), "no audit lines without auth");
     let warned = s
         .logs
         .lock()
@@ -595,7 +604,6 @@ async fn open_registry_warns_and_htpasswd_flag_turns_auth_on() {
             .iter()
             .any(|l| l.contains("no authentication is configured"))
     );
-    let c = client();
     assert_eq!(c.get(s.url("/v2/")).send().await.unwrap().status(), 401);
     let r = c
         .get(s.url("/v2/"))
