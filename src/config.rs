@@ -3,6 +3,7 @@
 //! cluster are configured the same way. Command-line flags and `BERTH_*` variables override the
 //! file; the file overrides the defaults.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
@@ -33,6 +34,13 @@ pub struct Config {
     /// Garbage collection: `berth gc` and `serve --gc-interval` read this.
     #[serde(default)]
     pub gc: GcConfig,
+    /// Who may do what. Without an `htpasswd` file or a trusted token issuer the registry is
+    /// open to anyone who can reach it.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// HTTPS: PEM certificate chain and private key, re-read when the files change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -71,6 +79,102 @@ pub struct RetentionRule {
     /// Keep tags pushed more recently than this (e.g. `30d`); older ones go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub older_than: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// An htpasswd file of `user:bcrypt-hash` lines (the files Distribution uses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
+    /// Users who may manage robot accounts through `/admin/robots`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<String>,
+    /// Named groups of users, referred to by access rules.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Access rules: whatever no rule grants is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<AccessRule>,
+    /// Docker token auth (`GET /token`, Bearer challenges, external issuers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenConfig>,
+    /// Seconds a successful password check is remembered (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_seconds: Option<u64>,
+    /// Failed logins allowed from one client address per window (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_logins: Option<u32>,
+    /// The window for `maxFailedLogins`, in seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_login_window_seconds: Option<u64>,
+}
+
+/// One access rule: a repository glob and what it grants to whom.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessRule {
+    /// A repository glob: `*` matches within one path segment, a `**` segment any number of
+    /// segments (`team-a/**` covers `team-a` and everything below it).
+    pub repository: String,
+    /// User names; `anonymous` means everyone, signed in or not.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Group names from `groups`.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// `pull`, `push`, `delete`.
+    pub actions: Vec<Action>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Pull,
+    Push,
+    Delete,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The token endpoint clients are sent to (default: `/token` on the host they asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// The service name: the `service` of challenges and the audience of tokens (default berth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The issuer of tokens signed here (default berth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// PKCS#8 PEM EC P-256 private key that signs tokens (default: generated once into
+    /// `<root>/auth/token-key.pem`, so replicas sharing the store share the key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Lifetime of issued tokens in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_seconds: Option<u64>,
+    /// Token services whose tokens are accepted as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_issuers: Vec<TrustedIssuer>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustedIssuer {
+    /// The `iss` claim of its tokens.
+    pub issuer: String,
+    /// PEM public key (EC or RSA) or certificate the tokens are signed with.
+    pub public_key: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -169,5 +273,61 @@ mod tests {
         assert!(serde_yaml::from_str::<Config>("adr: x\n").is_err());
         let round: Config = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
         assert_eq!(round, c);
+    }
+
+    #[test]
+    fn reads_the_auth_section() {
+        let c: Config = serde_yaml::from_str(
+            r#"
+auth:
+  htpasswd: /etc/berth/htpasswd
+  admins: [admin]
+  groups: {team-a: [alice, bob]}
+  access:
+    - repository: "team-a/**"
+      groups: [team-a]
+      users: [carol, anonymous]
+      actions: [pull, push, delete]
+  maxFailedLogins: 5
+  token:
+    service: registry.example.com
+    trustedIssuers:
+      - issuer: acme
+        publicKey: /etc/acme.pem
+tls: {cert: /tls/crt, key: /tls/key}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.auth.htpasswd, Some(PathBuf::from("/etc/berth/htpasswd")));
+        assert_eq!(c.auth.groups["team-a"], ["alice", "bob"]);
+        assert_eq!(
+            c.auth.access[0].actions,
+            [Action::Pull, Action::Push, Action::Delete]
+        );
+        assert_eq!(c.auth.max_failed_logins, Some(5));
+        let t = c.auth.token.as_ref().unwrap();
+        assert_eq!(t.trusted_issuers[0].issuer, "acme");
+        assert_eq!(c.tls.as_ref().unwrap().key, PathBuf::from("/tls/key"));
+        let round: Config = serde_yaml::from_str(&serde_yaml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+        // Typos and unknown actions are errors, not silently open doors.
+        assert!(
+            serde_yaml::from_str::<Config>(
+                "auth:
+  htpaswd: x
+"
+            )
+            .is_err()
+        );
+        assert!(
+            serde_yaml::from_str::<Config>(
+                "auth:
+  access:
+    - repository: a
+      actions: [pul]
+"
+            )
+            .is_err()
+        );
     }
 }

@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::{self, Config, LogFormat};
+use crate::config::{self, AuthConfig, Config, LogFormat, TlsConfig};
+use crate::registry::auth::{Auth, AuthSetupError};
 use crate::registry::{Registry, server};
 use crate::store::fs::FsStore;
 
@@ -21,6 +22,8 @@ pub struct Settings {
     /// Run a garbage collection this often inside the server.
     pub gc_interval: Option<std::time::Duration>,
     pub gc: crate::gc::GcOptions,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
 }
 
 /// Values given on the command line or in the environment; `None` means "not given".
@@ -33,6 +36,9 @@ pub struct Overrides {
     pub manifest_cache_bytes: Option<usize>,
     pub automatic_cross_mount: Option<bool>,
     pub gc_interval: Option<String>,
+    pub htpasswd: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -68,6 +74,24 @@ impl Settings {
                 .automatic_cross_mount
                 .or(file.automatic_cross_mount)
                 .unwrap_or(true),
+            auth: AuthConfig {
+                htpasswd: o.htpasswd.or(file.auth.htpasswd.clone()),
+                ..file.auth.clone()
+            },
+            tls: match (o.tls_cert, o.tls_key, file.tls.clone()) {
+                (Some(cert), Some(key), _) => Some(TlsConfig { cert, key }),
+                (Some(cert), None, Some(f)) => Some(TlsConfig { cert, key: f.key }),
+                (None, Some(key), Some(f)) => Some(TlsConfig { cert: f.cert, key }),
+                (None, None, f) => f,
+                (Some(cert), None, None) => Some(TlsConfig {
+                    key: PathBuf::new(),
+                    cert,
+                }),
+                (None, Some(key), None) => Some(TlsConfig {
+                    cert: PathBuf::new(),
+                    key,
+                }),
+            },
         })
     }
 }
@@ -90,6 +114,10 @@ pub enum ServeError {
     Option(String),
     #[error(transparent)]
     Gc(#[from] crate::gc::GcError),
+    #[error("auth configuration: {0}")]
+    Auth(#[from] AuthSetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Sets up logging: plain or JSON lines on stderr, filtered before formatting.
@@ -115,6 +143,27 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     let store: Arc<dyn crate::store::Store> = Arc::new(store);
     let mut registry = Registry::new(store.clone(), settings.manifest_cache_bytes);
     registry.automatic_cross_mount = settings.automatic_cross_mount;
+    let auth = Auth::from_config(
+        &settings.auth,
+        &settings.root,
+        store,
+        settings.tls.is_some(),
+    )?;
+    match &auth {
+        Some(a) => {
+            tracing::info!(auth = %a.describe(), "authentication is on; what no rule grants is denied");
+            if registry.automatic_cross_mount {
+                // A mount without `from` names no repository whose pull right could be
+                // checked: it would hand any blob to anyone who knows its digest.
+                tracing::info!("automatic cross-repository mount is off while auth is on");
+                registry.automatic_cross_mount = false;
+            }
+        }
+        None => tracing::warn!(
+            "no authentication is configured: anyone who can reach this registry can push and pull"
+        ),
+    }
+    registry.auth = auth.map(Arc::new);
     let registry = Arc::new(registry);
     if let Some(every) = settings.gc_interval {
         tokio::spawn(collect_periodically(
@@ -123,6 +172,11 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             settings.gc.clone(),
         ));
     }
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::ReloadingTls::load(&t.cert, &t.key))
+        .transpose()?;
     let listener = tokio::net::TcpListener::bind(&settings.addr)
         .await
         .map_err(|source| ServeError::Bind {
@@ -130,21 +184,26 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             source,
         })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
-    tracing::warn!(
-        "no authentication is configured: anyone who can reach {local} can push and pull"
-    );
-    tracing::info!(addr = %local, root = %settings.root.display(), "listening");
+    tracing::info!(addr = %local, root = %settings.root.display(), tls = tls.is_some(), "listening");
+    if let Some(tls) = tls {
+        return crate::tls::serve(listener, tls, server::router(registry), shutdown_signal())
+            .await
+            .map_err(ServeError::Serve);
+    }
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, server::router(registry))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(ServeError::Serve)
+    axum::serve(
+        listener,
+        server::router(registry).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await
+    .map_err(ServeError::Serve)
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -20,6 +20,7 @@ pub async fn list(reg: &Registry, req: &Req) -> Result<Response> {
         .await?
         .into_iter()
         .map(|r| r.as_str().to_owned())
+        .filter(|r| req.repo_filter.as_ref().is_none_or(|visible| visible(r)))
         .collect();
     let (page, link) = paginate(&all, req, "/v2/_catalog")?;
     Ok(json_page(&Catalog { repositories: page }, link))

@@ -52,6 +52,20 @@ pub enum RegistryError {
     MethodNotAllowed,
     #[error("{0}")]
     NotFound(String),
+    #[error("{message}")]
+    Unauthorized {
+        message: String,
+        /// The `WWW-Authenticate` value telling the client how to authenticate.
+        challenge: Option<String>,
+    },
+    #[error("{0}")]
+    Denied(String),
+    #[error("too many failed logins from this address; retry after {retry_after} s")]
+    TooManyRequests { retry_after: u64 },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("storage error: {0}")]
     Storage(String),
 }
@@ -73,6 +87,10 @@ impl RegistryError {
             TagInvalid(_) => "MANIFEST_INVALID",
             PaginationInvalid(_) => "PAGINATION_NUMBER_INVALID",
             Unsupported(_) | MethodNotAllowed | NotFound(_) => "UNSUPPORTED",
+            Unauthorized { .. } => "UNAUTHORIZED",
+            Denied(_) => "DENIED",
+            TooManyRequests { .. } => "TOOMANYREQUESTS",
+            InvalidRequest(_) | Conflict(_) => "UNSUPPORTED",
             Storage(_) => "UNKNOWN",
         }
     }
@@ -93,7 +111,12 @@ impl RegistryError {
             | NameInvalid(_)
             | SizeInvalid(_)
             | TagInvalid(_)
-            | PaginationInvalid(_) => StatusCode::BAD_REQUEST,
+            | PaginationInvalid(_)
+            | InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Denied(_) => StatusCode::FORBIDDEN,
+            TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Conflict(_) => StatusCode::CONFLICT,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -112,6 +135,20 @@ impl IntoResponse for RegistryError {
         let body =
             json!({"errors": [{"code": self.code(), "message": self.to_string(), "detail": null}]});
         let mut resp = (status, axum::Json(body)).into_response();
+        match &self {
+            RegistryError::Unauthorized {
+                challenge: Some(c), ..
+            } => {
+                if let Ok(v) = HeaderValue::from_str(c) {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            RegistryError::TooManyRequests { retry_after } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
         if let RegistryError::RangeNotSatisfiable {
             current: Some(size),
             ..

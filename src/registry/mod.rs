@@ -2,6 +2,7 @@
 //! Handlers parse and validate requests into `oci` newtypes, call the store, and map errors to
 //! the spec's codes; they never touch files themselves.
 
+pub mod auth;
 pub mod blobs;
 pub mod cache;
 pub mod catalog;
@@ -25,6 +26,8 @@ pub struct Registry {
     pub tag_lists: tags::TagListCache,
     /// Mount a blob given `?mount=` without `from` when the registry already stores it.
     pub automatic_cross_mount: bool,
+    /// Access control; `None` is an open registry.
+    pub auth: Option<Arc<auth::Auth>>,
 }
 
 impl Registry {
@@ -35,6 +38,7 @@ impl Registry {
             metrics: metrics::Metrics::new(),
             tag_lists: tags::TagListCache::default(),
             automatic_cross_mount: true,
+            auth: None,
         }
     }
 }

@@ -5,18 +5,20 @@
 //! reads the path from its end (`.../manifests/<ref>`, `.../blobs/uploads/<id>`, ...) and
 //! [`dispatch`] maps (method, route) to a handler in one `match`.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, delete, get};
 use tracing::Instrument;
 
+use super::auth::{Identity, endpoints, safe_host};
 use super::errors::{RegistryError, Result};
 use super::metrics::{self, RequestLabels, RouteLabels};
 use super::{Registry, blobs, catalog, manifests, referrers, tags, uploads};
@@ -159,6 +161,11 @@ impl Query {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Drops every occurrence of a key.
+    pub fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
     /// Every value of a repeated key, in order.
     pub fn get_all<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
@@ -174,7 +181,11 @@ pub struct Req {
     pub method: Method,
     pub headers: HeaderMap,
     pub query: Query,
+    /// With auth on, the repositories this caller may see in listings (`None`: all).
+    pub repo_filter: Option<RepoFilter>,
 }
+
+pub type RepoFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Req {
     pub fn header(&self, name: header::HeaderName) -> Option<&str> {
@@ -204,6 +215,12 @@ pub fn router(registry: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/token", get(endpoints::token))
+        .route(
+            "/admin/robots",
+            get(endpoints::list_robots).post(endpoints::create_robot),
+        )
+        .route("/admin/robots/{name}", delete(endpoints::revoke_robot))
         .layer(middleware::from_fn_with_state(registry.clone(), observe))
         .with_state(registry)
 }
@@ -242,8 +259,67 @@ fn base() -> Response {
         .into_response()
 }
 
+/// The client's address, when the server recorded it.
+pub fn client_ip(ext: &axum::http::Extensions) -> Option<IpAddr> {
+    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Authenticates and authorizes a /v2/ request (a no-op on an open registry).
+async fn check_access(
+    reg: &Registry,
+    route: &Route,
+    req: &mut Req,
+    client: Option<IpAddr>,
+) -> Result<Option<Identity>> {
+    let Some(auth) = &reg.auth else {
+        return Ok(None);
+    };
+    let host = safe_host(&req.headers).map(str::to_owned);
+    let id = match auth.authenticate(&req.headers, client).await {
+        Ok(id) => id,
+        Err(RegistryError::Unauthorized {
+            message,
+            challenge: None,
+        }) => {
+            return Err(RegistryError::Unauthorized {
+                message,
+                challenge: Some(auth.challenge(None, host.as_deref(), false)),
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    auth.authorize(&id, route, req, host.as_deref())?;
+    if let Route::Catalog = route {
+        let (auth, who) = (auth.clone(), id.clone());
+        req.repo_filter = Some(Arc::new(move |r: &str| auth.catalog_visible(&who, r)));
+    }
+    Ok(Some(id))
+}
+
+/// What the audit log records about a request, taken before it is dispatched.
+struct AuditEvent {
+    event: &'static str,
+    repo: String,
+    reference: String,
+}
+
+fn audit_event(method: &Method, route: &Route) -> Option<AuditEvent> {
+    let (event, repo, reference) = match (method, route) {
+        (&Method::GET, Route::Manifest(r, x)) => ("pull", r, x),
+        (&Method::PUT, Route::Manifest(r, x)) => ("push", r, x),
+        (&Method::DELETE, Route::Manifest(r, x) | Route::Blob(r, x)) => ("delete", r, x),
+        _ => return None,
+    };
+    Some(AuditEvent {
+        event,
+        repo: repo.as_str().to_owned(),
+        reference: reference.clone(),
+    })
+}
+
 async fn v2(State(reg): State<App>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let client = client_ip(&parts.extensions);
     let route = Route::parse(parts.uri.path());
     let info = match &route {
         Ok(r) => RouteInfo {
@@ -255,16 +331,55 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
             repo: None,
         },
     };
-    let req = Req {
+    let mut req = Req {
         method: parts.method,
         headers: parts.headers,
         query: Query::parse(parts.uri.query()),
+        repo_filter: None,
     };
-    let mut resp = match route {
-        Ok(route) => dispatch(&reg, route, req, body).await,
+    let mut audit = None;
+    let mut who = None;
+    let result = match route {
+        Ok(route) => {
+            // Audit lines say who did what: they exist where there is a "who" (auth on).
+            if reg.auth.is_some() {
+                audit = audit_event(&req.method, &route);
+            }
+            match check_access(&reg, &route, &mut req, client).await {
+                Ok(id) => {
+                    who = id.map(|i| i.subject.name());
+                    dispatch(&reg, route, req, body).await
+                }
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
+    };
+    let mut resp = result.unwrap_or_else(|e| e.into_response());
+    if let Some(a) = audit {
+        let status = resp.status();
+        let digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(if a.reference.contains(':') {
+                a.reference.as_str()
+            } else {
+                ""
+            });
+        tracing::info!(
+            target: "audit",
+            event = a.event,
+            who = who.as_deref().unwrap_or("anonymous"),
+            client = %client.map(|c| c.to_string()).unwrap_or_default(),
+            repository = %a.repo,
+            reference = %a.reference,
+            digest = %digest,
+            status = status.as_u16(),
+            result = if status.is_success() { "success" } else { "failure" },
+            "audit"
+        );
     }
-    .unwrap_or_else(|e| e.into_response());
     resp.headers_mut().insert(
         "docker-distribution-api-version",
         HeaderValue::from_static("registry/2.0"),

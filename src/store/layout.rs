@@ -11,6 +11,7 @@
 //! repositories/<name>/_referrers/<alg>/<hex>/<alg>-<hex> a referrer of subject <alg>:<hex>; holds
 //!                                                        its descriptor (JSON)
 //! uploads/<id>/data, uploads/<id>/repo                   an upload session's bytes and owner
+//! auth/robots/<name>.json                                a robot account (hash of its secret)
 //! ```
 //! Repository names cannot contain a component starting with `_`, so the bookkeeping
 //! directories never collide with nested repositories (`a` and `a/b` coexist).
@@ -23,6 +24,7 @@ use crate::oci::{Algorithm, Digest, RepoName, Tag};
 pub const BLOBS: &str = "blobs";
 pub const REPOSITORIES: &str = "repositories";
 pub const UPLOADS: &str = "uploads";
+pub const AUTH: &str = "auth";
 
 /// Names of the per-repository bookkeeping directories.
 pub const REPO_BLOBS: &str = "_blobs";
@@ -108,6 +110,11 @@ impl MetaKey {
         MetaKey(format!("{}/{}", MetaDir::tags(repo).0, tag.as_str()))
     }
 
+    /// A robot account's record; `name` must already be validated (`[a-z0-9][a-z0-9_-]*`).
+    pub fn robot(name: &str) -> Self {
+        MetaKey(format!("{}/{name}.json", MetaDir::robots().0))
+    }
+
     pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Self {
         MetaKey(format!(
             "{}/{}-{}",
@@ -121,6 +128,10 @@ impl MetaKey {
 impl MetaDir {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn robots() -> Self {
+        MetaDir(format!("{AUTH}/robots"))
     }
 
     pub fn repo(repo: &RepoName) -> Self {

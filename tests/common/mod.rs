@@ -219,3 +219,49 @@ pub fn assert_blob_store_consistent(root: &Path) -> usize {
     }
     n
 }
+
+/// Writes an htpasswd file of bcrypt entries (cost 4: fast tests, same format).
+pub fn write_htpasswd(path: &Path, users: &[(&str, &str)]) {
+    let text: String = users
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).expect("bcrypt")))
+        .collect();
+    std::fs::write(path, text).expect("write htpasswd");
+}
+
+/// An `Authorization: Basic` value.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Runs `berth token ...` on `root`; returns stdout (panics on failure).
+pub fn berth_token(root: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("token")
+        .args(args)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .expect("run berth token");
+    assert!(
+        out.status.success(),
+        "berth token {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// The lines of the server's JSON log with target `audit`.
+pub fn audit_lines(s: &Server) -> Vec<serde_json::Value> {
+    s.logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect()
+}
