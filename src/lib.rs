@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod oci;
+pub mod operator;
 pub mod registry;
 pub mod serve;
 pub mod store;
