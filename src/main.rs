@@ -48,7 +48,7 @@ struct OperatorArgs {
     /// Image the Registry pods and gc Jobs run when a Registry names none (the operator's own)
     #[arg(long, env = "BERTH_IMAGE", default_value = concat!("ghcr.io/berth-dev/berth:", env!("CARGO_PKG_VERSION")))]
     image: String,
-    /// Log format [default: plain]
+    /// Log format
     #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "plain")]
     log_format: LogFormat,
 }
@@ -83,8 +83,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crd => match berth::operator::crd::crds_yaml() {
             Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
+                use std::io::Write;
+                // A closed pipe (`berth crd | head`) is the reader's choice, not an error.
+                match std::io::stdout().lock().write_all(text.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        eprintln!("berth: {e}");
+                        ExitCode::FAILURE
+                    }
+                    _ => ExitCode::SUCCESS,
+                }
             }
             Err(e) => {
                 eprintln!("berth: cannot render the CRDs: {e}");

@@ -21,6 +21,12 @@ use sha2::{Digest, Sha256};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
+/// Says so on the terminal even under the test harness's output capture.
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
 async fn cluster() -> Option<Client> {
     let client = tokio::time::timeout(Duration::from_secs(10), Client::try_default())
         .await
@@ -56,14 +62,14 @@ fn example<T: serde::de::DeserializeOwned>(file: &str) -> T {
 #[tokio::test]
 async fn operator_end_to_end_on_a_real_cluster() {
     let Some(client) = cluster().await else {
-        println!(
-            "e2e: NOT RUN - no Kubernetes API server reachable through KUBECONFIG; nothing was tested"
+        say(
+            "e2e: NOT RUN - no Kubernetes API server reachable through KUBECONFIG; nothing was tested",
         );
         return;
     };
     let Ok(image) = std::env::var("BERTH_E2E_IMAGE") else {
-        println!(
-            "e2e: NOT RUN - a cluster is reachable but BERTH_E2E_IMAGE (an image of this build it can pull) is not set"
+        say(
+            "e2e: NOT RUN - a cluster is reachable but BERTH_E2E_IMAGE (an image of this build it can pull) is not set",
         );
         return;
     };
@@ -198,5 +204,5 @@ async fn operator_end_to_end_on_a_real_cluster() {
         .delete(&ns, &DeleteParams::default())
         .await
         .unwrap();
-    println!("e2e: RAN against the cluster and passed");
+    say("e2e: RAN against the cluster and passed");
 }

@@ -170,6 +170,45 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn two_replicas_never_both_hold_the_lease() {
+        let (client, fake) = crate::operator::fake::Fake::start();
+        let api: Api<Lease> = Api::namespaced(client, "ops");
+        let cfg = |id: &str| LeaseConfig {
+            name: "berth-operator-leader".into(),
+            namespace: "ops".into(),
+            identity: id.into(),
+            duration: Duration::from_secs(15),
+            renew_every: Duration::from_secs(5),
+        };
+        assert!(
+            try_hold(&api, &cfg("a")).await.unwrap(),
+            "first come takes it"
+        );
+        assert!(
+            !try_hold(&api, &cfg("b")).await.unwrap(),
+            "a live lease is respected"
+        );
+        assert!(
+            try_hold(&api, &cfg("a")).await.unwrap(),
+            "the holder renews"
+        );
+        let key = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/berth-operator-leader";
+        assert_eq!(fake.get(key).unwrap()["spec"]["holderIdentity"], "a");
+        // a stops renewing; once expired, b takes over and the transition is counted.
+        fake.edit(
+            key,
+            serde_json::json!({"spec": {"renewTime": "2020-01-01T00:00:00.000000Z"}}),
+        );
+        assert!(try_hold(&api, &cfg("b")).await.unwrap());
+        let lease = fake.get(key).unwrap();
+        assert_eq!(lease["spec"]["holderIdentity"], "b");
+        assert_eq!(lease["spec"]["leaseTransitions"], 1);
+        // A write racing on a stale resourceVersion loses instead of stealing.
+        fake.fail_once("PUT", "/leases/", 409);
+        assert!(!try_hold(&api, &cfg("b")).await.unwrap());
+    }
+
     #[test]
     fn only_an_absent_or_expired_lease_changes_hands() {
         let now = Timestamp::from_second(1_000).unwrap();

@@ -204,3 +204,32 @@ pub fn lease_config(namespace: String, identity: String) -> LeaseConfig {
         renew_every: Duration::from_secs(5),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics_endpoints() {
+        let metrics = Arc::new(Metrics::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve_http(listener, metrics.clone()));
+        let http = reqwest::Client::new();
+        let get = |path: &str| http.get(format!("{base}{path}")).send();
+        assert_eq!(get("/healthz").await.unwrap().status(), 200);
+        assert_eq!(
+            get("/readyz").await.unwrap().status(),
+            503,
+            "not ready before the API answered"
+        );
+        metrics.set_ready();
+        metrics.reconciled("Registry");
+        assert_eq!(get("/readyz").await.unwrap().status(), 200);
+        let text = get("/metrics").await.unwrap().text().await.unwrap();
+        assert!(
+            text.contains("berth_operator_reconciles_total{kind=\"Registry\"} 1"),
+            "{text}"
+        );
+    }
+}
