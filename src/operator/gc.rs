@@ -302,7 +302,11 @@ async fn build_or_block<T>(
     match built {
         Ok(t) => Ok(Some(t)),
         Err(e @ (BuildError::Invalid { .. } | BuildError::Unsupported { .. })) => {
-            write_status(gc, ctx, blocked("InvalidSpec", &e.to_string()), old.clone()).await?;
+            let reason = match e {
+                BuildError::Unsupported { .. } => "RegistryUnsupported",
+                _ => "InvalidSpec",
+            };
+            write_status(gc, ctx, blocked(reason, &e.to_string()), old.clone()).await?;
             Ok(None)
         }
         Err(e) => Err(e.into()),

@@ -49,6 +49,9 @@ pub fn gc_job_name(gc: &GarbageCollection) -> Result<String, BuildError> {
 }
 
 fn pod_template(gc: &GarbageCollection, reg: &Registry, d: &Defaults) -> Result<Value, BuildError> {
+    // The Job mounts the Registry's rendered config: a Registry that cannot have one (its spec
+    // asks for what the schema lacks) cannot be collected either.
+    super::render_config(reg)?;
     let (gc_name, _) = name_ns(gc)?;
     let (reg_name, _) = name_ns(reg)?;
     let mut volumes = vec![
@@ -204,6 +207,22 @@ mod tests {
         let job = gc_job(&one_shot(), &minimal(), &defaults()).unwrap();
         assert_eq!(job.metadata.name.as_deref(), Some("nightly-2"));
         golden("gc-job.yaml", &job);
+    }
+
+    #[test]
+    fn a_registry_without_a_config_cannot_be_collected() {
+        let mut reg = minimal();
+        reg.spec.storage = StorageSpec {
+            pvc: None,
+            s3: Some(S3Storage::default()),
+        };
+        assert!(matches!(
+            gc_job(&one_shot(), &reg, &defaults()),
+            Err(BuildError::Unsupported {
+                field: "spec.storage.s3",
+                ..
+            })
+        ));
     }
 
     #[test]
