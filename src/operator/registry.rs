@@ -161,8 +161,57 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
 
-    let mut applied: Vec<&str> = vec![];
+    let (applied, dep) = match apply_children(reg, client, &plan).await {
+        Ok(done) => done,
+        // The API server refused an object as invalid (an immutable PVC field changed, a
+        // value it rejects): retrying cannot help until the spec changes.
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 => {
+            let msg = format!(
+                "the API server rejected a child object: {}; fix the Registry spec",
+                s.message
+            );
+            write_status(
+                reg,
+                ctx,
+                blocked("Rejected", &msg),
+                None,
+                Some(plan.endpoint.clone()),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    if !applied.is_empty() {
+        ctx.event(
+            reg,
+            EventType::Normal,
+            "Applied",
+            format!("Applied {}", applied.join(", ")),
+        )
+        .await;
+    }
+
+    let (wanted, ready, want) = rollout_conditions(&dep.object);
+    let all_ready = conditions_ready(&wanted);
+    write_status(reg, ctx, wanted, Some((ready, want)), Some(plan.endpoint)).await?;
+    Ok(if all_ready {
+        Action::requeue(Duration::from_secs(600))
+    } else {
+        // Deployment changes wake us through the owns() watch; this bounds the wait.
+        Action::requeue(Duration::from_secs(60))
+    })
+}
+
+/// Applies every child that differs; returns the kinds written and the Deployment as stored.
+async fn apply_children(
+    reg: &Registry,
+    client: &kube::Client,
+    plan: &Desired,
+) -> Result<(Vec<&'static str>, super::apply::Ensured<Deployment>), Error> {
+    let mut applied: Vec<&'static str> = vec![];
     let uid = reg.uid().unwrap_or_default();
+    let ns = reg.namespace().unwrap_or_default();
     if ensure(&Api::namespaced(client.clone(), &ns), &plan.config_map)
         .await?
         .changed
@@ -217,25 +266,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
         &mut applied,
     )
     .await?;
-    if !applied.is_empty() {
-        ctx.event(
-            reg,
-            EventType::Normal,
-            "Applied",
-            format!("Applied {}", applied.join(", ")),
-        )
-        .await;
-    }
-
-    let (wanted, ready, want) = rollout_conditions(&dep.object);
-    let all_ready = conditions_ready(&wanted);
-    write_status(reg, ctx, wanted, Some((ready, want)), Some(plan.endpoint)).await?;
-    Ok(if all_ready {
-        Action::requeue(Duration::from_secs(600))
-    } else {
-        // Deployment changes wake us through the owns() watch; this bounds the wait.
-        Action::requeue(Duration::from_secs(60))
-    })
+    Ok((applied, dep))
 }
 
 fn conditions_ready(w: &[Wanted]) -> bool {

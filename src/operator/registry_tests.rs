@@ -437,3 +437,23 @@ async fn retain_after_delete_takes_the_owner_reference_off() {
         json!([])
     );
 }
+
+#[tokio::test]
+async fn a_child_the_api_server_rejects_is_a_condition_not_a_retry_loop() {
+    let (ctx, fake) = setup(minimal());
+    fake.fail_once("PATCH", "/persistentvolumeclaims/hub-data", 422);
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "Rejected".into())
+    );
+    assert!(fake.get(DEP).is_none(), "stops at the rejected object");
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_with_backoff() {
+    let (ctx, fake) = setup(minimal());
+    fake.fail_once("PATCH", "/services/hub", 500);
+    let err = run(&ctx, &fake).await.unwrap_err();
+    assert_eq!(err.retry_after(), Duration::from_secs(15));
+}
