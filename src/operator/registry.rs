@@ -518,3 +518,17 @@ pub fn references_secret(reg: &Registry, secret: &str) -> bool {
         || s.auth.as_ref().and_then(|a| a.htpasswd_secret.as_deref()) == Some(secret)
         || s.storage.s3.as_ref().map(|s| s.credentials_secret.as_str()) == Some(secret)
 }
+
+/// The Registries a Secret event should wake: those in its namespace that name it.
+pub fn registries_for_secret(
+    registries: &[Arc<Registry>],
+    secret: &Secret,
+) -> Vec<kube::runtime::reflector::ObjectRef<Registry>> {
+    let name = secret.name_any();
+    let ns = secret.namespace();
+    registries
+        .iter()
+        .filter(|r| r.namespace() == ns && references_secret(r, &name))
+        .map(|r| kube::runtime::reflector::ObjectRef::from_obj(&**r))
+        .collect()
+}

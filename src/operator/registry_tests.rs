@@ -457,3 +457,34 @@ async fn a_server_error_is_retried_with_backoff() {
     let err = run(&ctx, &fake).await.unwrap_err();
     assert_eq!(err.retry_after(), Duration::from_secs(15));
 }
+
+#[test]
+fn a_secret_wakes_only_the_registries_that_name_it() {
+    use k8s_openapi::api::core::v1::Secret;
+    let reg = |name: &str, ns: &str, tls: Option<&str>| {
+        let mut r: Registry = serde_json::from_value(json!({
+            "apiVersion": "berth.dev/v1alpha1", "kind": "Registry",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"storage": {"pvc": {"size": "1Gi"}}, "ingress": {"host": "h"}},
+        }))
+        .unwrap();
+        r.spec.tls = tls.map(|t| super::crd::TlsSpec {
+            secret_name: Some(t.into()),
+            issuer_ref: None,
+        });
+        Arc::new(r)
+    };
+    let all = [
+        reg("a", "team", Some("cert")),
+        reg("b", "team", None),
+        reg("c", "other", Some("cert")),
+    ];
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("cert".into());
+    secret.metadata.namespace = Some("team".into());
+    let woken: Vec<String> = super::registry::registries_for_secret(&all, &secret)
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    assert_eq!(woken, ["a"]);
+}

@@ -16,7 +16,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use kube::api::Api;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 
@@ -112,16 +111,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
         .watches(
             api::<Secret>(&client, ns),
             wc.clone(),
-            move |secret: Secret| {
-                let name = secret.name_any();
-                let ns = secret.namespace();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|r| r.namespace() == ns && registry::references_secret(r, &name))
-                    .map(|r| ObjectRef::from_obj(&*r))
-                    .collect::<Vec<_>>()
-            },
+            move |secret: Secret| registry::registries_for_secret(&store.state(), &secret),
         )
         .shutdown_on_signal()
         .run(registry::reconcile, error_policy, ctx.clone())
