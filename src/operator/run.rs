@@ -14,10 +14,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 
 use super::crd::{GarbageCollection, Registry};
 use super::leader::{self, LeaseConfig};
