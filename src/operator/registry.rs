@@ -532,3 +532,30 @@ pub fn registries_for_secret(
         .map(|r| kube::runtime::reflector::ObjectRef::from_obj(&**r))
         .collect()
 }
+
+/// Makes the generated admin credentials Secret if it does not exist yet and returns its name.
+/// An existing Secret is never touched: rotating it is the user's call (delete it and the next
+/// reconcile makes a new one). Not called by `reconcile` yet: `spec.auth` is refused until
+/// `berth serve`'s config can point at the htpasswd file (see `render_config`).
+pub async fn ensure_admin_secret(client: &kube::Client, reg: &Registry) -> Result<String, Error> {
+    let name = names::admin_secret(&reg.name_any());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &reg.namespace().unwrap_or_default());
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(name);
+    }
+    let username = reg
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.admin.as_ref())
+        .and_then(|a| a.username.clone())
+        .unwrap_or_else(|| "admin".to_owned());
+    let salt: [u8; 16] = rand::random();
+    let secret = build::admin_secret(reg, &username, &build::generate_password(), salt)?;
+    match api.create(&kube::api::PostParams::default(), &secret).await {
+        Ok(_) => Ok(name),
+        // Made by a racing reconcile a moment ago: that one stands.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(name),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -488,3 +488,44 @@ fn a_secret_wakes_only_the_registries_that_name_it() {
         .collect();
     assert_eq!(woken, ["a"]);
 }
+
+#[tokio::test]
+async fn admin_credentials_are_made_once_and_never_overwritten() {
+    let (ctx, fake) = setup(
+        json!({"storage": {"pvc": {"size": "1Gi"}}, "auth": {"admin": {"username": "root"}}}),
+    );
+    let reg: Registry = serde_json::from_value(fake.get(REG).unwrap()).unwrap();
+    let secret = "/api/v1/namespaces/team/secrets/hub-admin";
+    fake.take_calls();
+    let name = super::registry::ensure_admin_secret(&ctx.client, &reg)
+        .await
+        .unwrap();
+    assert_eq!(name, "hub-admin");
+    assert_eq!(
+        writes(&fake.take_calls()),
+        ["POST /api/v1/namespaces/team/secrets"]
+    );
+    let made = fake.get(secret).unwrap();
+    let typed: k8s_openapi::api::core::v1::Secret = serde_json::from_value(made.clone()).unwrap();
+    let data = typed.data.unwrap();
+    let field = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    assert_eq!(field("username"), "root");
+    let line = field("htpasswd");
+    let (user, hash) = line.trim_end().split_once(':').unwrap();
+    assert_eq!(user, "root");
+    assert!(bcrypt::verify(field("password"), hash).unwrap());
+
+    // Again: the Secret exists, nothing is written, the password stays.
+    super::registry::ensure_admin_secret(&ctx.client, &reg)
+        .await
+        .unwrap();
+    assert!(writes(&fake.take_calls()).is_empty());
+    assert_eq!(fake.get(secret).unwrap()["data"], made["data"]);
+
+    // A racing creator wins the POST: ours backs off without error.
+    fake.remove(secret);
+    fake.fail_once("POST", "/secrets", 409);
+    super::registry::ensure_admin_secret(&ctx.client, &reg)
+        .await
+        .unwrap();
+}
