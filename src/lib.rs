@@ -4,6 +4,7 @@
 pub mod config;
 pub mod gc;
 pub mod oci;
+pub mod operator;
 pub mod registry;
 pub mod serve;
 pub mod store;

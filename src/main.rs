@@ -30,6 +30,10 @@ enum Command {
     /// Manage robot accounts (CI credentials) in the registry's storage.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Run the Kubernetes operator (Registry and GarbageCollection controllers).
+    Operator(OperatorArgs),
+    /// Print the CustomResourceDefinitions (Registry, GarbageCollection) as YAML.
+    Crd,
 }
 
 #[derive(Args)]
@@ -104,6 +108,31 @@ enum TokenCommand {
 }
 
 #[derive(Args)]
+struct OperatorArgs {
+    /// Watch only this namespace [default: all namespaces]
+    #[arg(long, env = "BERTH_WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address for /metrics, /healthz and /readyz
+    #[arg(long, env = "BERTH_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: std::net::SocketAddr,
+    /// Take a coordination Lease before acting, so only one replica reconciles
+    #[arg(long, env = "BERTH_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Namespace of the leader Lease (normally the operator's own)
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// This replica's identity in the Lease (normally the pod name)
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Image the Registry pods and gc Jobs run when a Registry names none (the operator's own)
+    #[arg(long, env = "BERTH_IMAGE", default_value = concat!("ghcr.io/berth-dev/berth:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Log format
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum, default_value = "plain")]
+    log_format: LogFormat,
+}
+
+#[derive(Args)]
 struct ServeArgs {
     /// YAML config file (the schema the operator renders); flags and BERTH_* variables win over it.
     #[arg(long, env = "BERTH_CONFIG")]
@@ -145,6 +174,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Gc(a) => gc(a),
+        Command::Crd => match berth::operator::crd::crds_yaml() {
+            Ok(text) => {
+                use std::io::Write;
+                // A closed pipe (`berth crd | head`) is the reader's choice, not an error.
+                match std::io::stdout().lock().write_all(text.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        eprintln!("berth: {e}");
+                        ExitCode::FAILURE
+                    }
+                    _ => ExitCode::SUCCESS,
+                }
+            }
+            Err(e) => {
+                eprintln!("berth: cannot render the CRDs: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Operator(a) => run_operator(a),
         Command::Serve(a) => {
             let file = match a.config.as_deref().map(Config::load).transpose() {
                 Ok(f) => f,
@@ -286,6 +333,40 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
             }
         }
     })
+}
+
+fn run_operator(a: OperatorArgs) -> ExitCode {
+    use berth::operator::run;
+    serve::init_tracing(a.log_format, "info");
+    let identity = a
+        .identity
+        .unwrap_or_else(|| format!("berth-operator-{}", std::process::id()));
+    let options = run::Options {
+        namespace: a.namespace,
+        http_addr: a.http_addr,
+        lease: a
+            .leader_elect
+            .then(|| run::lease_config(a.lease_namespace, identity)),
+        image: a.image,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("berth: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed in

@@ -1,0 +1,482 @@
+//! The two custom resources the operator serves, group `berth.dev`, version `v1alpha1`:
+//! `Registry` (a Berth registry: Deployment, Service, storage, credentials) and
+//! `GarbageCollection` (a one-shot or scheduled `berth gc` run against a Registry's store).
+//! The CRDs are generated from these types (`berth crd`), so the schema, printer columns and
+//! CEL rules live next to the fields they describe.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars1 as schemars;
+use schemars1::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of both kinds.
+pub const GROUP: &str = "berth.dev";
+
+/// A Berth OCI registry running in this namespace.
+// clippy reads the repeated `type_ = ...` of separate printcolumns as one duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "Registry",
+    plural = "registries",
+    shortname = "reg",
+    category = "berth",
+    namespaced,
+    status = "RegistryStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    crates(schemars = "::schemars1"),
+    doc = "A Berth OCI registry: the operator runs it as a Deployment with a Service, storage and credentials.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrySpec {
+    /// Container image running the registry (default: the operator's own image and tag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Number of registry pods (default 1). Ignored while `autoscaling` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub replicas: Option<i32>,
+    /// Where blobs and manifests live: exactly one of `pvc` or `s3`.
+    pub storage: StorageSpec,
+    /// Who may push and pull. Absent: the registry is open to anyone who can reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+    /// TLS for the endpoint: an existing Secret, or a cert-manager issuer that makes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+    /// The Service in front of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+    /// An Ingress for clients outside the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// CPU and memory for each registry container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// A PodDisruptionBudget for the registry pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
+    /// A HorizontalPodAutoscaler on CPU; replaces `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Registry log format (default plain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+    /// What happens to stored data when the Registry is deleted (default Retain).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.pvc) != has(self.s3)", "message": "set exactly one storage kind: pvc or s3"}
+]))]
+pub struct StorageSpec {
+    /// A PersistentVolumeClaim the operator creates and mounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pvc: Option<PvcStorage>,
+    /// An S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Storage>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcStorage {
+    /// Requested size, a Kubernetes quantity such as `10Gi`.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "isQuantity(self)", "message": "size must be a quantity such as 10Gi"}
+    ]))]
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Default `[ReadWriteOnce]`; use ReadWriteMany to run several replicas on several nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_modes: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    pub bucket: String,
+    /// Endpoint URL for S3-compatible stores (MinIO, Garage); empty for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Secret with keys `accessKeyId` and `secretAccessKey`.
+    pub credentials_secret: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.htpasswdSecret) && has(self.admin))", "message": "set htpasswdSecret or admin, not both"}
+]))]
+pub struct AuthSpec {
+    /// An existing Secret with an `htpasswd` key (bcrypt entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htpasswd_secret: Option<String>,
+    /// An admin user whose password the operator generates into `<name>-admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<AdminSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminSpec {
+    /// Default `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.secretName) != has(self.issuerRef)", "message": "set exactly one of secretName or issuerRef"}
+]))]
+pub struct TlsSpec {
+    /// An existing `kubernetes.io/tls` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// A cert-manager issuer; the operator asks it for a Certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// ClusterIP (default), NodePort or LoadBalancer.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["ClusterIP", "NodePort", "LoadBalancer"]))]
+    pub type_: Option<String>,
+    /// Default 5000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.minAvailable) && has(self.maxUnavailable))", "message": "set minAvailable or maxUnavailable, not both"}
+]))]
+pub struct PodDisruptionBudgetSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<i32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"}
+]))]
+pub struct AutoscalingSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: Option<i32>,
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Default 80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the PVC (and bucket data) after the Registry is deleted.
+    #[default]
+    Retain,
+    /// Delete the PVC with the Registry.
+    Delete,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing and Degraded.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Pods the Deployment wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Pods passing /readyz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Where clients push and pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The Secret holding generated admin credentials, when the operator made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+}
+
+/// A cleanup run of `berth gc` against a Registry's store: once, or on a cron schedule.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "GarbageCollection",
+    plural = "garbagecollections",
+    shortname = "gc",
+    category = "berth",
+    namespaced,
+    status = "GarbageCollectionStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    crates(schemars = "::schemars1"),
+    doc = "Runs `berth gc` against a Registry's store, once or on a cron schedule.",
+    printcolumn(
+        name = "Registry",
+        type_ = "string",
+        json_path = ".spec.registryRef.name"
+    ),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Deleted",
+        type_ = "integer",
+        json_path = ".status.blobsDeleted"
+    ),
+    printcolumn(name = "Freed", type_ = "integer", json_path = ".status.bytesFreed"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct GarbageCollectionSpec {
+    /// The Registry (same namespace) whose store is cleaned.
+    pub registry_ref: RegistryRef,
+    /// Report what would be deleted, delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Also delete manifests no tag points at (and what only they reference).
+    #[serde(default)]
+    pub delete_untagged: bool,
+    /// Tags to expire before marking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+    /// A cron schedule (`0 3 * * *`): run as a CronJob. Absent: run one Job now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryRef {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Keep this many most recent tags per repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_last: Option<u32>,
+    /// Expire tags older than this duration (`30d`, `12h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smhd]$"))]
+    pub older_than: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum GcPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GarbageCollectionStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Of the current run (the most recent one when scheduled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<GcPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs_deleted: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_freed: Option<u64>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// Both CRDs as one YAML stream, the text `berth crd` prints and `crds/` holds.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    let mut out = String::new();
+    for crd in [Registry::crd(), GarbageCollection::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crds_in_the_repo_match_the_types() {
+        let generated = crds_yaml().unwrap();
+        // `crds/` is what `berth crd` prints; the chart and the kustomize base carry copies.
+        for rel in [
+            "crds/berth.dev.yaml",
+            "charts/berth/crds/berth.dev.yaml",
+            "deploy/kustomize/base/crds.yaml",
+        ] {
+            let path = format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"));
+            if std::env::var_os("BERTH_BLESS").is_some() {
+                std::fs::write(&path, &generated).unwrap();
+                continue;
+            }
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == generated,
+                "{rel} is stale: run `BERTH_BLESS=1 cargo test crds_in_the_repo` (or `berth crd > {rel}`)"
+            );
+        }
+    }
+
+    #[test]
+    fn examples_deserialize_into_the_types_without_losing_fields() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            for doc in serde_yaml::Deserializer::from_str(&std::fs::read_to_string(&path).unwrap())
+            {
+                let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+                let spec = v["spec"].clone();
+                // A typo would be dropped by serde and missing from the round trip.
+                let round = match v["kind"].as_str() {
+                    Some("Registry") => serde_json::to_value(
+                        serde_json::from_value::<RegistrySpec>(spec.clone()).unwrap(),
+                    )
+                    .unwrap(),
+                    Some("GarbageCollection") => serde_json::to_value(
+                        serde_json::from_value::<GarbageCollectionSpec>(spec.clone()).unwrap(),
+                    )
+                    .unwrap(),
+                    _ => continue,
+                };
+                seen += 1;
+                let mut round = round;
+                if let Some(o) = round.as_object_mut() {
+                    o.retain(|k, v| spec.get(k).is_some() || !(v.is_boolean() || v == "Retain"));
+                }
+                assert_eq!(round, spec, "{}", path.display());
+            }
+        }
+        assert!(seen >= 5, "only {seen} examples found");
+    }
+
+    #[test]
+    fn registry_crd_has_columns_and_the_one_storage_rule() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(Registry::crd()).unwrap();
+        let v = &crd["spec"]["versions"][0];
+        let cols: Vec<&str> = v["additionalPrinterColumns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(cols, ["Ready", "Endpoint", "Replicas", "Age"]);
+        let storage =
+            &v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["storage"];
+        assert_eq!(
+            storage["x-kubernetes-validations"][0]["rule"],
+            "has(self.pvc) != has(self.s3)"
+        );
+        assert_eq!(v["subresources"]["status"], serde_json::json!({}));
+    }
+}

@@ -1,0 +1,400 @@
+//! A scripted Kubernetes API server for reconcile tests: `tower_test::mock::pair` as kube-rs's
+//! controller-rs uses it, answered by a small in-memory object store that understands GET,
+//! LIST (label selectors), POST, PUT, DELETE and the three PATCH flavours (server-side apply,
+//! merge, JSON patch). Tests seed objects, inject faults, play the kubelet by editing status,
+//! and assert on the log of calls, so "no write" is checkable.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Call {
+    pub fn is_write(&self) -> bool {
+        self.method != "GET"
+    }
+    pub fn is_event(&self) -> bool {
+        self.path.contains("/events")
+    }
+}
+
+struct Fault {
+    method: &'static str,
+    path_contains: String,
+    code: u16,
+}
+
+#[derive(Default)]
+struct State {
+    objects: BTreeMap<String, Value>,
+    log: Vec<Call>,
+    faults: Vec<Fault>,
+    rv: u64,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    state: Arc<Mutex<State>>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code}),
+    )
+}
+
+/// RFC 7386 merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn pointer_parent<'a>(root: &'a mut Value, path: &str) -> Option<(&'a mut Value, String)> {
+    let (parent, last) = path.rsplit_once('/')?;
+    Some((root.pointer_mut(parent)?, last.to_owned()))
+}
+
+/// The subset of RFC 6902 the finalizer helper sends: test, add, remove.
+fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
+    for op in ops.as_array().cloned().unwrap_or_default() {
+        let path = op["path"].as_str().unwrap_or_default();
+        match op["op"].as_str() {
+            Some("test") => {
+                let have = target.pointer(path).cloned().unwrap_or(Value::Null);
+                if have != op["value"] {
+                    return Err(format!("test failed at {path}"));
+                }
+            }
+            Some("add") => {
+                let (parent, last) = pointer_parent(target, path).ok_or("bad path")?;
+                match parent {
+                    Value::Array(a) if last == "-" => a.push(op["value"].clone()),
+                    Value::Object(o) => {
+                        o.insert(last, op["value"].clone());
+                    }
+                    _ => return Err("cannot add".into()),
+                }
+            }
+            Some("remove") => {
+                let (parent, last) = pointer_parent(target, path).ok_or("bad path")?;
+                match parent {
+                    Value::Array(a) => {
+                        let i: usize = last.parse().map_err(|_| "bad index")?;
+                        a.remove(i);
+                    }
+                    Value::Object(o) => {
+                        o.remove(&last);
+                    }
+                    _ => return Err("cannot remove".into()),
+                }
+            }
+            _ => return Err("unsupported op".into()),
+        }
+    }
+    Ok(())
+}
+
+fn labels_match(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        obj["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%3D", "=")
+                .replace("%2C", ",")
+                .replace("%2F", "/")
+        })
+    })
+}
+
+impl State {
+    fn next_rv(&mut self) -> String {
+        self.rv += 1;
+        self.rv.to_string()
+    }
+
+    fn handle(&mut self, call: &Call) -> (u16, Value) {
+        if let Some(i) = self
+            .faults
+            .iter()
+            .position(|f| f.method == call.method && call.path.contains(&f.path_contains))
+        {
+            let f = self.faults.remove(i);
+            let reason = if f.code == 409 {
+                "Conflict"
+            } else {
+                "InternalError"
+            };
+            return status(f.code, reason, "injected fault");
+        }
+        // .../namespaces/{ns}/{plural}[/{name}[/{sub}]]
+        let segs: Vec<&str> = call.path.trim_matches('/').split('/').collect();
+        let Some(ns_at) = segs.iter().position(|s| *s == "namespaces") else {
+            return status(404, "NotFound", "only namespaced paths are served");
+        };
+        let rest = &segs[ns_at + 2..];
+        let collection = segs[..ns_at + 3.min(segs.len() - ns_at)].join("/");
+        let collection = format!("/{collection}");
+        let name = rest.get(1).copied();
+        let sub = rest.get(2).copied();
+        let key = name.map(|n| format!("{collection}/{n}"));
+        match (call.method.as_str(), key, sub) {
+            ("GET", None, _) => {
+                let selector = query_param(&call.query, "labelSelector").unwrap_or_default();
+                let prefix = format!("{collection}/");
+                let items: Vec<Value> = self
+                    .objects
+                    .iter()
+                    .filter(|(k, v)| {
+                        k.starts_with(&prefix)
+                            && !k[prefix.len()..].contains('/')
+                            && labels_match(v, &selector)
+                    })
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            ("GET", Some(key), Some("log")) => match self.objects.get(&format!("{key}/log")) {
+                Some(Value::String(s)) => (200, Value::String(s.clone())),
+                _ => status(404, "NotFound", "no log"),
+            },
+            ("GET", Some(key), _) => match self.objects.get(&key) {
+                Some(v) => (200, v.clone()),
+                None => status(404, "NotFound", "not found"),
+            },
+            ("POST", None, _) => {
+                let mut obj = call.body.clone();
+                let name = obj["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                let key = format!("{collection}/{name}");
+                if self.objects.contains_key(&key) {
+                    return status(409, "AlreadyExists", "already exists");
+                }
+                obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+                obj["metadata"]["resourceVersion"] = json!(self.next_rv());
+                obj["metadata"]["generation"] = json!(1);
+                self.objects.insert(key, obj.clone());
+                (201, obj)
+            }
+            ("PUT", Some(key), _) => {
+                let Some(old) = self.objects.get(&key).cloned() else {
+                    return status(404, "NotFound", "not found");
+                };
+                if call.body["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] {
+                    return status(409, "Conflict", "the object has been modified");
+                }
+                let mut obj = call.body.clone();
+                obj["metadata"]["resourceVersion"] = json!(self.next_rv());
+                self.objects.insert(key, obj.clone());
+                (200, obj)
+            }
+            ("DELETE", Some(key), _) => match self.objects.remove(&key) {
+                Some(v) => (200, v),
+                None => status(404, "NotFound", "not found"),
+            },
+            ("PATCH", Some(key), sub) => {
+                let existing = self.objects.get(&key).cloned();
+                let mut obj = match (&existing, call.content_type.as_str()) {
+                    (None, ct) if !ct.contains("apply-patch") => {
+                        return status(404, "NotFound", "not found");
+                    }
+                    (None, _) => json!({}),
+                    (Some(o), _) => o.clone(),
+                };
+                if call.content_type.contains("apply-patch") {
+                    if sub == Some("status") {
+                        if existing.is_none() {
+                            return status(404, "NotFound", "not found");
+                        }
+                        obj["status"] = call.body["status"].clone();
+                    } else {
+                        // Applied fields replace ours; server-owned metadata and status stay.
+                        let mut next = call.body.clone();
+                        let old_meta = obj["metadata"].clone();
+                        for f in [
+                            "uid",
+                            "creationTimestamp",
+                            "finalizers",
+                            "deletionTimestamp",
+                            "generation",
+                        ] {
+                            if !old_meta[f].is_null() {
+                                next["metadata"][f] = old_meta[f].clone();
+                            }
+                        }
+                        if !obj["status"].is_null() {
+                            next["status"] = obj["status"].clone();
+                        }
+                        let name = key.rsplit('/').next().unwrap_or_default();
+                        if next["metadata"]["uid"].is_null() {
+                            next["metadata"]["uid"] = json!(format!("uid-{name}"));
+                        }
+                        let generation = old_meta["generation"].as_i64().unwrap_or(0);
+                        let spec_changed = existing.is_none() || obj["spec"] != next["spec"];
+                        next["metadata"]["generation"] = json!(if spec_changed {
+                            generation + 1
+                        } else {
+                            generation
+                        });
+                        obj = next;
+                    }
+                } else if call.content_type.contains("merge-patch") {
+                    merge(&mut obj, &call.body);
+                } else if call.content_type.contains("json-patch") {
+                    if let Err(e) = json_patch(&mut obj, &call.body) {
+                        return status(422, "Invalid", &e);
+                    }
+                } else {
+                    return status(415, "UnsupportedMediaType", &call.content_type);
+                }
+                obj["metadata"]["resourceVersion"] = json!(self.next_rv());
+                self.objects.insert(key, obj.clone());
+                (200, obj)
+            }
+            _ => status(405, "MethodNotAllowed", "unsupported"),
+        }
+    }
+}
+
+impl Fake {
+    /// A client talking to a fresh fake API server.
+    pub fn start() -> (kube::Client, Fake) {
+        let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let fake = Fake {
+            state: Arc::new(Mutex::new(State::default())),
+        };
+        let state = fake.state.clone();
+        tokio::spawn(async move {
+            while let Some((req, send)) = handle.next_request().await {
+                let (parts, body) = req.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let call = Call {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_owned(),
+                    query: parts.uri.query().unwrap_or_default().to_owned(),
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                };
+                let (code, body) = {
+                    let mut st = state.lock().unwrap();
+                    let out = st.handle(&call);
+                    st.log.push(call.clone());
+                    out
+                };
+                let bytes = match body {
+                    Value::String(s)
+                        if parts.method == Method::GET && call.path.ends_with("/log") =>
+                    {
+                        s.into_bytes()
+                    }
+                    other => serde_json::to_vec(&other).unwrap(),
+                };
+                let resp = Response::builder()
+                    .status(StatusCode::from_u16(code).unwrap())
+                    .header("content-type", "application/json")
+                    .body(Body::from(bytes))
+                    .unwrap();
+                send.send_response(resp);
+            }
+        });
+        (kube::Client::new(mock, "default"), fake)
+    }
+
+    pub fn put(&self, key: &str, obj: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .insert(key.to_owned(), obj);
+    }
+
+    pub fn remove(&self, key: &str) {
+        self.state.lock().unwrap().objects.remove(key);
+    }
+
+    pub fn get(&self, key: &str) -> Option<Value> {
+        self.state.lock().unwrap().objects.get(key).cloned()
+    }
+
+    /// Plays a controller or the kubelet: merges `patch` into a stored object.
+    pub fn edit(&self, key: &str, patch: Value) {
+        let mut st = self.state.lock().unwrap();
+        let obj = st.objects.get_mut(key).expect("object to edit");
+        merge(obj, &patch);
+    }
+
+    /// The next `method` on a path containing `path_contains` answers `code`.
+    pub fn fail_once(&self, method: &'static str, path_contains: &str, code: u16) {
+        self.state.lock().unwrap().faults.push(Fault {
+            method,
+            path_contains: path_contains.to_owned(),
+            code,
+        });
+    }
+
+    /// Calls since the last `take_calls`.
+    pub fn take_calls(&self) -> Vec<Call> {
+        std::mem::take(&mut self.state.lock().unwrap().log)
+    }
+}
+
+/// Writes other than Events, as "METHOD path" lines.
+pub fn writes(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.is_write() && !c.is_event())
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect()
+}
+
+/// Reasons of the Events published.
+pub fn event_reasons(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter(|c| c.is_event() && c.method != "GET")
+        .map(|c| c.body["reason"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}

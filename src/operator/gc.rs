@@ -1,0 +1,437 @@
+//! reconcile(GarbageCollection): run `berth gc` as a Job (or a CronJob on a schedule) against
+//! the referenced Registry's config and volume, then report the run's phase, times and result.
+//! The result comes from the gc container's termination message (its `--json` report), with
+//! the container log as a fallback when the message is empty.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+use serde_json::json;
+use tracing::instrument;
+
+use super::apply::{ensure, remove_owned};
+use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, wanted};
+use super::crd::{GarbageCollection, GarbageCollectionStatus, GcPhase, Registry};
+use super::resources::{self as build, BuildError, GC_LABEL};
+use super::{Context, Error, FIELD_MANAGER};
+
+/// The part of `berth gc --json`'s report the status shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GcReport {
+    pub blobs_deleted: u64,
+    pub bytes_freed: u64,
+}
+
+/// Finds the JSON report in a termination message or log tail: the whole text, or the last
+/// line that parses.
+pub fn parse_report(text: &str) -> Option<GcReport> {
+    serde_json::from_str(text.trim()).ok().or_else(|| {
+        text.lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l.trim()).ok())
+    })
+}
+
+/// What one Job says about its run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunState {
+    pub phase: GcPhase,
+    pub job_name: String,
+    pub start_time: Option<Time>,
+    pub completion_time: Option<Time>,
+}
+
+pub fn job_phase(job: &Job) -> GcPhase {
+    let st = job.status.clone().unwrap_or_default();
+    let has = |t: &str| {
+        st.conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
+    if has("Complete") {
+        GcPhase::Succeeded
+    } else if has("Failed") {
+        GcPhase::Failed
+    } else if st.active.unwrap_or(0) > 0 {
+        GcPhase::Running
+    } else {
+        GcPhase::Pending
+    }
+}
+
+#[instrument(skip(gc, ctx), fields(gc = %gc.name_any(), namespace = gc.namespace().unwrap_or_default()))]
+pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("GarbageCollection");
+    let ns = gc.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let old = gc.status.clone().unwrap_or_default();
+    if let Some(s) = &gc.spec.schedule
+        && !build::is_cron(s)
+    {
+        let msg = format!("spec.schedule {s:?} is not a cron expression such as \"0 3 * * *\"");
+        write_status(&gc, &ctx, blocked("InvalidSpec", &msg), old.clone()).await?;
+        return Ok(Action::await_change());
+    }
+    let reg_name = &gc.spec.registry_ref.name;
+    let Some(reg) = Api::<Registry>::namespaced(client.clone(), &ns)
+        .get_opt(reg_name)
+        .await?
+    else {
+        let msg =
+            format!("Registry {ns}/{reg_name} does not exist; fix spec.registryRef or create it");
+        let mut next = old.clone();
+        next.phase = Some(next.phase.unwrap_or_default());
+        write_status(&gc, &ctx, blocked("RegistryNotFound", &msg), next).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = if gc.spec.schedule.is_some() {
+        let cron =
+            build_or_block(&gc, &ctx, &old, build::gc_cronjob(&gc, &reg, &ctx.defaults)).await?;
+        let Some(cron) = cron else {
+            return Ok(Action::await_change());
+        };
+        if ensure(&cronjobs, &cron).await?.changed {
+            ctx.event(
+                gc.as_ref(),
+                EventType::Normal,
+                "Scheduled",
+                format!(
+                    "CronJob {} runs `berth gc` on {:?}",
+                    cron.name_any(),
+                    gc.spec.schedule.clone().unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+        latest_job(&jobs, &gc.name_any()).await?
+    } else {
+        remove_owned(&cronjobs, &gc.name_any(), &gc.uid().unwrap_or_default()).await?;
+        let name = build::gc_job_name(&gc)?;
+        let finished = matches!(old.phase, Some(GcPhase::Succeeded | GcPhase::Failed));
+        if old.job_name.as_deref() == Some(name.as_str())
+            && finished
+            && old.observed_generation == gc.meta().generation
+        {
+            // This generation already ran; its Job may be gone, its result is in the status.
+            return Ok(Action::await_change());
+        }
+        match jobs.get_opt(&name).await? {
+            Some(j) => Some(j),
+            None => {
+                let Some(job) =
+                    build_or_block(&gc, &ctx, &old, build::gc_job(&gc, &reg, &ctx.defaults))
+                        .await?
+                else {
+                    return Ok(Action::await_change());
+                };
+                let made = ensure(&jobs, &job).await?.object;
+                ctx.event(
+                    gc.as_ref(),
+                    EventType::Normal,
+                    "Started",
+                    format!("Job {name} runs `berth gc` against Registry {reg_name}"),
+                )
+                .await;
+                Some(made)
+            }
+        }
+    };
+
+    let mut next = old.clone();
+    let mut report = None;
+    let mut failure = None;
+    match &job {
+        None => {
+            next.phase = Some(GcPhase::Pending);
+        }
+        Some(j) => {
+            let phase = job_phase(j);
+            let st = j.status.clone().unwrap_or_default();
+            next.job_name = Some(j.name_any());
+            next.start_time = st.start_time.clone();
+            next.completion_time = st.completion_time.clone();
+            let newly_finished =
+                next.phase != Some(phase) || old.job_name.as_deref() != Some(&j.name_any());
+            if matches!(phase, GcPhase::Succeeded | GcPhase::Failed) && newly_finished {
+                let msg = termination_message(client, &ns, &j.name_any()).await?;
+                match phase {
+                    GcPhase::Succeeded => report = msg.as_deref().and_then(parse_report),
+                    _ => failure = Some(msg.unwrap_or_default()),
+                }
+                next.blobs_deleted = report.map(|r| r.blobs_deleted);
+                next.bytes_freed = report.map(|r| r.bytes_freed);
+                if phase == GcPhase::Failed {
+                    next.completion_time = st
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .find(|c| c.type_ == "Failed")
+                        .and_then(|c| c.last_transition_time.clone());
+                }
+            }
+            next.phase = Some(phase);
+        }
+    }
+    let phase = next.phase.unwrap_or_default();
+    let job_name = next.job_name.clone().unwrap_or_default();
+    let wanted = match phase {
+        GcPhase::Succeeded => {
+            let msg = match (next.blobs_deleted, next.bytes_freed) {
+                (Some(b), Some(f)) => format!("Job {job_name} deleted {b} blobs, freed {f} bytes"),
+                _ => format!("Job {job_name} succeeded but printed no report"),
+            };
+            vec![
+                wanted(READY, true, "Succeeded", msg),
+                wanted(PROGRESSING, false, "Finished", "the run is over"),
+                wanted(DEGRADED, false, "AsExpected", "no problems found"),
+            ]
+        }
+        GcPhase::Failed => {
+            let detail = failure
+                .clone()
+                .or_else(|| {
+                    old.conditions
+                        .iter()
+                        .find(|c| c.type_ == DEGRADED)
+                        .map(|c| c.message.clone())
+                })
+                .unwrap_or_default();
+            let msg = format!(
+                "Job {job_name} failed: {}; see `kubectl logs job/{job_name}`",
+                detail.trim()
+            );
+            vec![
+                wanted(READY, false, "JobFailed", msg.clone()),
+                wanted(PROGRESSING, false, "Finished", "the run is over"),
+                wanted(DEGRADED, true, "JobFailed", msg),
+            ]
+        }
+        GcPhase::Running | GcPhase::Pending => vec![
+            wanted(
+                READY,
+                gc.spec.schedule.is_some() && job.is_none(),
+                if job.is_none() {
+                    "WaitingForSchedule"
+                } else {
+                    "Running"
+                },
+                "no run has finished yet",
+            ),
+            wanted(
+                PROGRESSING,
+                job.is_some(),
+                if job.is_some() {
+                    "Running"
+                } else {
+                    "WaitingForSchedule"
+                },
+                format!("phase {phase:?}"),
+            ),
+            wanted(DEGRADED, false, "AsExpected", "no problems found"),
+        ],
+    };
+    let changed_phase = old.phase != next.phase || old.job_name != next.job_name;
+    write_status(&gc, &ctx, wanted, next.clone()).await?;
+    if changed_phase {
+        match phase {
+            GcPhase::Succeeded => {
+                ctx.event(
+                    gc.as_ref(),
+                    EventType::Normal,
+                    "Succeeded",
+                    format!(
+                        "deleted {} blobs, freed {} bytes",
+                        next.blobs_deleted.unwrap_or(0),
+                        next.bytes_freed.unwrap_or(0)
+                    ),
+                )
+                .await
+            }
+            GcPhase::Failed => {
+                ctx.event(
+                    gc.as_ref(),
+                    EventType::Warning,
+                    "Failed",
+                    format!(
+                        "Job {job_name} failed: {}",
+                        failure.unwrap_or_default().trim()
+                    ),
+                )
+                .await
+            }
+            GcPhase::Running => {
+                ctx.event(
+                    gc.as_ref(),
+                    EventType::Normal,
+                    "Running",
+                    format!("Job {job_name} is running"),
+                )
+                .await
+            }
+            GcPhase::Pending => {}
+        }
+    }
+    Ok(match (phase, gc.spec.schedule.is_some()) {
+        (GcPhase::Running | GcPhase::Pending, _) => Action::requeue(Duration::from_secs(30)),
+        (_, true) => Action::requeue(Duration::from_secs(300)),
+        _ => Action::await_change(),
+    })
+}
+
+/// A builder's verdict on bad input becomes a condition; other errors propagate.
+async fn build_or_block<T>(
+    gc: &GarbageCollection,
+    ctx: &Context,
+    old: &GarbageCollectionStatus,
+    built: Result<T, BuildError>,
+) -> Result<Option<T>, Error> {
+    match built {
+        Ok(t) => Ok(Some(t)),
+        Err(e @ (BuildError::Invalid { .. } | BuildError::Unsupported { .. })) => {
+            let reason = match e {
+                BuildError::Unsupported { .. } => "RegistryUnsupported",
+                _ => "InvalidSpec",
+            };
+            write_status(gc, ctx, blocked(reason, &e.to_string()), old.clone()).await?;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The most recent Job a GarbageCollection's CronJob made.
+async fn latest_job(jobs: &Api<Job>, gc: &str) -> Result<Option<Job>, Error> {
+    let list = jobs
+        .list(&ListParams::default().labels(&format!("{GC_LABEL}={gc}")))
+        .await?;
+    Ok(list.items.into_iter().max_by_key(|j| {
+        (
+            j.metadata.creation_timestamp.clone().map(|t| t.0),
+            j.name_any(),
+        )
+    }))
+}
+
+/// The gc container's termination message, or the tail of its log when that is empty.
+async fn termination_message(
+    client: &kube::Client,
+    ns: &str,
+    job: &str,
+) -> Result<Option<String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods
+        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
+        .await?;
+    let Some(pod) = list
+        .items
+        .into_iter()
+        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
+    else {
+        return Ok(None);
+    };
+    let message = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == "gc"))
+        .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
+        .filter(|m| !m.trim().is_empty());
+    if message.is_some() {
+        return Ok(message);
+    }
+    let lp = LogParams {
+        container: Some("gc".into()),
+        tail_lines: Some(20),
+        ..LogParams::default()
+    };
+    match pods.logs(&pod.name_any(), &lp).await {
+        Ok(text) => Ok(Some(text)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn blocked(reason: &str, message: &str) -> Vec<Wanted> {
+    vec![
+        wanted(READY, false, reason, message),
+        wanted(
+            PROGRESSING,
+            false,
+            reason,
+            "waiting for the problem above to be fixed",
+        ),
+        wanted(DEGRADED, true, reason, message),
+    ]
+}
+
+async fn write_status(
+    gc: &GarbageCollection,
+    ctx: &Context,
+    wanted: Vec<Wanted>,
+    mut next: GarbageCollectionStatus,
+) -> Result<(), Error> {
+    let old = gc.status.clone().unwrap_or_default();
+    let generation = gc.meta().generation;
+    next.observed_generation = generation;
+    next.conditions = conditions::merge(
+        &old.conditions,
+        &wanted,
+        generation,
+        &Time(Timestamp::now()),
+    );
+    if next == old {
+        return Ok(());
+    }
+    let api: Api<GarbageCollection> =
+        Api::namespaced(ctx.client.clone(), &gc.namespace().unwrap_or_default());
+    let patch =
+        json!({ "apiVersion": "berth.dev/v1alpha1", "kind": "GarbageCollection", "status": next });
+    api.patch_status(
+        &gc.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    for c in conditions::transitions(&old.conditions, &next.conditions) {
+        if c.type_ == DEGRADED && c.status == "True" && c.reason != "JobFailed" {
+            ctx.event(gc, EventType::Warning, &c.reason, c.message.clone())
+                .await;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_are_found_in_messages_and_logs() {
+        assert_eq!(
+            parse_report(r#"{"blobsDeleted":3,"bytesFreed":1024,"dryRun":false}"#),
+            Some(GcReport {
+                blobs_deleted: 3,
+                bytes_freed: 1024
+            })
+        );
+        assert_eq!(
+            parse_report("marking\nsweeping\n{\"blobsDeleted\":0,\"bytesFreed\":0}\n"),
+            Some(GcReport::default())
+        );
+        assert_eq!(parse_report("error: store unreachable"), None);
+    }
+}

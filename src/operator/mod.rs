@@ -1,0 +1,125 @@
+//! `berth operator`: reconciles Registry and GarbageCollection resources into the Kubernetes
+//! objects that run Berth. Builders are pure (`resources`), reconciles decide and apply
+//! (`registry`, `gc`), `run` wires the Controllers, leader election and the HTTP endpoints.
+//! Never imports the registry or store modules: it only renders config and objects.
+
+pub mod apply;
+pub mod conditions;
+pub mod crd;
+pub mod gc;
+pub mod leader;
+pub mod metrics;
+pub mod registry;
+pub mod resources;
+pub mod run;
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
+mod gc_tests;
+#[cfg(test)]
+mod registry_tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+
+use resources::{BuildError, Defaults};
+
+/// The one field manager every server-side apply uses.
+pub const FIELD_MANAGER: &str = "berth-operator";
+
+/// What every reconcile shares.
+#[derive(Clone)]
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub defaults: Defaults,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+impl Context {
+    pub fn new(client: Client, defaults: Defaults, metrics: Arc<metrics::Metrics>) -> Context {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            defaults,
+            metrics,
+        }
+    }
+
+    /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "cannot publish event");
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("building objects: {0}")]
+    Build(#[from] BuildError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("cannot encode {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// API conflicts and throttling clear up fast; other transient errors get a longer wait.
+    pub fn retry_after(&self) -> Duration {
+        let code = match self {
+            Error::Kube(kube::Error::Api(s)) => Some(s.code),
+            Error::Finalizer(f) => match f.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => return e.retry_after(),
+                kube::runtime::finalizer::Error::AddFinalizer(kube::Error::Api(s))
+                | kube::runtime::finalizer::Error::RemoveFinalizer(kube::Error::Api(s)) => {
+                    Some(s.code)
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match code {
+            Some(409) => Duration::from_secs(1),
+            Some(429) => Duration::from_secs(5),
+            _ => Duration::from_secs(15),
+        }
+    }
+}
+
+/// Shared by both controllers: log, count, and requeue after a delay that suits the error.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(object = %obj.name_any(), error = %error, "reconcile failed, will retry");
+    ctx.metrics.reconcile_failed(K::kind(&()).as_ref());
+    Action::requeue(error.retry_after())
+}

@@ -1,0 +1,561 @@
+//! reconcile(Registry): render the config, build every child, apply what differs, then write
+//! a status that tells the truth (conditions, ready replicas, endpoint). Specs the operator
+//! cannot act on become a Degraded condition and an Event and wait for the next edit; missing
+//! Secrets are retried when they appear (the controller watches Secrets).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::instrument;
+
+use super::apply::{ensure, remove_owned};
+use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, wanted};
+use super::crd::{DeletionPolicy, Registry, RegistryStatus};
+use super::resources::{self as build, BuildError, Defaults, REGISTRY_PORT, names};
+use super::{Context, Error, FIELD_MANAGER};
+
+/// Held while the Registry exists, so deletion can keep or remove the data as asked.
+pub const FINALIZER: &str = "berth.dev/storage";
+
+/// Everything a Registry wants to exist, computed without I/O.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub pvc: Option<PersistentVolumeClaim>,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub ingress: Option<Ingress>,
+    pub pdb: Option<PodDisruptionBudget>,
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Secrets the spec names, with the keys each must hold.
+    pub referenced_secrets: Vec<(String, Vec<&'static str>)>,
+    pub endpoint: String,
+}
+
+pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
+    let config = build::render_config(reg)?;
+    let text = serde_yaml::to_string(&config).map_err(|e| BuildError::Serialize(e.to_string()))?;
+    let hash = build::config_hash(&text);
+    let mut referenced_secrets = vec![];
+    if let Some(name) = reg.spec.tls.as_ref().and_then(|t| t.secret_name.clone()) {
+        referenced_secrets.push((name, vec!["tls.crt", "tls.key"]));
+    }
+    let name = reg.name_any();
+    let ns = reg.namespace().unwrap_or_default();
+    let endpoint = match &reg.spec.ingress {
+        Some(i) if reg.spec.tls.is_some() => format!("https://{}", i.host),
+        Some(i) => format!("http://{}", i.host),
+        None => {
+            let port = reg
+                .spec
+                .service
+                .as_ref()
+                .and_then(|s| s.port)
+                .unwrap_or(REGISTRY_PORT);
+            format!("http://{name}.{ns}.svc:{port}")
+        }
+    };
+    Ok(Desired {
+        config_map: build::config_map(reg, &config)?,
+        pvc: build::persistent_volume_claim(reg)?,
+        deployment: build::deployment(reg, d, &hash)?,
+        service: build::service(reg)?,
+        ingress: build::ingress(reg)?,
+        pdb: build::pod_disruption_budget(reg)?,
+        hpa: build::horizontal_pod_autoscaler(reg)?,
+        referenced_secrets,
+        endpoint,
+    })
+}
+
+#[instrument(skip(reg, ctx), fields(registry = %reg.name_any(), namespace = reg.namespace().unwrap_or_default()))]
+pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciled("Registry");
+    let ns = reg.namespace().unwrap_or_default();
+    let api: Api<Registry> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, reg, |event| async {
+        match event {
+            Finalizer::Apply(r) => apply(&r, &ctx).await,
+            Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Which referenced Secret is missing or incomplete, in words a human can act on.
+async fn check_secrets(
+    client: &kube::Client,
+    ns: &str,
+    wanted: &[(String, Vec<&'static str>)],
+) -> Result<Option<String>, Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for (name, keys) in wanted {
+        match api.get_opt(name).await? {
+            None => {
+                return Ok(Some(format!(
+                    "Secret {ns}/{name} does not exist; create it with keys {}",
+                    keys.join(", ")
+                )));
+            }
+            Some(s) => {
+                let data = s.data.unwrap_or_default();
+                let missing: Vec<&str> = keys
+                    .iter()
+                    .copied()
+                    .filter(|k| !data.contains_key(*k))
+                    .collect();
+                if !missing.is_empty() {
+                    return Ok(Some(format!(
+                        "Secret {ns}/{name} lacks key(s) {}",
+                        missing.join(", ")
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
+    let ns = reg.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let plan = match desired(reg, &ctx.defaults) {
+        Ok(p) => p,
+        Err(e @ (BuildError::Invalid { .. } | BuildError::Unsupported { .. })) => {
+            let reason = if matches!(e, BuildError::Invalid { .. }) {
+                "InvalidSpec"
+            } else {
+                "Unsupported"
+            };
+            let msg = format!("{e}; fix the Registry spec");
+            write_status(reg, ctx, blocked(reason, &msg), None, None).await?;
+            // Nothing changes until the spec does: no requeue, no hot loop.
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(msg) = check_secrets(client, &ns, &plan.referenced_secrets).await? {
+        write_status(
+            reg,
+            ctx,
+            blocked("SecretMissing", &msg),
+            None,
+            Some(plan.endpoint.clone()),
+        )
+        .await?;
+        // The Secret watch brings us back as soon as it appears; this is the safety net.
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
+    let (applied, dep) = match apply_children(reg, client, &plan).await {
+        Ok(done) => done,
+        // The API server refused an object as invalid (an immutable PVC field changed, a
+        // value it rejects): retrying cannot help until the spec changes.
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 422 => {
+            let msg = format!(
+                "the API server rejected a child object: {}; fix the Registry spec",
+                s.message
+            );
+            write_status(
+                reg,
+                ctx,
+                blocked("Rejected", &msg),
+                None,
+                Some(plan.endpoint.clone()),
+            )
+            .await?;
+            return Ok(Action::await_change());
+        }
+        Err(e) => return Err(e),
+    };
+    if !applied.is_empty() {
+        ctx.event(
+            reg,
+            EventType::Normal,
+            "Applied",
+            format!("Applied {}", applied.join(", ")),
+        )
+        .await;
+    }
+
+    let (wanted, ready, want) = rollout_conditions(&dep.object);
+    let all_ready = conditions_ready(&wanted);
+    write_status(reg, ctx, wanted, Some((ready, want)), Some(plan.endpoint)).await?;
+    Ok(if all_ready {
+        Action::requeue(Duration::from_secs(600))
+    } else {
+        // Deployment changes wake us through the owns() watch; this bounds the wait.
+        Action::requeue(Duration::from_secs(60))
+    })
+}
+
+/// Applies every child that differs; returns the kinds written and the Deployment as stored.
+async fn apply_children(
+    reg: &Registry,
+    client: &kube::Client,
+    plan: &Desired,
+) -> Result<(Vec<&'static str>, super::apply::Ensured<Deployment>), Error> {
+    let mut applied: Vec<&'static str> = vec![];
+    let uid = reg.uid().unwrap_or_default();
+    let ns = reg.namespace().unwrap_or_default();
+    if ensure(&Api::namespaced(client.clone(), &ns), &plan.config_map)
+        .await?
+        .changed
+    {
+        applied.push("ConfigMap");
+    }
+    if let Some(pvc) = &plan.pvc
+        && ensure(&Api::namespaced(client.clone(), &ns), pvc)
+            .await?
+            .changed
+    {
+        applied.push("PersistentVolumeClaim");
+    }
+    if ensure(&Api::namespaced(client.clone(), &ns), &plan.service)
+        .await?
+        .changed
+    {
+        applied.push("Service");
+    }
+    let dep = ensure(&Api::namespaced(client.clone(), &ns), &plan.deployment).await?;
+    if dep.changed {
+        applied.push("Deployment");
+    }
+    let name = reg.name_any();
+    optional(
+        client,
+        &ns,
+        &name,
+        &uid,
+        plan.ingress.as_ref(),
+        "Ingress",
+        &mut applied,
+    )
+    .await?;
+    optional(
+        client,
+        &ns,
+        &name,
+        &uid,
+        plan.pdb.as_ref(),
+        "PodDisruptionBudget",
+        &mut applied,
+    )
+    .await?;
+    optional(
+        client,
+        &ns,
+        &name,
+        &uid,
+        plan.hpa.as_ref(),
+        "HorizontalPodAutoscaler",
+        &mut applied,
+    )
+    .await?;
+    Ok((applied, dep))
+}
+
+fn conditions_ready(w: &[Wanted]) -> bool {
+    w.iter().any(|c| c.type_ == READY && c.status)
+}
+
+/// Applies an optional child, or removes it when the spec no longer asks for it.
+async fn optional<K>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    owner_uid: &str,
+    desired: Option<&K>,
+    kind: &'static str,
+    applied: &mut Vec<&'static str>,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match desired {
+        Some(obj) => {
+            if ensure(&api, obj).await?.changed {
+                applied.push(kind);
+            }
+        }
+        None => {
+            if remove_owned(&api, name, owner_uid).await? {
+                applied.push(kind);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Conditions for a spec the operator cannot act on.
+fn blocked(reason: &str, message: &str) -> Vec<Wanted> {
+    vec![
+        wanted(READY, false, reason, message),
+        wanted(
+            PROGRESSING,
+            false,
+            reason,
+            "waiting for the problem above to be fixed",
+        ),
+        wanted(DEGRADED, true, reason, message),
+    ]
+}
+
+/// Ready, Progressing and Degraded from the Deployment's own status; also the ready count.
+pub fn rollout_conditions(dep: &Deployment) -> (Vec<Wanted>, i32, i32) {
+    let want = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = dep.status.clone().unwrap_or_default();
+    let ready = st.ready_replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let total = st.replicas.unwrap_or(0);
+    let seen = st.observed_generation.unwrap_or(0) >= dep.metadata.generation.unwrap_or(0);
+    let rolled_out = seen && updated >= want && total == want;
+    let stuck = st.conditions.unwrap_or_default().into_iter().find(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
+    let label = "app.kubernetes.io/instance";
+    let name = dep.metadata.name.clone().unwrap_or_default();
+    let mut out = vec![];
+    if want == 0 {
+        out.push(wanted(
+            READY,
+            false,
+            "ScaledToZero",
+            "replicas is 0: nothing serves the endpoint",
+        ));
+    } else if ready >= want && rolled_out {
+        out.push(wanted(
+            READY,
+            true,
+            "Available",
+            format!("{ready}/{want} replicas ready"),
+        ));
+    } else if ready >= want {
+        out.push(wanted(
+            READY,
+            true,
+            "Available",
+            format!("{ready}/{want} replicas ready, rollout in progress"),
+        ));
+    } else {
+        out.push(wanted(
+            READY,
+            false,
+            "ReplicasNotReady",
+            format!("{ready}/{want} replicas ready; see `kubectl describe pods -l {label}={name}`"),
+        ));
+    }
+    out.push(if rolled_out {
+        wanted(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            "all replicas run the current spec",
+        )
+    } else {
+        wanted(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{updated}/{want} replicas updated"),
+        )
+    });
+    out.push(match stuck {
+        Some(c) => wanted(
+            DEGRADED,
+            true,
+            "ProgressDeadlineExceeded",
+            c.message.unwrap_or_default(),
+        ),
+        None => wanted(DEGRADED, false, "AsExpected", "no problems found"),
+    });
+    (out, ready, want)
+}
+
+/// Writes the status only when it differs from what is stored, and publishes an Event for
+/// every condition that changed.
+async fn write_status(
+    reg: &Registry,
+    ctx: &Context,
+    wanted: Vec<Wanted>,
+    replicas: Option<(i32, i32)>,
+    endpoint: Option<String>,
+) -> Result<(), Error> {
+    let old = reg.status.clone().unwrap_or_default();
+    let now = Time(Timestamp::now());
+    let generation = reg.meta().generation;
+    let conditions = conditions::merge(&old.conditions, &wanted, generation, &now);
+    let new = RegistryStatus {
+        observed_generation: generation,
+        replicas: replicas.map(|(_, want)| want).or(old.replicas),
+        ready_replicas: replicas.map(|(ready, _)| ready).or(old.ready_replicas),
+        endpoint: endpoint.or(old.endpoint.clone()),
+        credentials_secret: None,
+        conditions,
+    };
+    if new == old {
+        return Ok(());
+    }
+    let api: Api<Registry> =
+        Api::namespaced(ctx.client.clone(), &reg.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "berth.dev/v1alpha1",
+        "kind": "Registry",
+        "status": new,
+    });
+    api.patch_status(
+        &reg.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    for c in conditions::transitions(&old.conditions, &new.conditions) {
+        let warn = (c.type_ == DEGRADED && c.status == "True")
+            || (c.type_ == READY
+                && c.status == "False"
+                && old
+                    .conditions
+                    .iter()
+                    .any(|o| o.type_ == READY && o.status == "True"));
+        let (t, reason) = match (c.type_.as_str(), c.status.as_str()) {
+            (READY, "True") => (EventType::Normal, "Ready".to_owned()),
+            (PROGRESSING, "True") => (EventType::Normal, "RollingOut".to_owned()),
+            _ => (
+                if warn {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                c.reason.clone(),
+            ),
+        };
+        if c.type_ == DEGRADED && c.status == "False" && old.conditions.is_empty() {
+            continue; // "not degraded" on first sight is not news
+        }
+        ctx.event(
+            reg,
+            t,
+            &reason,
+            format!("{} is {}: {}", c.type_, c.status, c.message),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Deletion: the owner references take the children; the PVC stays or goes by policy.
+async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
+    let ns = reg.namespace().unwrap_or_default();
+    let name = names::data_pvc(&reg.name_any());
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(pvc) = api.get_opt(&name).await? else {
+        return Ok(Action::await_change());
+    };
+    match reg.spec.deletion_policy {
+        DeletionPolicy::Retain => {
+            let uid = reg.uid().unwrap_or_default();
+            let owners: Vec<_> = pvc
+                .owner_references()
+                .iter()
+                .filter(|o| o.uid != uid)
+                .cloned()
+                .collect();
+            if owners.len() != pvc.owner_references().len() {
+                // The policy was Delete earlier: take our owner reference off so GC keeps it.
+                let patch = json!({ "metadata": { "ownerReferences": owners } });
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+            }
+            ctx.event(
+                reg,
+                EventType::Normal,
+                "DataRetained",
+                format!("deletionPolicy is Retain: PersistentVolumeClaim {ns}/{name} is kept; delete it by hand when done"),
+            )
+            .await;
+        }
+        DeletionPolicy::Delete => {
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+            ctx.event(
+                reg,
+                EventType::Normal,
+                "DataDeleted",
+                format!("deletionPolicy is Delete: PersistentVolumeClaim {ns}/{name} deleted"),
+            )
+            .await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// True when the Registry's spec names the Secret (so its appearance is worth a reconcile).
+pub fn references_secret(reg: &Registry, secret: &str) -> bool {
+    let s = &reg.spec;
+    s.tls.as_ref().and_then(|t| t.secret_name.as_deref()) == Some(secret)
+        || s.auth.as_ref().and_then(|a| a.htpasswd_secret.as_deref()) == Some(secret)
+        || s.storage.s3.as_ref().map(|s| s.credentials_secret.as_str()) == Some(secret)
+}
+
+/// The Registries a Secret event should wake: those in its namespace that name it.
+pub fn registries_for_secret(
+    registries: &[Arc<Registry>],
+    secret: &Secret,
+) -> Vec<kube::runtime::reflector::ObjectRef<Registry>> {
+    let name = secret.name_any();
+    let ns = secret.namespace();
+    registries
+        .iter()
+        .filter(|r| r.namespace() == ns && references_secret(r, &name))
+        .map(|r| kube::runtime::reflector::ObjectRef::from_obj(&**r))
+        .collect()
+}
+
+/// Makes the generated admin credentials Secret if it does not exist yet and returns its name.
+/// An existing Secret is never touched: rotating it is the user's call (delete it and the next
+/// reconcile makes a new one). Not called by `reconcile` yet: `spec.auth` is refused until
+/// `berth serve`'s config can point at the htpasswd file (see `render_config`).
+pub async fn ensure_admin_secret(client: &kube::Client, reg: &Registry) -> Result<String, Error> {
+    let name = names::admin_secret(&reg.name_any());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &reg.namespace().unwrap_or_default());
+    if api.get_opt(&name).await?.is_some() {
+        return Ok(name);
+    }
+    let username = reg
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.admin.as_ref())
+        .and_then(|a| a.username.clone())
+        .unwrap_or_else(|| "admin".to_owned());
+    let salt: [u8; 16] = rand::random();
+    let secret = build::admin_secret(reg, &username, &build::generate_password(), salt)?;
+    match api.create(&kube::api::PostParams::default(), &secret).await {
+        Ok(_) => Ok(name),
+        // Made by a racing reconcile a moment ago: that one stands.
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(name),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,246 @@
+//! GarbageCollection spec -> the Job (one-shot) or CronJob (scheduled) that runs `berth gc`
+//! with the Registry's own config and volume. The container writes its JSON report as the
+//! termination message, which is where the operator reads blobs deleted and bytes freed.
+
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use serde_json::{Value, json};
+
+use super::{
+    BuildError, CONFIG_DIR, CONFIG_FILE, DATA_DIR, Defaults, RUN_AS_USER, from_json, image,
+    name_ns, names, owner_ref, selector,
+};
+use crate::operator::crd::{GarbageCollection, Registry};
+
+/// Label on every Job (and pod) of one GarbageCollection.
+pub const GC_LABEL: &str = "berth.dev/garbage-collection";
+
+/// The `berth gc` command line for a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GcArgs(pub Vec<String>);
+
+impl GcArgs {
+    pub fn for_spec(gc: &GarbageCollection) -> GcArgs {
+        let s = &gc.spec;
+        let mut args: Vec<String> = ["gc", "--config", CONFIG_FILE, "--json"]
+            .map(String::from)
+            .to_vec();
+        if s.dry_run {
+            args.push("--dry-run".into());
+        }
+        if s.delete_untagged {
+            args.push("--delete-untagged".into());
+        }
+        if let Some(r) = &s.retention {
+            if let Some(n) = r.keep_last {
+                args.extend(["--keep-last".into(), n.to_string()]);
+            }
+            if let Some(d) = &r.older_than {
+                args.extend(["--older-than".into(), d.clone()]);
+            }
+        }
+        GcArgs(args)
+    }
+}
+
+/// One Job per generation of a one-shot GarbageCollection: editing the spec runs it again.
+pub fn gc_job_name(gc: &GarbageCollection) -> Result<String, BuildError> {
+    let (name, _) = name_ns(gc)?;
+    Ok(format!("{name}-{}", gc.metadata.generation.unwrap_or(1)))
+}
+
+fn pod_template(gc: &GarbageCollection, reg: &Registry, d: &Defaults) -> Result<Value, BuildError> {
+    // The Job mounts the Registry's rendered config: a Registry that cannot have one (its spec
+    // asks for what the schema lacks) cannot be collected either.
+    super::render_config(reg)?;
+    let (gc_name, _) = name_ns(gc)?;
+    let (reg_name, _) = name_ns(reg)?;
+    let mut volumes = vec![
+        json!({ "name": "config", "configMap": { "name": names::config_map(&reg_name) } }),
+        json!({ "name": "tmp", "emptyDir": {} }),
+    ];
+    let mut mounts = vec![
+        json!({ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true }),
+        json!({ "name": "tmp", "mountPath": "/tmp" }),
+    ];
+    let mut spec = json!({});
+    if let Some(pvc) = &reg.spec.storage.pvc {
+        volumes.push(json!({
+            "name": "data",
+            "persistentVolumeClaim": { "claimName": names::data_pvc(&reg_name) },
+        }));
+        mounts.push(json!({ "name": "data", "mountPath": DATA_DIR }));
+        // A ReadWriteOnce volume is only mountable on the node that already has it.
+        let rwx = pvc
+            .access_modes
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m == "ReadWriteMany"));
+        if !rwx {
+            spec["affinity"] = json!({ "podAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": [{
+                "labelSelector": { "matchLabels": selector(&reg_name) },
+                "topologyKey": "kubernetes.io/hostname",
+            }]}});
+        }
+    }
+    spec["restartPolicy"] = json!("Never");
+    spec["automountServiceAccountToken"] = json!(false);
+    spec["securityContext"] = json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": { "type": "RuntimeDefault" },
+    });
+    spec["containers"] = json!([{
+        "name": "gc",
+        "image": image(reg, d),
+        "args": GcArgs::for_spec(gc).0,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
+    }]);
+    spec["volumes"] = json!(volumes);
+    Ok(json!({
+        "metadata": { "labels": gc_labels(&gc_name, &reg_name) },
+        "spec": spec,
+    }))
+}
+
+fn gc_labels(gc: &str, registry: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "berth",
+        "app.kubernetes.io/instance": registry,
+        "app.kubernetes.io/component": "gc",
+        "app.kubernetes.io/managed-by": "berth-operator",
+        GC_LABEL: gc,
+    })
+}
+
+pub fn gc_job(gc: &GarbageCollection, reg: &Registry, d: &Defaults) -> Result<Job, BuildError> {
+    let (gc_name, ns) = name_ns(gc)?;
+    let (reg_name, _) = name_ns(reg)?;
+    from_json(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": gc_job_name(gc)?,
+            "namespace": ns,
+            "labels": gc_labels(&gc_name, &reg_name),
+            "ownerReferences": [owner_ref(gc)?],
+        },
+        "spec": {
+            // A failed sweep is reported, not retried blindly: the next run starts fresh.
+            "backoffLimit": 0,
+            "template": pod_template(gc, reg, d)?,
+        },
+    }))
+}
+
+pub fn gc_cronjob(
+    gc: &GarbageCollection,
+    reg: &Registry,
+    d: &Defaults,
+) -> Result<CronJob, BuildError> {
+    let (gc_name, ns) = name_ns(gc)?;
+    let (reg_name, _) = name_ns(reg)?;
+    let schedule = gc.spec.schedule.clone().unwrap_or_default();
+    if !super::is_cron(&schedule) {
+        return Err(BuildError::Invalid {
+            field: "spec.schedule",
+            reason: format!("{schedule:?} is not a cron expression such as \"0 3 * * *\""),
+        });
+    }
+    from_json(json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": gc_name,
+            "namespace": ns,
+            "labels": gc_labels(&gc_name, &reg_name),
+            "ownerReferences": [owner_ref(gc)?],
+        },
+        "spec": {
+            "schedule": schedule,
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": { "labels": gc_labels(&gc_name, &reg_name) },
+                "spec": { "backoffLimit": 0, "template": pod_template(gc, reg, d)? },
+            },
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::*;
+    use crate::operator::resources::registry::tests::{defaults, minimal};
+    use crate::operator::resources::tests::golden;
+
+    pub fn one_shot() -> GarbageCollection {
+        let mut gc = GarbageCollection::new(
+            "nightly",
+            GarbageCollectionSpec {
+                registry_ref: RegistryRef { name: "hub".into() },
+                delete_untagged: true,
+                retention: Some(RetentionSpec {
+                    keep_last: Some(10),
+                    older_than: Some("30d".into()),
+                }),
+                ..Default::default()
+            },
+        );
+        gc.metadata.namespace = Some("team".into());
+        gc.metadata.uid = Some("0b5c6d1e-0000-4000-8000-0000000000gc".into());
+        gc.metadata.generation = Some(2);
+        gc
+    }
+
+    #[test]
+    fn one_shot_job() {
+        let job = gc_job(&one_shot(), &minimal(), &defaults()).unwrap();
+        assert_eq!(job.metadata.name.as_deref(), Some("nightly-2"));
+        golden("gc-job.yaml", &job);
+    }
+
+    #[test]
+    fn a_registry_without_a_config_cannot_be_collected() {
+        let mut reg = minimal();
+        reg.spec.storage = StorageSpec {
+            pvc: None,
+            s3: Some(S3Storage::default()),
+        };
+        assert!(matches!(
+            gc_job(&one_shot(), &reg, &defaults()),
+            Err(BuildError::Unsupported {
+                field: "spec.storage.s3",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn scheduled_cronjob_and_bad_cron() {
+        let mut gc = one_shot();
+        gc.spec.schedule = Some("0 3 * * *".into());
+        gc.spec.dry_run = true;
+        golden(
+            "gc-cronjob.yaml",
+            &gc_cronjob(&gc, &minimal(), &defaults()).unwrap(),
+        );
+        gc.spec.schedule = Some("every night".into());
+        assert!(matches!(
+            gc_cronjob(&gc, &minimal(), &defaults()),
+            Err(BuildError::Invalid {
+                field: "spec.schedule",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,643 @@
+//! Registry spec -> ConfigMap (the rendered Berth config), admin Secret, PVC, Deployment,
+//! Service, and the optional Ingress, PodDisruptionBudget and HorizontalPodAutoscaler.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use rand::Rng;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{
+    BuildError, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, Defaults, REGISTRY_PORT,
+    RUN_AS_USER, from_json, image, labels, name_ns, names, owner_ref, selector,
+};
+use crate::config::{self, Config, FilesystemConfig, LogConfig, StorageConfig};
+use crate::operator::crd::{LogFormat, Registry};
+
+/// The Berth config this Registry's pods read: the same `Config` type `berth serve --config`
+/// parses. Spec fields the schema cannot express yet are refused rather than silently dropped,
+/// so a Registry never runs with weaker settings than it asked for.
+pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
+    let spec = &reg.spec;
+    if spec.storage.s3.is_some() {
+        return Err(BuildError::Unsupported {
+            field: "spec.storage.s3",
+            reason: "this Berth version's config schema has no S3 storage yet; use storage.pvc"
+                .into(),
+        });
+    }
+    if spec.auth.is_some() {
+        return Err(BuildError::Unsupported {
+            field: "spec.auth",
+            reason:
+                "this Berth version's config schema has no authentication yet; remove spec.auth \
+                     or upgrade Berth"
+                    .into(),
+        });
+    }
+    if spec.tls.is_some() && spec.ingress.is_none() {
+        return Err(BuildError::Unsupported {
+            field: "spec.tls",
+            reason:
+                "Berth terminates no TLS itself yet; set spec.ingress so TLS ends at the Ingress"
+                    .into(),
+        });
+    }
+    Ok(Config {
+        addr: Some(format!("0.0.0.0:{REGISTRY_PORT}")),
+        storage: StorageConfig {
+            filesystem: Some(FilesystemConfig {
+                root: DATA_DIR.into(),
+            }),
+        },
+        log: LogConfig {
+            format: Some(match spec.log_format.unwrap_or_default() {
+                LogFormat::Plain => config::LogFormat::Plain,
+                LogFormat::Json => config::LogFormat::Json,
+            }),
+            level: None,
+        },
+        ..Config::default()
+    })
+}
+
+/// Hex sha256 of the rendered config text: the pod template annotation that rolls the pods.
+pub fn config_hash(config_yaml: &str) -> String {
+    hex::encode(Sha256::digest(config_yaml.as_bytes()))
+}
+
+pub fn config_map(reg: &Registry, config: &Config) -> Result<ConfigMap, BuildError> {
+    let (name, ns) = name_ns(reg)?;
+    let text = serde_yaml::to_string(config).map_err(|e| BuildError::Serialize(e.to_string()))?;
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": names::config_map(&name),
+            "namespace": ns,
+            "labels": labels(&name, "registry"),
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "data": { "config.yaml": text },
+    }))
+}
+
+/// A password of 32 letters and digits from the OS-seeded thread RNG.
+pub fn generate_password() -> String {
+    const CHARS: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+/// The generated admin credentials: `username`, `password` and an `htpasswd` line (bcrypt).
+/// The salt is a parameter so the output is reproducible in tests; reconcile passes random bytes.
+/// Made once: reconcile creates it only when absent and never overwrites it.
+pub fn admin_secret(
+    reg: &Registry,
+    username: &str,
+    password: &str,
+    salt: [u8; 16],
+) -> Result<Secret, BuildError> {
+    let (name, ns) = name_ns(reg)?;
+    let hash = bcrypt::hash_with_salt(password, bcrypt::DEFAULT_COST, salt)
+        .map_err(|e| BuildError::Serialize(e.to_string()))?
+        .format_for_version(bcrypt::Version::TwoY);
+    let data = BTreeMap::from([
+        (
+            "username".to_owned(),
+            ByteString(username.as_bytes().to_vec()),
+        ),
+        (
+            "password".to_owned(),
+            ByteString(password.as_bytes().to_vec()),
+        ),
+        (
+            "htpasswd".to_owned(),
+            ByteString(format!("{username}:{hash}\n").into_bytes()),
+        ),
+    ]);
+    let mut secret: Secret = from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": names::admin_secret(&name),
+            "namespace": ns,
+            "labels": labels(&name, "credentials"),
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "type": "Opaque",
+    }))?;
+    secret.data = Some(data);
+    Ok(secret)
+}
+
+pub fn persistent_volume_claim(
+    reg: &Registry,
+) -> Result<Option<PersistentVolumeClaim>, BuildError> {
+    let Some(pvc) = &reg.spec.storage.pvc else {
+        return Ok(None);
+    };
+    if !super::is_quantity(&pvc.size) {
+        return Err(BuildError::Invalid {
+            field: "spec.storage.pvc.size",
+            reason: format!("{:?} is not a quantity such as 10Gi", pvc.size),
+        });
+    }
+    let (name, ns) = name_ns(reg)?;
+    // With Delete the PVC is owned and goes with the Registry; with Retain it outlives it.
+    let owners = match reg.spec.deletion_policy {
+        crate::operator::crd::DeletionPolicy::Delete => vec![owner_ref(reg)?],
+        crate::operator::crd::DeletionPolicy::Retain => vec![],
+    };
+    let mut spec = json!({
+        "accessModes": pvc.access_modes.clone().unwrap_or_else(|| vec!["ReadWriteOnce".to_owned()]),
+        "resources": { "requests": { "storage": pvc.size } },
+    });
+    if let Some(class) = &pvc.storage_class_name {
+        spec["storageClassName"] = json!(class);
+    }
+    let mut metadata = json!({
+        "name": names::data_pvc(&name),
+        "namespace": ns,
+        "labels": labels(&name, "storage"),
+    });
+    if !owners.is_empty() {
+        metadata["ownerReferences"] = json!(owners);
+    }
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": metadata,
+        "spec": spec,
+    }))
+    .map(Some)
+}
+
+fn single_node_volume(reg: &Registry) -> bool {
+    reg.spec.storage.pvc.as_ref().is_some_and(|p| {
+        p.access_modes
+            .as_ref()
+            .is_none_or(|m| !m.iter().any(|m| m == "ReadWriteMany"))
+    })
+}
+
+pub fn deployment(
+    reg: &Registry,
+    d: &Defaults,
+    config_hash: &str,
+) -> Result<Deployment, BuildError> {
+    let (name, ns) = name_ns(reg)?;
+    let spec = &reg.spec;
+    let mut volumes = vec![
+        json!({ "name": "config", "configMap": { "name": names::config_map(&name) } }),
+        json!({ "name": "tmp", "emptyDir": {} }),
+    ];
+    if spec.storage.pvc.is_some() {
+        volumes.push(json!({
+            "name": "data",
+            "persistentVolumeClaim": { "claimName": names::data_pvc(&name) },
+        }));
+    }
+    let mut mounts = vec![
+        json!({ "name": "config", "mountPath": CONFIG_DIR, "readOnly": true }),
+        json!({ "name": "tmp", "mountPath": "/tmp" }),
+    ];
+    if spec.storage.pvc.is_some() {
+        mounts.push(json!({ "name": "data", "mountPath": DATA_DIR }));
+    }
+    let probe = |path: &str, period: i32| {
+        json!({
+            "httpGet": { "path": path, "port": "http" },
+            "periodSeconds": period,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        })
+    };
+    let mut container = json!({
+        "name": "registry",
+        "image": image(reg, d),
+        "args": ["serve", "--config", CONFIG_FILE],
+        "ports": [{ "name": "http", "containerPort": REGISTRY_PORT, "protocol": "TCP" }],
+        "readinessProbe": probe("/readyz", 5),
+        "livenessProbe": probe("/healthz", 10),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
+    });
+    if let Some(r) = &spec.resources {
+        container["resources"] = json!(r);
+    }
+    let mut pod_spec = json!({
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "automountServiceAccountToken": false,
+        "containers": [container],
+        "volumes": volumes,
+    });
+    if let Some(v) = &spec.node_selector {
+        pod_spec["nodeSelector"] = json!(v);
+    }
+    if let Some(v) = &spec.tolerations {
+        pod_spec["tolerations"] = json!(v);
+    }
+    if let Some(v) = &spec.affinity {
+        pod_spec["affinity"] = json!(v);
+    }
+    // A ReadWriteOnce volume cannot be attached to a second node while the old pod holds it:
+    // replace pods instead of surging.
+    let strategy = if single_node_volume(reg) {
+        json!({ "type": "Recreate" })
+    } else {
+        json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } })
+    };
+    let mut dep_spec = json!({
+        "selector": { "matchLabels": selector(&name) },
+        "strategy": strategy,
+        "template": {
+            "metadata": {
+                "labels": labels(&name, "registry"),
+                "annotations": { CONFIG_HASH_ANNOTATION: config_hash },
+            },
+            "spec": pod_spec,
+        },
+    });
+    // Under an autoscaler the replica count is the HPA's field, not ours.
+    if spec.autoscaling.is_none() {
+        dep_spec["replicas"] = json!(spec.replicas.unwrap_or(1));
+    }
+    from_json(json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": labels(&name, "registry"),
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "spec": dep_spec,
+    }))
+}
+
+pub fn service(reg: &Registry) -> Result<Service, BuildError> {
+    let (name, ns) = name_ns(reg)?;
+    let svc = reg.spec.service.clone().unwrap_or_default();
+    let mut metadata = json!({
+        "name": name,
+        "namespace": ns,
+        "labels": labels(&name, "registry"),
+        "ownerReferences": [owner_ref(reg)?],
+    });
+    if let Some(a) = &svc.annotations {
+        metadata["annotations"] = json!(a);
+    }
+    from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata,
+        "spec": {
+            "type": svc.type_.unwrap_or_else(|| "ClusterIP".to_owned()),
+            "selector": selector(&name),
+            "ports": [{
+                "name": "http",
+                "port": svc.port.unwrap_or(REGISTRY_PORT),
+                "targetPort": "http",
+                "protocol": "TCP",
+            }],
+        },
+    }))
+}
+
+pub fn ingress(reg: &Registry) -> Result<Option<Ingress>, BuildError> {
+    let Some(ing) = &reg.spec.ingress else {
+        return Ok(None);
+    };
+    let (name, ns) = name_ns(reg)?;
+    // Registries move large blobs: no body limit unless the user sets one.
+    let mut annotations = BTreeMap::from([(
+        "nginx.ingress.kubernetes.io/proxy-body-size".to_owned(),
+        "0".to_owned(),
+    )]);
+    let mut tls = None;
+    if let Some(t) = &reg.spec.tls {
+        let secret = match (&t.secret_name, &t.issuer_ref) {
+            (Some(s), _) => s.clone(),
+            (None, Some(issuer)) => {
+                // cert-manager's ingress-shim makes the Certificate from these annotations.
+                let key = match issuer.kind.as_deref() {
+                    Some("ClusterIssuer") => "cert-manager.io/cluster-issuer",
+                    _ => "cert-manager.io/issuer",
+                };
+                annotations.insert(key.to_owned(), issuer.name.clone());
+                names::tls_secret(&name)
+            }
+            (None, None) => {
+                return Err(BuildError::Invalid {
+                    field: "spec.tls",
+                    reason: "set secretName or issuerRef".into(),
+                });
+            }
+        };
+        tls = Some(json!([{ "hosts": [ing.host], "secretName": secret }]));
+    }
+    annotations.extend(ing.annotations.clone().unwrap_or_default());
+    let port = reg
+        .spec
+        .service
+        .as_ref()
+        .and_then(|s| s.port)
+        .unwrap_or(REGISTRY_PORT);
+    let mut spec = json!({
+        "rules": [{
+            "host": ing.host,
+            "http": { "paths": [{
+                "path": "/",
+                "pathType": "Prefix",
+                "backend": { "service": { "name": name, "port": { "number": port } } },
+            }]},
+        }],
+    });
+    if let Some(class) = &ing.class_name {
+        spec["ingressClassName"] = json!(class);
+    }
+    if let Some(tls) = tls {
+        spec["tls"] = tls;
+    }
+    from_json(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": labels(&name, "registry"),
+            "annotations": annotations,
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "spec": spec,
+    }))
+    .map(Some)
+}
+
+pub fn pod_disruption_budget(reg: &Registry) -> Result<Option<PodDisruptionBudget>, BuildError> {
+    let Some(pdb) = &reg.spec.pod_disruption_budget else {
+        return Ok(None);
+    };
+    let (name, ns) = name_ns(reg)?;
+    let mut spec = json!({ "selector": { "matchLabels": selector(&name) } });
+    match (pdb.min_available, pdb.max_unavailable) {
+        (_, Some(max)) => spec["maxUnavailable"] = json!(max),
+        (min, None) => spec["minAvailable"] = json!(min.unwrap_or(1)),
+    }
+    from_json(json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": labels(&name, "registry"),
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "spec": spec,
+    }))
+    .map(Some)
+}
+
+pub fn horizontal_pod_autoscaler(
+    reg: &Registry,
+) -> Result<Option<HorizontalPodAutoscaler>, BuildError> {
+    let Some(a) = &reg.spec.autoscaling else {
+        return Ok(None);
+    };
+    let (name, ns) = name_ns(reg)?;
+    from_json(json!({
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": labels(&name, "registry"),
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "spec": {
+            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
+            "minReplicas": a.min_replicas.unwrap_or(1),
+            "maxReplicas": a.max_replicas,
+            "metrics": [{
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {
+                        "type": "Utilization",
+                        "averageUtilization": a.target_cpu_utilization_percentage.unwrap_or(80),
+                    },
+                },
+            }],
+        },
+    }))
+    .map(Some)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::operator::crd::*;
+    use crate::operator::resources::tests::golden;
+
+    pub fn defaults() -> Defaults {
+        Defaults {
+            image: "ghcr.io/berth-dev/berth:0.1.0".into(),
+        }
+    }
+
+    pub fn minimal() -> Registry {
+        let mut r = Registry::new(
+            "hub",
+            RegistrySpec {
+                storage: StorageSpec {
+                    pvc: Some(PvcStorage {
+                        size: "10Gi".into(),
+                        ..Default::default()
+                    }),
+                    s3: None,
+                },
+                ..Default::default()
+            },
+        );
+        r.metadata.namespace = Some("team".into());
+        r.metadata.uid = Some("0b5c6d1e-0000-4000-8000-000000000001".into());
+        r.metadata.generation = Some(1);
+        r
+    }
+
+    /// Everything optional switched on.
+    pub fn full() -> Registry {
+        let mut r = minimal();
+        r.spec = serde_yaml::from_str(
+            r#"
+image: registry.example/berth:edge
+replicas: 3
+storage:
+  pvc: { size: 100Gi, storageClassName: fast, accessModes: [ReadWriteMany] }
+tls: { issuerRef: { name: letsencrypt, kind: ClusterIssuer } }
+service: { type: LoadBalancer, port: 443, annotations: { lb.example/internal: "true" } }
+ingress: { host: hub.example.com, className: nginx, annotations: { a.example/b: c } }
+resources: { requests: { cpu: 100m, memory: 128Mi }, limits: { memory: 1Gi } }
+nodeSelector: { disk: ssd }
+tolerations: [{ key: dedicated, operator: Equal, value: registry, effect: NoSchedule }]
+podDisruptionBudget: { minAvailable: 2 }
+autoscaling: { minReplicas: 2, maxReplicas: 6, targetCpuUtilizationPercentage: 70 }
+logFormat: json
+deletionPolicy: Delete
+"#,
+        )
+        .unwrap();
+        r
+    }
+
+    #[test]
+    fn config_is_the_serve_schema_and_round_trips() {
+        let c = render_config(&minimal()).unwrap();
+        let text = serde_yaml::to_string(&c).unwrap();
+        // `berth serve --config` parses exactly this type with deny_unknown_fields.
+        let back: Config = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        golden(
+            "registry-minimal-configmap.yaml",
+            &config_map(&minimal(), &c).unwrap(),
+        );
+        let full = render_config(&full()).unwrap();
+        assert_eq!(full.log.format, Some(config::LogFormat::Json));
+    }
+
+    #[test]
+    fn spec_the_schema_cannot_express_is_refused() {
+        let mut r = minimal();
+        r.spec.auth = Some(AuthSpec::default());
+        assert!(matches!(
+            render_config(&r),
+            Err(BuildError::Unsupported {
+                field: "spec.auth",
+                ..
+            })
+        ));
+        let mut r = minimal();
+        r.spec.storage.s3 = Some(S3Storage::default());
+        assert!(matches!(
+            render_config(&r),
+            Err(BuildError::Unsupported { .. })
+        ));
+        let mut r = minimal();
+        r.spec.tls = Some(TlsSpec {
+            secret_name: Some("x".into()),
+            issuer_ref: None,
+        });
+        assert!(matches!(
+            render_config(&r),
+            Err(BuildError::Unsupported {
+                field: "spec.tls",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn minimal_children() {
+        let r = minimal();
+        let hash = config_hash("addr: x\n");
+        golden(
+            "registry-minimal-deployment.yaml",
+            &deployment(&r, &defaults(), &hash).unwrap(),
+        );
+        golden("registry-minimal-service.yaml", &service(&r).unwrap());
+        golden(
+            "registry-minimal-pvc.yaml",
+            &persistent_volume_claim(&r).unwrap().unwrap(),
+        );
+        assert!(ingress(&r).unwrap().is_none());
+        assert!(pod_disruption_budget(&r).unwrap().is_none());
+        assert!(horizontal_pod_autoscaler(&r).unwrap().is_none());
+    }
+
+    #[test]
+    fn full_children() {
+        let r = full();
+        let hash = config_hash("addr: y\n");
+        let dep = deployment(&r, &defaults(), &hash).unwrap();
+        assert!(
+            dep.spec.as_ref().unwrap().replicas.is_none(),
+            "the HPA owns replicas"
+        );
+        golden("registry-full-deployment.yaml", &dep);
+        golden("registry-full-service.yaml", &service(&r).unwrap());
+        golden(
+            "registry-full-pvc.yaml",
+            &persistent_volume_claim(&r).unwrap().unwrap(),
+        );
+        golden("registry-full-ingress.yaml", &ingress(&r).unwrap().unwrap());
+        golden(
+            "registry-full-pdb.yaml",
+            &pod_disruption_budget(&r).unwrap().unwrap(),
+        );
+        golden(
+            "registry-full-hpa.yaml",
+            &horizontal_pod_autoscaler(&r).unwrap().unwrap(),
+        );
+    }
+
+    #[test]
+    fn admin_secret_holds_a_verifiable_htpasswd_line() {
+        let s = admin_secret(&minimal(), "admin", "s3cret-pass", [7; 16]).unwrap();
+        golden("registry-admin-secret.yaml", &s);
+        let data = s.data.unwrap();
+        let line = String::from_utf8(data["htpasswd"].0.clone()).unwrap();
+        let (user, hash) = line.trim_end().split_once(':').unwrap();
+        assert_eq!(user, "admin");
+        assert!(bcrypt::verify("s3cret-pass", hash).unwrap());
+        assert!(!bcrypt::verify("wrong", hash).unwrap());
+        let p = generate_password();
+        assert_eq!(p.len(), 32);
+        assert_ne!(p, generate_password());
+    }
+
+    #[test]
+    fn bad_size_is_an_invalid_spec() {
+        let mut r = minimal();
+        r.spec.storage.pvc.as_mut().unwrap().size = "ten gigs".into();
+        assert!(matches!(
+            persistent_volume_claim(&r),
+            Err(BuildError::Invalid { .. })
+        ));
+    }
+
+    #[test]
+    fn retain_leaves_the_pvc_unowned() {
+        let pvc = persistent_volume_claim(&minimal()).unwrap().unwrap();
+        assert!(pvc.metadata.owner_references.is_none());
+        let pvc = persistent_volume_claim(&full()).unwrap().unwrap();
+        assert_eq!(pvc.metadata.owner_references.unwrap()[0].kind, "Registry");
+    }
+
+    #[test]
+    fn config_change_changes_the_pod_template() {
+        let r = minimal();
+        let a = deployment(&r, &defaults(), &config_hash("a")).unwrap();
+        let b = deployment(&r, &defaults(), &config_hash("b")).unwrap();
+        assert_ne!(a.spec.unwrap().template, b.spec.unwrap().template);
+    }
+}
