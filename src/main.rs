@@ -129,7 +129,7 @@ fn main() -> ExitCode {
                     tls_key: a.tls_key,
                 },
             );
-            serve::init_tracing(settings.log_format, &settings.log_level);
+            let _log_guard = serve::init_tracing(settings.log_format, &settings.log_level);
             limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -80,6 +81,11 @@ pub struct Htpasswd {
     ttl: Duration,
     /// sha256(user, password) -> when the successful check stops counting
     verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Checks running now, so that the many connections of one client whose cached success
+    /// just expired wait for one bcrypt instead of each running their own.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
+    /// Full bcrypt checks run so far.
+    slow_checks: AtomicU64,
 }
 
 impl Htpasswd {
@@ -91,6 +97,8 @@ impl Htpasswd {
             users: RwLock::new(Arc::new(users)),
             ttl,
             verified: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            slow_checks: AtomicU64::new(0),
         })
     }
 
@@ -100,6 +108,8 @@ impl Htpasswd {
             users: RwLock::new(Arc::new(parse_users(name, text)?)),
             ttl,
             verified: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            slow_checks: AtomicU64::new(0),
         })
     }
 
@@ -153,6 +163,37 @@ impl Htpasswd {
         h.finalize().into()
     }
 
+    /// Checks credentials: from the cache, or by one bcrypt on a blocking thread that
+    /// concurrent requests with the same credentials share.
+    pub async fn verify(self: &Arc<Self>, user: &str, password: &str) -> bool {
+        if self.cached(user, password) {
+            return true;
+        }
+        let key = Self::key(user, password);
+        let cell = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let ok = *cell
+            .get_or_init(|| {
+                let (h, u, p) = (self.clone(), user.to_owned(), password.to_owned());
+                async move {
+                    tokio::task::spawn_blocking(move || h.verify_slow(&u, &p))
+                        .await
+                        .unwrap_or(false)
+                }
+            })
+            .await;
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            map.remove(&key);
+        }
+        ok
+    }
+
     /// Whether a cached successful check covers these credentials.
     pub fn cached(&self, user: &str, password: &str) -> bool {
         if self.ttl.is_zero() {
@@ -165,6 +206,7 @@ impl Htpasswd {
 
     /// The full bcrypt check (slow: call off the async threads); remembers a success.
     pub fn verify_slow(&self, user: &str, password: &str) -> bool {
+        self.slow_checks.fetch_add(1, Ordering::Relaxed);
         self.refresh();
         let users = self.users();
         let Some(hash) = users.hashes.get(user) else {
@@ -209,6 +251,27 @@ mod tests {
         assert!(!h.cached("alice", "s3cret2"));
         assert!(Htpasswd::parse("t", "alice:{SHA}abc\n", Duration::ZERO).is_err());
         assert!(Htpasswd::parse("t", "nocolon\n", Duration::ZERO).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_checks_share_one_bcrypt() {
+        let hash = bcrypt::hash("pw", 8).unwrap();
+        let h = Arc::new(
+            Htpasswd::parse("t", &format!("u:{hash}\n"), Duration::from_secs(30)).unwrap(),
+        );
+        let all = futures::future::join_all((0..32).map(|_| {
+            let h = h.clone();
+            async move { h.verify("u", "pw").await }
+        }))
+        .await;
+        assert!(all.iter().all(|ok| *ok));
+        assert_eq!(
+            h.slow_checks.load(Ordering::Relaxed),
+            1,
+            "one bcrypt for 32 requests"
+        );
+        assert!(h.in_flight.lock().unwrap().is_empty());
+        assert!(!h.verify("u", "wrong").await);
     }
 
     #[test]
