@@ -166,17 +166,51 @@ impl Htpasswd {
     /// Checks credentials: from the cache, or by one bcrypt on a blocking thread that
     /// concurrent requests with the same credentials share.
     pub async fn verify(self: &Arc<Self>, user: &str, password: &str) -> bool {
-        if self.cached(user, password) {
+        if let Some(left) = self.cached_for(user, password) {
+            // Re-check in the background before the entry runs out, so that a busy client
+            // never stalls on bcrypt; a changed password simply is not cached again.
+            if left < self.ttl / 3 {
+                let (h, u, p) = (self.clone(), user.to_owned(), password.to_owned());
+                if let Some(cell) = self.start_check(&Self::key(user, password)) {
+                    tokio::spawn(async move {
+                        h.run_check(cell, &u, &p).await;
+                    });
+                }
+            }
             return true;
         }
         let key = Self::key(user, password);
-        let cell = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let cell = match self.start_check(&key) {
+            Some(c) => c,
+            None => self.join_check(&key),
+        };
+        self.run_check(cell, user, password).await
+    }
+
+    /// Registers a check of `key`; `None` when one is already running.
+    fn start_check(&self, key: &[u8; 32]) -> Option<Arc<tokio::sync::OnceCell<bool>>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(key) {
+            return None;
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        map.insert(*key, cell.clone());
+        Some(cell)
+    }
+
+    /// The running check of `key` (or a new one, if it has just finished).
+    fn join_check(&self, key: &[u8; 32]) -> Arc<tokio::sync::OnceCell<bool>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(*key).or_default().clone()
+    }
+
+    /// Runs (or waits for) the bcrypt check behind `cell`, then unregisters it.
+    async fn run_check(
+        self: &Arc<Self>,
+        cell: Arc<tokio::sync::OnceCell<bool>>,
+        user: &str,
+        password: &str,
+    ) -> bool {
         let ok = *cell
             .get_or_init(|| {
                 let (h, u, p) = (self.clone(), user.to_owned(), password.to_owned());
@@ -187,6 +221,7 @@ impl Htpasswd {
                 }
             })
             .await;
+        let key = Self::key(user, password);
         let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             map.remove(&key);
@@ -194,14 +229,21 @@ impl Htpasswd {
         ok
     }
 
-    /// Whether a cached successful check covers these credentials.
-    pub fn cached(&self, user: &str, password: &str) -> bool {
+    /// How much longer a cached success covers these credentials, if one does.
+    fn cached_for(&self, user: &str, password: &str) -> Option<Duration> {
         if self.ttl.is_zero() {
-            return false;
+            return None;
         }
         let key = Self::key(user, password);
         let map = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&key).is_some_and(|t| *t > Instant::now())
+        map.get(&key)
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Whether a cached successful check covers these credentials.
+    pub fn cached(&self, user: &str, password: &str) -> bool {
+        self.cached_for(user, password).is_some()
     }
 
     /// The full bcrypt check (slow: call off the async threads); remembers a success.
@@ -271,6 +313,29 @@ mod tests {
             "one bcrypt for 32 requests"
         );
         assert!(h.in_flight.lock().unwrap().is_empty());
+        // Near the end of its life, a cached success is renewed in the background while the
+        // request itself is answered from the cache.
+        let short = Arc::new(
+            Htpasswd::parse(
+                "t",
+                &format!("u:{}\n", bcrypt::hash("pw", 4).unwrap()),
+                Duration::from_millis(300),
+            )
+            .unwrap(),
+        );
+        assert!(short.verify("u", "pw").await);
+        tokio::time::sleep(Duration::from_millis(220)).await;
+        assert!(short.verify("u", "pw").await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            short.slow_checks.load(Ordering::Relaxed),
+            2,
+            "renewed in the background"
+        );
+        assert!(
+            short.cached("u", "pw"),
+            "still cached past the first expiry"
+        );
         assert!(!h.verify("u", "wrong").await);
     }
 
