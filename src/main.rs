@@ -222,7 +222,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            serve::init_tracing(settings.log_format, &settings.log_level);
+            let _log_guard = serve::init_tracing(settings.log_format, &settings.log_level);
             limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -337,7 +337,7 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
 
 fn run_operator(a: OperatorArgs) -> ExitCode {
     use berth::operator::run;
-    serve::init_tracing(a.log_format, "info");
+    let _log_guard = serve::init_tracing(a.log_format, "info");
     let identity = a
         .identity
         .unwrap_or_else(|| format!("berth-operator-{}", std::process::id()));
@@ -400,7 +400,7 @@ fn gc(a: GcArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    serve::init_tracing(file.log.format.unwrap_or_default(), "warn");
+    let _log_guard = serve::init_tracing(file.log.format.unwrap_or_default(), "warn");
     let options = (|| {
         let mut o = berth::gc::GcOptions::from_config(&file.gc)?;
         o.dry_run = a.dry_run;

@@ -120,19 +120,30 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Sets up logging: plain or JSON lines on stderr, filtered before formatting.
-pub fn init_tracing(format: LogFormat, level: &str) {
+/// Sets up logging: plain or JSON lines on stderr, filtered before formatting. Lines are
+/// formatted on the thread that logs and written by a background thread in batches, so a
+/// request never waits for a write to stderr (audit lines are one per pull). Keep the guard
+/// until exit: dropping it flushes what is queued.
+pub fn init_tracing(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("berth-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 << 10,
+            std::io::stderr(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Plain => builder.try_init(),
     };
+    guard
 }
 
 pub async fn run(settings: Settings) -> Result<(), ServeError> {

@@ -142,7 +142,9 @@ fn docker_login_push_pull(tokens: bool) {
     assert!(ok, "{out}");
     cleanup(&image);
     // The audit log saw alice push and bob pull.
-    let audit = audit_lines(&s);
+    let audit = audit_lines_after(&s, |v| {
+        v["fields"]["event"] == "pull" && v["fields"]["who"] == "bob"
+    });
     assert!(
         audit
             .iter()

@@ -255,6 +255,15 @@ pub fn berth_token(root: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf8")
 }
 
+/// The audit lines, once one matching `pred` has arrived (the log is read by another thread).
+pub fn audit_lines_after(
+    s: &Server,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    wait_until(Duration::from_secs(5), || audit_lines(s).iter().any(&pred));
+    audit_lines(s)
+}
+
 /// The lines of the server's JSON log with target `audit`.
 pub fn audit_lines(s: &Server) -> Vec<serde_json::Value> {
     s.logs

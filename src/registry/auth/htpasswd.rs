@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -80,6 +81,11 @@ pub struct Htpasswd {
     ttl: Duration,
     /// sha256(user, password) -> when the successful check stops counting
     verified: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Checks running now, so that the many connections of one client whose cached success
+    /// just expired wait for one bcrypt instead of each running their own.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
+    /// Full bcrypt checks run so far.
+    slow_checks: AtomicU64,
 }
 
 impl Htpasswd {
@@ -91,6 +97,8 @@ impl Htpasswd {
             users: RwLock::new(Arc::new(users)),
             ttl,
             verified: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            slow_checks: AtomicU64::new(0),
         })
     }
 
@@ -100,6 +108,8 @@ impl Htpasswd {
             users: RwLock::new(Arc::new(parse_users(name, text)?)),
             ttl,
             verified: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            slow_checks: AtomicU64::new(0),
         })
     }
 
@@ -153,18 +163,92 @@ impl Htpasswd {
         h.finalize().into()
     }
 
-    /// Whether a cached successful check covers these credentials.
-    pub fn cached(&self, user: &str, password: &str) -> bool {
+    /// Checks credentials: from the cache, or by one bcrypt on a blocking thread that
+    /// concurrent requests with the same credentials share.
+    pub async fn verify(self: &Arc<Self>, user: &str, password: &str) -> bool {
+        if let Some(left) = self.cached_for(user, password) {
+            // Re-check in the background before the entry runs out, so that a busy client
+            // never stalls on bcrypt; a changed password simply is not cached again.
+            if left < self.ttl / 3 {
+                let (h, u, p) = (self.clone(), user.to_owned(), password.to_owned());
+                if let Some(cell) = self.start_check(&Self::key(user, password)) {
+                    tokio::spawn(async move {
+                        h.run_check(cell, &u, &p).await;
+                    });
+                }
+            }
+            return true;
+        }
+        let key = Self::key(user, password);
+        let cell = match self.start_check(&key) {
+            Some(c) => c,
+            None => self.join_check(&key),
+        };
+        self.run_check(cell, user, password).await
+    }
+
+    /// Registers a check of `key`; `None` when one is already running.
+    fn start_check(&self, key: &[u8; 32]) -> Option<Arc<tokio::sync::OnceCell<bool>>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(key) {
+            return None;
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        map.insert(*key, cell.clone());
+        Some(cell)
+    }
+
+    /// The running check of `key` (or a new one, if it has just finished).
+    fn join_check(&self, key: &[u8; 32]) -> Arc<tokio::sync::OnceCell<bool>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(*key).or_default().clone()
+    }
+
+    /// Runs (or waits for) the bcrypt check behind `cell`, then unregisters it.
+    async fn run_check(
+        self: &Arc<Self>,
+        cell: Arc<tokio::sync::OnceCell<bool>>,
+        user: &str,
+        password: &str,
+    ) -> bool {
+        let ok = *cell
+            .get_or_init(|| {
+                let (h, u, p) = (self.clone(), user.to_owned(), password.to_owned());
+                async move {
+                    tokio::task::spawn_blocking(move || h.verify_slow(&u, &p))
+                        .await
+                        .unwrap_or(false)
+                }
+            })
+            .await;
+        let key = Self::key(user, password);
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            map.remove(&key);
+        }
+        ok
+    }
+
+    /// How much longer a cached success covers these credentials, if one does.
+    fn cached_for(&self, user: &str, password: &str) -> Option<Duration> {
         if self.ttl.is_zero() {
-            return false;
+            return None;
         }
         let key = Self::key(user, password);
         let map = self.verified.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&key).is_some_and(|t| *t > Instant::now())
+        map.get(&key)
+            .and_then(|t| t.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Whether a cached successful check covers these credentials.
+    pub fn cached(&self, user: &str, password: &str) -> bool {
+        self.cached_for(user, password).is_some()
     }
 
     /// The full bcrypt check (slow: call off the async threads); remembers a success.
     pub fn verify_slow(&self, user: &str, password: &str) -> bool {
+        self.slow_checks.fetch_add(1, Ordering::Relaxed);
         self.refresh();
         let users = self.users();
         let Some(hash) = users.hashes.get(user) else {
@@ -209,6 +293,50 @@ mod tests {
         assert!(!h.cached("alice", "s3cret2"));
         assert!(Htpasswd::parse("t", "alice:{SHA}abc\n", Duration::ZERO).is_err());
         assert!(Htpasswd::parse("t", "nocolon\n", Duration::ZERO).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_checks_share_one_bcrypt() {
+        let hash = bcrypt::hash("pw", 8).unwrap();
+        let h = Arc::new(
+            Htpasswd::parse("t", &format!("u:{hash}\n"), Duration::from_secs(30)).unwrap(),
+        );
+        let all = futures::future::join_all((0..32).map(|_| {
+            let h = h.clone();
+            async move { h.verify("u", "pw").await }
+        }))
+        .await;
+        assert!(all.iter().all(|ok| *ok));
+        assert_eq!(
+            h.slow_checks.load(Ordering::Relaxed),
+            1,
+            "one bcrypt for 32 requests"
+        );
+        assert!(h.in_flight.lock().unwrap().is_empty());
+        // Near the end of its life, a cached success is renewed in the background while the
+        // request itself is answered from the cache.
+        let short = Arc::new(
+            Htpasswd::parse(
+                "t",
+                &format!("u:{}\n", bcrypt::hash("pw", 4).unwrap()),
+                Duration::from_millis(300),
+            )
+            .unwrap(),
+        );
+        assert!(short.verify("u", "pw").await);
+        tokio::time::sleep(Duration::from_millis(220)).await;
+        assert!(short.verify("u", "pw").await);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(
+            short.slow_checks.load(Ordering::Relaxed),
+            2,
+            "renewed in the background"
+        );
+        assert!(
+            short.cached("u", "pw"),
+            "still cached past the first expiry"
+        );
+        assert!(!h.verify("u", "wrong").await);
     }
 
     #[test]
