@@ -61,9 +61,14 @@ struct GcArgs {
     /// replaces the config file's rules.
     #[arg(long = "rule", value_name = "RULE")]
     rules: Vec<String>,
-    /// Print the report as JSON (with --dry-run: every deletion and its reason).
+    /// Print the report as JSON on one line (with --dry-run: every deletion and its reason).
     #[arg(long)]
     json: bool,
+    /// Also write the report's counts as JSON to this file (a Kubernetes Job passes
+    /// /dev/termination-log, where the operator reads it; per-item lists are left out to stay
+    /// within the 4 KiB such a message may hold).
+    #[arg(long, value_name = "FILE")]
+    report_file: Option<PathBuf>,
 }
 
 /// Where the registry's storage is: the same `--config`/`--root` as `serve`.
@@ -442,8 +447,24 @@ fn gc(a: GcArgs) -> ExitCode {
     let progress = |line: &str| eprintln!("berth gc: {line}");
     match rt.block_on(berth::gc::collect(&store, &options, &progress)) {
         Ok(report) => {
+            if let Some(path) = &a.report_file {
+                let counts = berth::gc::GcReport {
+                    deletions: Vec::new(),
+                    ..report.clone()
+                };
+                let written = serde_json::to_vec(&counts)
+                    .map_err(std::io::Error::other)
+                    .and_then(|j| std::fs::write(path, j));
+                if let Err(e) = written {
+                    eprintln!(
+                        "berth gc: cannot write the report to {}: {e}",
+                        path.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
             if a.json {
-                match serde_json::to_string_pretty(&report) {
+                match serde_json::to_string(&report) {
                     Ok(j) => println!("{j}"),
                     Err(e) => {
                         eprintln!("berth gc: {e}");

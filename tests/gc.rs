@@ -266,6 +266,22 @@ async fn dry_run_lists_and_grace_protects() {
         "a dry run deletes nothing"
     );
     assert_pulls(&c, &s, "dry", "v1", &d).await;
+    // The counts for a Kubernetes termination message: no per-item list, whatever the mode.
+    let file = s.root.parent().unwrap().join("report.json");
+    let report = gc_cli(
+        &s.root,
+        &[
+            "--dry-run",
+            "--grace",
+            "0s",
+            "--report-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(report["deletions"].as_array().unwrap().len(), 3);
+    let counts: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(counts["blobsDeleted"], 3);
+    assert!(counts.get("deletions").is_none());
     // The human summary.
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["gc", "--dry-run", "--grace", "0s", "--root"])

@@ -102,6 +102,8 @@ async fn one_shot_success_reports_what_was_freed() {
             "--config",
             "/etc/berth/config.yaml",
             "--json",
+            "--report-file",
+            "/dev/termination-log",
             "--delete-untagged"
         ])
     );

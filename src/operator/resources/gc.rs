@@ -21,9 +21,17 @@ pub struct GcArgs(pub Vec<String>);
 impl GcArgs {
     pub fn for_spec(gc: &GarbageCollection) -> GcArgs {
         let s = &gc.spec;
-        let mut args: Vec<String> = ["gc", "--config", CONFIG_FILE, "--json"]
-            .map(String::from)
-            .to_vec();
+        // The report also goes to the termination message, where the operator reads it.
+        let mut args: Vec<String> = [
+            "gc",
+            "--config",
+            CONFIG_FILE,
+            "--json",
+            "--report-file",
+            "/dev/termination-log",
+        ]
+        .map(String::from)
+        .to_vec();
         if s.dry_run {
             args.push("--dry-run".into());
         }
@@ -31,11 +39,16 @@ impl GcArgs {
             args.push("--delete-untagged".into());
         }
         if let Some(r) = &s.retention {
+            // One `berth gc --rule` for every repository: PATTERN:key=value,...
+            let mut conditions = Vec::new();
             if let Some(n) = r.keep_last {
-                args.extend(["--keep-last".into(), n.to_string()]);
+                conditions.push(format!("keep-last={n}"));
             }
             if let Some(d) = &r.older_than {
-                args.extend(["--older-than".into(), d.clone()]);
+                conditions.push(format!("older-than={d}"));
+            }
+            if !conditions.is_empty() {
+                args.extend(["--rule".into(), format!("**:{}", conditions.join(","))]);
             }
         }
         GcArgs(args)
