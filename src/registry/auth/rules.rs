@@ -7,6 +7,7 @@ use std::fmt;
 
 use crate::config::{AccessRule, Action};
 use crate::oci::RepoName;
+pub use crate::oci::pattern::Pattern;
 
 /// A set of actions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -82,97 +83,14 @@ impl fmt::Display for Actions {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RuleError {
-    #[error("invalid repository pattern {0:?}: {1}")]
-    Pattern(String, &'static str),
+    #[error(transparent)]
+    Pattern(#[from] crate::oci::pattern::PatternError),
     #[error("unknown action {0:?} (expected pull, push, delete or *)")]
     Action(String),
     #[error("malformed scope {0:?}: expected repository:<name>:<actions>")]
     Scope(String),
     #[error("access rule for {0:?} names unknown group {1:?}")]
     UnknownGroup(String, String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Segment {
-    /// `**`: any number of segments, including none.
-    Deep,
-    /// A literal segment, possibly with `*` wildcards inside it.
-    Glob(String),
-}
-
-/// A validated repository glob.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pattern {
-    text: String,
-    segments: Vec<Segment>,
-}
-
-impl Pattern {
-    pub fn parse(s: &str) -> Result<Pattern, RuleError> {
-        let bad = |why| RuleError::Pattern(s.to_owned(), why);
-        if s.is_empty() || s.len() > 255 {
-            return Err(bad("must be 1 to 255 characters"));
-        }
-        let mut segments = Vec::new();
-        for seg in s.split('/') {
-            if seg.is_empty() {
-                return Err(bad("empty path segment"));
-            }
-            if seg == "." || seg == ".." || seg.starts_with('.') {
-                return Err(bad("segments may not be or start with '.' ('..' escapes)"));
-            }
-            if !seg
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-*".contains(&b))
-            {
-                return Err(bad("only a-z, 0-9, '.', '_', '-', '*' and '/' are allowed"));
-            }
-            if seg == "**" {
-                segments.push(Segment::Deep);
-            } else if seg.contains("**") {
-                return Err(bad("'**' must be a whole segment"));
-            } else {
-                segments.push(Segment::Glob(seg.to_owned()));
-            }
-        }
-        Ok(Pattern {
-            text: s.to_owned(),
-            segments,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    pub fn matches(&self, repo: &str) -> bool {
-        let parts: Vec<&str> = repo.split('/').collect();
-        match_segments(&self.segments, &parts)
-    }
-}
-
-fn match_segments(pat: &[Segment], parts: &[&str]) -> bool {
-    match pat.split_first() {
-        None => parts.is_empty(),
-        Some((Segment::Deep, rest)) => {
-            (0..=parts.len()).any(|skip| match_segments(rest, &parts[skip..]))
-        }
-        Some((Segment::Glob(g), rest)) => match parts.split_first() {
-            Some((p, more)) => {
-                glob_segment(g.as_bytes(), p.as_bytes()) && match_segments(rest, more)
-            }
-            None => false,
-        },
-    }
-}
-
-/// `*` matches any run of characters within one segment.
-fn glob_segment(pat: &[u8], s: &[u8]) -> bool {
-    match pat.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_segment(rest, &s[i..])),
-        Some((c, rest)) => s.first() == Some(c) && glob_segment(rest, &s[1..]),
-    }
 }
 
 /// One grant of a scope: a repository pattern and actions (robot accounts hold these).
