@@ -151,9 +151,39 @@ pub struct AuthSpec {
     /// An existing Secret with an `htpasswd` key (bcrypt entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub htpasswd_secret: Option<String>,
-    /// An admin user whose password the operator generates into `<name>-admin`.
+    /// An admin user whose password the operator generates into `<name>-admin`. The admin
+    /// may manage robot accounts and may pull, push and delete in every repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<AdminSpec>,
+    /// Named groups of users, referred to by `access` rules (Berth's `auth.groups`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<String>>,
+    /// Access rules (Berth's `auth.access`): whatever no rule grants is denied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<AccessRuleSpec>,
+}
+
+/// One access rule: a repository glob and what it grants to whom.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRuleSpec {
+    /// A repository glob: `*` matches within one path segment, a `**` segment any depth.
+    pub repository: String,
+    /// User names; `anonymous` means everyone, signed in or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// Group names from `groups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    pub actions: Vec<AccessAction>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessAction {
+    Pull,
+    Push,
+    Delete,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

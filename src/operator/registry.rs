@@ -53,6 +53,15 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
     if let Some(name) = reg.spec.tls.as_ref().and_then(|t| t.secret_name.clone()) {
         referenced_secrets.push((name, vec!["tls.crt", "tls.key"]));
     }
+    // The generated admin Secret is made by reconcile itself, so only the user's is checked.
+    if let Some(name) = reg
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.htpasswd_secret.clone())
+    {
+        referenced_secrets.push((name, vec!["htpasswd"]));
+    }
     let name = reg.name_any();
     let ns = reg.namespace().unwrap_or_default();
     let endpoint = match &reg.spec.ingress {
@@ -142,11 +151,20 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
                 "Unsupported"
             };
             let msg = format!("{e}; fix the Registry spec");
-            write_status(reg, ctx, blocked(reason, &msg), None, None).await?;
+            let creds = reg
+                .status
+                .as_ref()
+                .and_then(|s| s.credentials_secret.clone());
+            write_status(reg, ctx, blocked(reason, &msg), None, None, creds).await?;
             // Nothing changes until the spec does: no requeue, no hot loop.
             return Ok(Action::await_change());
         }
         Err(e) => return Err(e.into()),
+    };
+    let credentials = if build::admin_username(reg).is_some() {
+        Some(ensure_admin_secret(client, reg).await?)
+    } else {
+        None
     };
     if let Some(msg) = check_secrets(client, &ns, &plan.referenced_secrets).await? {
         write_status(
@@ -155,6 +173,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
             blocked("SecretMissing", &msg),
             None,
             Some(plan.endpoint.clone()),
+            credentials,
         )
         .await?;
         // The Secret watch brings us back as soon as it appears; this is the safety net.
@@ -176,6 +195,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
                 blocked("Rejected", &msg),
                 None,
                 Some(plan.endpoint.clone()),
+                credentials,
             )
             .await?;
             return Ok(Action::await_change());
@@ -194,7 +214,15 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
 
     let (wanted, ready, want) = rollout_conditions(&dep.object);
     let all_ready = conditions_ready(&wanted);
-    write_status(reg, ctx, wanted, Some((ready, want)), Some(plan.endpoint)).await?;
+    write_status(
+        reg,
+        ctx,
+        wanted,
+        Some((ready, want)),
+        Some(plan.endpoint),
+        credentials,
+    )
+    .await?;
     Ok(if all_ready {
         Action::requeue(Duration::from_secs(600))
     } else {
@@ -399,6 +427,7 @@ async fn write_status(
     wanted: Vec<Wanted>,
     replicas: Option<(i32, i32)>,
     endpoint: Option<String>,
+    credentials_secret: Option<String>,
 ) -> Result<(), Error> {
     let old = reg.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
@@ -409,7 +438,7 @@ async fn write_status(
         replicas: replicas.map(|(_, want)| want).or(old.replicas),
         ready_replicas: replicas.map(|(ready, _)| ready).or(old.ready_replicas),
         endpoint: endpoint.or(old.endpoint.clone()),
-        credentials_secret: None,
+        credentials_secret,
         conditions,
     };
     if new == old {
@@ -535,21 +564,14 @@ pub fn registries_for_secret(
 
 /// Makes the generated admin credentials Secret if it does not exist yet and returns its name.
 /// An existing Secret is never touched: rotating it is the user's call (delete it and the next
-/// reconcile makes a new one). Not called by `reconcile` yet: `spec.auth` is refused until
-/// `berth serve`'s config can point at the htpasswd file (see `render_config`).
+/// reconcile makes a new one; the pods see it through their Secret volume).
 pub async fn ensure_admin_secret(client: &kube::Client, reg: &Registry) -> Result<String, Error> {
     let name = names::admin_secret(&reg.name_any());
     let api: Api<Secret> = Api::namespaced(client.clone(), &reg.namespace().unwrap_or_default());
     if api.get_opt(&name).await?.is_some() {
         return Ok(name);
     }
-    let username = reg
-        .spec
-        .auth
-        .as_ref()
-        .and_then(|a| a.admin.as_ref())
-        .and_then(|a| a.username.clone())
-        .unwrap_or_else(|| "admin".to_owned());
+    let username = build::admin_username(reg).unwrap_or_else(|| "admin".to_owned());
     let salt: [u8; 16] = rand::random();
     let secret = build::admin_secret(reg, &username, &build::generate_password(), salt)?;
     match api.create(&kube::api::PostParams::default(), &secret).await {

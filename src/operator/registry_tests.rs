@@ -529,3 +529,92 @@ async fn admin_credentials_are_made_once_and_never_overwritten() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn auth_with_an_admin_mounts_the_generated_htpasswd_and_names_it_in_status() {
+    let (ctx, fake) = setup(json!({"storage": {"pvc": {"size": "1Gi"}},
+        "auth": {"admin": {"username": "root"},
+                 "access": [{"repository": "public/*", "users": ["anonymous"], "actions": ["pull"]}]}}));
+    run(&ctx, &fake).await.unwrap();
+    let w = writes(&fake.take_calls());
+    assert_eq!(w[0], "POST /api/v1/namespaces/team/secrets", "{w:?}");
+    assert!(w.contains(&format!("PATCH {DEP}")), "{w:?}");
+    let secret = fake
+        .get("/api/v1/namespaces/team/secrets/hub-admin")
+        .unwrap();
+    let pod = &fake.get(DEP).unwrap()["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "auth")
+            .unwrap()["secret"]["secretName"],
+        "hub-admin"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "auth", "mountPath": "/etc/berth-auth", "readOnly": true}))
+    );
+    let cm = fake.get(CM).unwrap();
+    let config: crate::config::Config =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        config.auth.htpasswd,
+        Some(std::path::PathBuf::from("/etc/berth-auth/htpasswd"))
+    );
+    assert_eq!(config.auth.admins, ["root"]);
+    assert_eq!(config.auth.access[1].repository, "public/*");
+    assert_eq!(
+        fake.get(REG).unwrap()["status"]["credentialsSecret"],
+        "hub-admin"
+    );
+
+    // Steady state: the Secret is neither re-made nor rewritten.
+    pods_ready(&fake, 1);
+    run(&ctx, &fake).await.unwrap();
+    fake.take_calls();
+    run(&ctx, &fake).await.unwrap();
+    assert!(writes(&fake.take_calls()).is_empty());
+    assert_eq!(
+        fake.get("/api/v1/namespaces/team/secrets/hub-admin")
+            .unwrap()["data"],
+        secret["data"]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_htpasswd_secret_is_a_condition_until_it_appears() {
+    let (ctx, fake) = setup(
+        json!({"storage": {"pvc": {"size": "1Gi"}}, "auth": {"htpasswdSecret": "hub-users"}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        writes(&fake.take_calls()),
+        [format!("PATCH {REG}/status")],
+        "nothing deployed without the Secret"
+    );
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "SecretMissing".into())
+    );
+    let reg: Registry = serde_json::from_value(fake.get(REG).unwrap()).unwrap();
+    assert!(references_secret(&reg, "hub-users"));
+    fake.put(
+        "/api/v1/namespaces/team/secrets/hub-users",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-users", "namespace": "team"},
+               "data": {"htpasswd": "YWxpY2U6eAo="}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    let pod = &fake.get(DEP).unwrap()["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "hub-users")
+    );
+    assert!(fake.get(REG).unwrap()["status"]["credentialsSecret"].is_null());
+}

@@ -7,9 +7,9 @@ mod registry;
 
 pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
 pub use registry::{
-    admin_secret, config_hash, config_map, deployment, generate_password,
-    horizontal_pod_autoscaler, ingress, persistent_volume_claim, pod_disruption_budget,
-    render_config, service,
+    admin_secret, admin_username, auth_secret, config_hash, config_map, deployment,
+    generate_password, horizontal_pod_autoscaler, ingress, persistent_volume_claim,
+    pod_disruption_budget, render_config, service,
 };
 
 use std::collections::BTreeMap;
@@ -24,6 +24,10 @@ pub const REGISTRY_PORT: i32 = 5000;
 /// Where the rendered config is mounted; `berth serve --config` and `berth gc --config` read it.
 pub const CONFIG_DIR: &str = "/etc/berth";
 pub const CONFIG_FILE: &str = "/etc/berth/config.yaml";
+/// Where the htpasswd Secret (the user's, or the generated admin one) is mounted, read-only.
+pub const AUTH_DIR: &str = "/etc/berth-auth";
+/// Where the pod's own TLS Secret is mounted, read-only.
+pub const TLS_DIR: &str = "/etc/berth-tls";
 /// Where the PVC is mounted, the filesystem store's root.
 pub const DATA_DIR: &str = "/var/lib/berth";
 /// Pod template annotation whose change rolls the pods when the config changes.

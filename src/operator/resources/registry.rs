@@ -9,16 +9,90 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Resource;
 use rand::Rng;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{
-    BuildError, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, Defaults, REGISTRY_PORT,
-    RUN_AS_USER, from_json, image, labels, name_ns, names, owner_ref, selector,
+    AUTH_DIR, BuildError, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, Defaults,
+    REGISTRY_PORT, RUN_AS_USER, from_json, image, labels, name_ns, names, owner_ref, selector,
 };
-use crate::config::{self, Config, FilesystemConfig, LogConfig, StorageConfig};
-use crate::operator::crd::{LogFormat, Registry};
+use crate::config::{
+    self, AccessRule, Action, AuthConfig, Config, FilesystemConfig, LogConfig, StorageConfig,
+};
+use crate::operator::crd::{AccessAction, LogFormat, Registry};
+
+/// The generated admin's user name (default `admin`), when the spec asks for one.
+pub fn admin_username(reg: &Registry) -> Option<String> {
+    let admin = reg.spec.auth.as_ref()?.admin.as_ref()?;
+    Some(admin.username.clone().unwrap_or_else(|| "admin".to_owned()))
+}
+
+/// The Secret whose `htpasswd` key the pods read: the user's `htpasswdSecret`, or the generated
+/// `<name>-admin` when an admin user is requested.
+pub fn auth_secret(reg: &Registry) -> Option<String> {
+    let auth = reg.spec.auth.as_ref()?;
+    if let Some(s) = &auth.htpasswd_secret {
+        return Some(s.clone());
+    }
+    auth.admin
+        .as_ref()
+        .and_then(|_| reg.meta().name.as_deref().map(names::admin_secret))
+}
+
+/// `spec.auth` as Berth's `auth` section, the htpasswd file mounted from [`auth_secret`].
+fn render_auth(reg: &Registry) -> Result<AuthConfig, BuildError> {
+    let Some(auth) = &reg.spec.auth else {
+        return Ok(AuthConfig::default());
+    };
+    let Some(_) = auth_secret(reg) else {
+        return Err(BuildError::Invalid {
+            field: "spec.auth",
+            reason: "set htpasswdSecret or admin".into(),
+        });
+    };
+    let mut access = vec![];
+    let mut admins = vec![];
+    if let Some(user) = admin_username(reg) {
+        // The generated admin can do everything; the spec's rules decide for everyone else.
+        admins.push(user.clone());
+        access.push(AccessRule {
+            repository: "**".into(),
+            users: vec![user],
+            groups: vec![],
+            actions: vec![Action::Pull, Action::Push, Action::Delete],
+        });
+    }
+    for rule in &auth.access {
+        // Berth refuses a bad pattern at start-up; say so here instead of crash-looping.
+        crate::oci::pattern::Pattern::parse(&rule.repository).map_err(|e| BuildError::Invalid {
+            field: "spec.auth.access",
+            reason: e.to_string(),
+        })?;
+        access.push(AccessRule {
+            repository: rule.repository.clone(),
+            users: rule.users.clone(),
+            groups: rule.groups.clone(),
+            actions: rule
+                .actions
+                .iter()
+                .map(|a| match a {
+                    AccessAction::Pull => Action::Pull,
+                    AccessAction::Push => Action::Push,
+                    AccessAction::Delete => Action::Delete,
+                })
+                .collect(),
+        });
+    }
+    Ok(AuthConfig {
+        htpasswd: Some(format!("{AUTH_DIR}/htpasswd").into()),
+        admins,
+        groups: auth.groups.clone(),
+        access,
+        ..AuthConfig::default()
+    })
+}
 
 /// The Berth config this Registry's pods read: the same `Config` type `berth serve --config`
 /// parses. Spec fields the schema cannot express yet are refused rather than silently dropped,
@@ -30,15 +104,6 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
             field: "spec.storage.s3",
             reason: "this Berth version's config schema has no S3 storage yet; use storage.pvc"
                 .into(),
-        });
-    }
-    if spec.auth.is_some() {
-        return Err(BuildError::Unsupported {
-            field: "spec.auth",
-            reason:
-                "this Berth version's config schema has no authentication yet; remove spec.auth \
-                     or upgrade Berth"
-                    .into(),
         });
     }
     if spec.tls.is_some() && spec.ingress.is_none() {
@@ -63,6 +128,7 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
             }),
             level: None,
         },
+        auth: render_auth(reg)?,
         ..Config::default()
     })
 }
@@ -212,6 +278,17 @@ pub fn deployment(
     ];
     if spec.storage.pvc.is_some() {
         mounts.push(json!({ "name": "data", "mountPath": DATA_DIR }));
+    }
+    // A whole-Secret volume (no subPath), so edits to the Secret reach the running pods.
+    if let Some(secret) = auth_secret(reg) {
+        volumes.push(json!({
+            "name": "auth",
+            "secret": {
+                "secretName": secret,
+                "items": [{ "key": "htpasswd", "path": "htpasswd" }],
+            },
+        }));
+        mounts.push(json!({ "name": "auth", "mountPath": AUTH_DIR, "readOnly": true }));
     }
     let probe = |path: &str, period: i32| {
         json!({
@@ -495,6 +572,7 @@ replicas: 3
 storage:
   pvc: { size: 100Gi, storageClassName: fast, accessModes: [ReadWriteMany] }
 tls: { issuerRef: { name: letsencrypt, kind: ClusterIssuer } }
+auth: { htpasswdSecret: hub-users }
 service: { type: LoadBalancer, port: 443, annotations: { lb.example/internal: "true" } }
 ingress: { host: hub.example.com, className: nginx, annotations: { a.example/b: c } }
 resources: { requests: { cpu: 100m, memory: 128Mi }, limits: { memory: 1Gi } }
@@ -525,14 +603,78 @@ deletionPolicy: Delete
         assert_eq!(full.log.format, Some(config::LogFormat::Json));
     }
 
+    fn with_auth(yaml: &str) -> Registry {
+        let mut r = minimal();
+        r.spec.auth = Some(serde_yaml::from_str(yaml).unwrap());
+        r
+    }
+
+    #[test]
+    fn auth_renders_htpasswd_and_access_and_mounts_the_secret_read_only() {
+        let r = with_auth(
+            r#"
+admin: { username: root }
+groups: { team-a: [alice, bob] }
+access:
+  - { repository: "team-a/**", groups: [team-a], actions: [pull, push] }
+  - { repository: "public/*", users: [anonymous], actions: [pull] }
+"#,
+        );
+        let c = render_config(&r).unwrap();
+        let text = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(serde_yaml::from_str::<Config>(&text).unwrap(), c);
+        golden("registry-auth-configmap.yaml", &config_map(&r, &c).unwrap());
+        assert_eq!(
+            c.auth.htpasswd,
+            Some(std::path::PathBuf::from("/etc/berth-auth/htpasswd"))
+        );
+        assert_eq!(c.auth.admins, ["root"]);
+        // The generated admin first, with everything; then the spec's rules in order.
+        assert_eq!(c.auth.access[0].users, ["root"]);
+        assert_eq!(c.auth.access[0].repository, "**");
+        assert_eq!(c.auth.access[1].repository, "team-a/**");
+        assert_eq!(c.auth.access[2].actions, [config::Action::Pull]);
+        assert_eq!(c.auth.groups["team-a"], ["alice", "bob"]);
+        let dep = serde_json::to_value(deployment(&r, &defaults(), "h").unwrap()).unwrap();
+        let pod = &dep["spec"]["template"]["spec"];
+        let vol = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "auth")
+            .unwrap();
+        assert_eq!(vol["secret"]["secretName"], "hub-admin");
+        let mount = pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == "auth")
+            .unwrap();
+        assert_eq!(mount["mountPath"], "/etc/berth-auth");
+        assert_eq!(mount["readOnly"], true);
+
+        // A user's htpasswd Secret: no generated admin, no implicit rule.
+        let r = with_auth("htpasswdSecret: users\n");
+        let c = render_config(&r).unwrap();
+        assert!(c.auth.admins.is_empty() && c.auth.access.is_empty());
+        assert_eq!(auth_secret(&r).as_deref(), Some("users"));
+    }
+
     #[test]
     fn spec_the_schema_cannot_express_is_refused() {
-        let mut r = minimal();
-        r.spec.auth = Some(AuthSpec::default());
+        // auth that names no source of users would run an open registry: refused.
+        assert!(matches!(
+            render_config(&with_auth("{}")),
+            Err(BuildError::Invalid {
+                field: "spec.auth",
+                ..
+            })
+        ));
+        let r = with_auth("admin: {}\naccess: [{ repository: \"../x\", actions: [pull] }]\n");
         assert!(matches!(
             render_config(&r),
-            Err(BuildError::Unsupported {
-                field: "spec.auth",
+            Err(BuildError::Invalid {
+                field: "spec.auth.access",
                 ..
             })
         ));
