@@ -74,7 +74,12 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
                 .as_ref()
                 .and_then(|s| s.port)
                 .unwrap_or(REGISTRY_PORT);
-            format!("http://{name}.{ns}.svc:{port}")
+            let scheme = if build::pod_tls_secret(reg).is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{name}.{ns}.svc:{port}")
         }
     };
     Ok(Desired {

@@ -618,3 +618,44 @@ async fn a_missing_htpasswd_secret_is_a_condition_until_it_appears() {
     );
     assert!(fake.get(REG).unwrap()["status"]["credentialsSecret"].is_null());
 }
+
+#[tokio::test]
+async fn pod_tls_serves_https_from_the_mounted_secret() {
+    let (ctx, fake) =
+        setup(json!({"storage": {"pvc": {"size": "1Gi"}}, "tls": {"secretName": "hub-cert"}}));
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "SecretMissing".into())
+    );
+    assert!(fake.get(DEP).is_none());
+    fake.put(
+        "/api/v1/namespaces/team/secrets/hub-cert",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-cert", "namespace": "team"},
+               "type": "kubernetes.io/tls", "data": {"tls.crt": "Y3J0", "tls.key": "a2V5"}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    let container = &fake.get(DEP).unwrap()["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "tls", "mountPath": "/etc/berth-tls", "readOnly": true}))
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let cm = fake.get(CM).unwrap();
+    let config: crate::config::Config =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        config.tls.unwrap().cert,
+        std::path::PathBuf::from("/etc/berth-tls/tls.crt")
+    );
+    assert_eq!(
+        fake.get(REG).unwrap()["status"]["endpoint"],
+        "https://hub.team.svc:5000"
+    );
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+}

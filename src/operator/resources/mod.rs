@@ -9,7 +9,7 @@ pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
 pub use registry::{
     admin_secret, admin_username, auth_secret, config_hash, config_map, deployment,
     generate_password, horizontal_pod_autoscaler, ingress, persistent_volume_claim,
-    pod_disruption_budget, render_config, service,
+    pod_disruption_budget, pod_tls_secret, render_config, service,
 };
 
 use std::collections::BTreeMap;

@@ -16,10 +16,12 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AUTH_DIR, BuildError, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, Defaults,
-    REGISTRY_PORT, RUN_AS_USER, from_json, image, labels, name_ns, names, owner_ref, selector,
+    REGISTRY_PORT, RUN_AS_USER, TLS_DIR, from_json, image, labels, name_ns, names, owner_ref,
+    selector,
 };
 use crate::config::{
     self, AccessRule, Action, AuthConfig, Config, FilesystemConfig, LogConfig, StorageConfig,
+    TlsConfig,
 };
 use crate::operator::crd::{AccessAction, LogFormat, Registry};
 
@@ -39,6 +41,15 @@ pub fn auth_secret(reg: &Registry) -> Option<String> {
     auth.admin
         .as_ref()
         .and_then(|_| reg.meta().name.as_deref().map(names::admin_secret))
+}
+
+/// The `kubernetes.io/tls` Secret the registry pods serve HTTPS with: `spec.tls.secretName`
+/// when there is no Ingress (with an Ingress, TLS ends there and the pods speak HTTP).
+pub fn pod_tls_secret(reg: &Registry) -> Option<String> {
+    if reg.spec.ingress.is_some() {
+        return None;
+    }
+    reg.spec.tls.as_ref()?.secret_name.clone()
 }
 
 /// `spec.auth` as Berth's `auth` section, the htpasswd file mounted from [`auth_secret`].
@@ -106,14 +117,19 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
                 .into(),
         });
     }
-    if spec.tls.is_some() && spec.ingress.is_none() {
+    if spec.tls.is_some() && spec.ingress.is_none() && pod_tls_secret(reg).is_none() {
         return Err(BuildError::Unsupported {
-            field: "spec.tls",
-            reason:
-                "Berth terminates no TLS itself yet; set spec.ingress so TLS ends at the Ingress"
-                    .into(),
+            field: "spec.tls.issuerRef",
+            reason: "without spec.ingress the operator makes no Certificate for the pods yet; \
+                     use tls.secretName or set spec.ingress"
+                .into(),
         });
     }
+    // Berth re-reads the files when they change, so a renewed Secret needs no restart.
+    let tls = pod_tls_secret(reg).map(|_| TlsConfig {
+        cert: format!("{TLS_DIR}/tls.crt").into(),
+        key: format!("{TLS_DIR}/tls.key").into(),
+    });
     Ok(Config {
         addr: Some(format!("0.0.0.0:{REGISTRY_PORT}")),
         storage: StorageConfig {
@@ -129,6 +145,7 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
             level: None,
         },
         auth: render_auth(reg)?,
+        tls,
         ..Config::default()
     })
 }
@@ -290,9 +307,24 @@ pub fn deployment(
         }));
         mounts.push(json!({ "name": "auth", "mountPath": AUTH_DIR, "readOnly": true }));
     }
+    let tls = pod_tls_secret(reg);
+    if let Some(secret) = &tls {
+        volumes.push(json!({
+            "name": "tls",
+            "secret": {
+                "secretName": secret,
+                "items": [
+                    { "key": "tls.crt", "path": "tls.crt" },
+                    { "key": "tls.key", "path": "tls.key" },
+                ],
+            },
+        }));
+        mounts.push(json!({ "name": "tls", "mountPath": TLS_DIR, "readOnly": true }));
+    }
+    let scheme = if tls.is_some() { "HTTPS" } else { "HTTP" };
     let probe = |path: &str, period: i32| {
         json!({
-            "httpGet": { "path": path, "port": "http" },
+            "httpGet": { "path": path, "port": "http", "scheme": scheme },
             "periodSeconds": period,
             "timeoutSeconds": 2,
             "failureThreshold": 3,
@@ -684,18 +716,51 @@ access:
             render_config(&r),
             Err(BuildError::Unsupported { .. })
         ));
+        // A cert-manager issuer without an Ingress would need a Certificate for the pods.
         let mut r = minimal();
         r.spec.tls = Some(TlsSpec {
-            secret_name: Some("x".into()),
-            issuer_ref: None,
+            secret_name: None,
+            issuer_ref: Some(IssuerRef {
+                name: "le".into(),
+                ..Default::default()
+            }),
         });
         assert!(matches!(
             render_config(&r),
             Err(BuildError::Unsupported {
-                field: "spec.tls",
+                field: "spec.tls.issuerRef",
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn pod_tls_mounts_the_secret_renders_tls_and_probes_https() {
+        let mut r = minimal();
+        r.spec.tls = Some(TlsSpec {
+            secret_name: Some("hub-cert".into()),
+            issuer_ref: None,
+        });
+        let c = render_config(&r).unwrap();
+        let tls = c.tls.as_ref().unwrap();
+        assert_eq!(tls.cert, std::path::PathBuf::from("/etc/berth-tls/tls.crt"));
+        assert_eq!(tls.key, std::path::PathBuf::from("/etc/berth-tls/tls.key"));
+        let text = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(serde_yaml::from_str::<Config>(&text).unwrap(), c);
+        golden("registry-tls-configmap.yaml", &config_map(&r, &c).unwrap());
+        let dep = deployment(&r, &defaults(), &config_hash(&text)).unwrap();
+        golden("registry-tls-deployment.yaml", &dep);
+        let dep = serde_json::to_value(dep).unwrap();
+        let container = &dep["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+        assert_eq!(container["livenessProbe"]["httpGet"]["scheme"], "HTTPS");
+        // Behind an Ingress the same Secret is the Ingress's: the pods stay plain HTTP.
+        r.spec.ingress = Some(IngressSpec {
+            host: "hub.example.com".into(),
+            ..Default::default()
+        });
+        assert!(render_config(&r).unwrap().tls.is_none());
+        assert!(pod_tls_secret(&r).is_none());
     }
 
     #[test]
