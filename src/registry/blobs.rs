@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
-use super::server::Req;
+use super::server::{Req, header_value};
 use crate::oci::{Digest, RepoName};
 use crate::store::MetaKey;
 
@@ -103,10 +103,8 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
         }
     };
     let size = handle.size;
-    let digest_hdr = HeaderValue::from_str(&digest.to_string())
-        .map_err(|e| RegistryError::Storage(e.to_string()))?;
-    let etag = HeaderValue::from_str(&format!("\"{digest}\""))
-        .map_err(|e| RegistryError::Storage(e.to_string()))?;
+    let digest_hdr = header_value(&digest.to_string())?;
+    let etag = header_value(&format!("\"{digest}\""))?;
     let common = [
         (
             header::CONTENT_TYPE,

@@ -12,14 +12,10 @@ use futures::future::try_join_all;
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
-use super::server::Req;
+use super::server::{Req, header_value};
 use crate::oci::manifest::{MAX_MANIFEST_BYTES, kind_of_media_type};
 use crate::oci::{Algorithm, Descriptor, Digest, Manifest, ManifestKind, Reference, RepoName, Tag};
 use crate::store::{MetaDir, MetaKey};
-
-fn header(v: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(v).map_err(|e| RegistryError::Storage(e.to_string()))
-}
 
 fn too_large() -> RegistryError {
     RegistryError::PayloadTooLarge(format!(
@@ -155,12 +151,12 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &str, req: &Req) ->
     let bytes = bytes_of(reg, &digest).await?;
     let len = bytes.len();
     let headers = [
-        (header::CONTENT_TYPE, header(&media_type)?),
+        (header::CONTENT_TYPE, header_value(&media_type)?),
         (
             header::HeaderName::from_static("docker-content-digest"),
-            header(&digest.to_string())?,
+            header_value(&digest.to_string())?,
         ),
-        (header::ETAG, header(&format!("\"{digest}\""))?),
+        (header::ETAG, header_value(&format!("\"{digest}\""))?),
     ];
     let body = if req.method == Method::HEAD {
         Body::empty()
@@ -305,11 +301,11 @@ pub async fn put(
         [
             (
                 header::LOCATION,
-                header(&format!("/v2/{repo}/manifests/{digest}"))?,
+                header_value(&format!("/v2/{repo}/manifests/{digest}"))?,
             ),
             (
                 header::HeaderName::from_static("docker-content-digest"),
-                header(&digest.to_string())?,
+                header_value(&digest.to_string())?,
             ),
             (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
         ],
@@ -317,12 +313,12 @@ pub async fn put(
         .into_response();
     if let Some(subject) = &manifest.subject {
         resp.headers_mut()
-            .insert("oci-subject", header(&subject.digest.to_string())?);
+            .insert("oci-subject", header_value(&subject.digest.to_string())?);
     }
     if !extra_tags.is_empty() {
         let list: Vec<&str> = tags.iter().map(|t| t.as_str()).collect();
         resp.headers_mut()
-            .insert("oci-tag", header(&list.join(", "))?);
+            .insert("oci-tag", header_value(&list.join(", "))?);
     }
     Ok(resp)
 }

@@ -175,6 +175,12 @@ impl Query {
     }
 }
 
+/// A response header value from text the registry built (digests, paths); these are always
+/// valid header text, so a failure is an internal error, never the client's.
+pub fn header_value(v: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(v).map_err(|e| RegistryError::Storage(e.to_string()))
+}
+
 /// Everything a handler may read from a request but its body (which is not `Sync`, so it
 /// travels separately to the handlers that consume it).
 pub struct Req {

@@ -9,16 +9,12 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
-use super::server::Req;
+use super::server::{Req, header_value};
 use crate::oci::{Digest, RepoName};
 use crate::store::{ByteStream, MetaKey, UploadId};
 
 fn upload_location(repo: &RepoName, id: &UploadId) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
-}
-
-fn header(v: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(v).map_err(|e| RegistryError::Storage(e.to_string()))
 }
 
 /// The `Range` an upload reports: `0-<last byte>` (`0-0` before any byte, as Distribution does).
@@ -36,11 +32,11 @@ fn session_response(
     Ok((
         status,
         [
-            (header::LOCATION, header(&upload_location(repo, id))?),
-            (header::RANGE, header(&range_of(size))?),
+            (header::LOCATION, header_value(&upload_location(repo, id))?),
+            (header::RANGE, header_value(&range_of(size))?),
             (
                 header::HeaderName::from_static("docker-upload-uuid"),
-                header(id.as_str())?,
+                header_value(id.as_str())?,
             ),
             (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
         ],
@@ -55,11 +51,11 @@ pub fn created_blob(repo: &RepoName, digest: &Digest) -> Result<Response> {
         [
             (
                 header::LOCATION,
-                header(&format!("/v2/{repo}/blobs/{digest}"))?,
+                header_value(&format!("/v2/{repo}/blobs/{digest}"))?,
             ),
             (
                 header::HeaderName::from_static("docker-content-digest"),
-                header(&digest.to_string())?,
+                header_value(&digest.to_string())?,
             ),
             (header::CONTENT_LENGTH, HeaderValue::from_static("0")),
         ],
