@@ -6,6 +6,7 @@ pub mod digest;
 pub mod manifest;
 pub mod name;
 pub mod pattern;
+pub mod resumable;
 
 pub use digest::{Algorithm, Digest, Digester};
 pub use manifest::{Descriptor, Manifest, ManifestError, ManifestKind};
