@@ -183,6 +183,54 @@ pub struct StorageConfig {
     /// Local filesystem storage (a directory, a PVC in Kubernetes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<FilesystemConfig>,
+    /// An S3-compatible bucket (AWS S3, Ceph RGW, Garage, MinIO). Several `berth serve`
+    /// processes on one bucket act as one registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Config>,
+}
+
+/// S3-compatible object storage. Credentials not given here come from the standard AWS
+/// variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), and the
+/// region and endpoint likewise (`AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix inside the bucket (e.g. `registry/prod`); empty for the bucket's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Region (default `us-east-1`; Garage's default is `garage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint URL for S3-compatible servers, e.g. `http://garage:3900`; unset for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted style
+    /// (`bucket.endpoint/key`). Default: true when `endpoint` is set, false for AWS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// Access key id (else `AWS_ACCESS_KEY_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// Secret access key (else `AWS_SECRET_ACCESS_KEY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials (else `AWS_SESSION_TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// Answer blob GETs with a 307 redirect to a presigned URL, so clients download straight
+    /// from the bucket (they must be able to reach the endpoint). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<bool>,
+    /// Multipart part size in MiB (5 to 512, default 8): memory per upload in flight is about
+    /// three parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size_mib: Option<u64>,
+    /// Seconds a request to the bucket may take before it fails with 503 (default 300;
+    /// connecting is bounded separately at 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_timeout_seconds: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

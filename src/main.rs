@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use berth::config::{Config, LogFormat};
 use berth::registry::auth::{robots, token};
 use berth::serve::{self, Overrides, Settings};
-use berth::store::fs::FsStore;
+use berth::store::{Backend, Store};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
@@ -259,18 +259,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn open_store(a: &StoreArgs) -> Result<FsStore, String> {
+async fn open_store(a: &StoreArgs) -> Result<std::sync::Arc<dyn Store>, String> {
     let file = a
         .config
         .as_deref()
         .map(Config::load)
         .transpose()
-        .map_err(|e| e.to_string())?;
-    let root = a
-        .root
-        .clone()
-        .unwrap_or_else(|| file.unwrap_or_default().root());
-    FsStore::open(&root).map_err(|e| format!("cannot open storage at {}: {e}", root.display()))
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let backend = Backend::choose(a.root.clone(), &file).map_err(|e| e.to_string())?;
+    berth::store::open(&backend)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn token_command(cmd: TokenCommand) -> Result<(), String> {
@@ -286,13 +286,13 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
                 scopes,
                 expires,
             } => {
-                let store = open_store(&store)?;
+                let store = open_store(&store).await?;
                 let expires = expires
                     .as_deref()
                     .map(robots::parse_duration)
                     .transpose()
                     .map_err(|e| e.to_string())?;
-                let (record, secret) = robots::create(&store, &name, &scopes, expires)
+                let (record, secret) = robots::create(store.as_ref(), &name, &scopes, expires)
                     .await
                     .map_err(|e| e.to_string())?;
                 eprintln!(
@@ -309,16 +309,16 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
                 Ok(())
             }
             TokenCommand::Revoke { store, name } => {
-                let store = open_store(&store)?;
-                robots::revoke(&store, &name)
+                let store = open_store(&store).await?;
+                robots::revoke(store.as_ref(), &name)
                     .await
                     .map_err(|e| e.to_string())?;
                 eprintln!("revoked robot {name}");
                 Ok(())
             }
             TokenCommand::List { store } => {
-                let store = open_store(&store)?;
-                let list = robots::list(&store).await.map_err(|e| e.to_string())?;
+                let store = open_store(&store).await?;
+                let list = robots::list(store.as_ref()).await.map_err(|e| e.to_string())?;
                 println!("NAME\tSCOPES\tCREATED\tEXPIRES");
                 for r in list {
                     let expires = match r.expires {
@@ -432,20 +432,26 @@ fn gc(a: GcArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let root = a.root.unwrap_or_else(|| file.root());
-    let store = match berth::store::fs::FsStore::open(&root) {
-        Ok(s) => s,
+    let backend = match Backend::choose(a.root, &file) {
+        Ok(b) => b,
         Err(e) => {
-            eprintln!("berth gc: cannot open storage at {}: {e}", root.display());
-            return ExitCode::FAILURE;
+            eprintln!("berth gc: {e}");
+            return ExitCode::from(2);
         }
     };
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,
     };
+    let store = match rt.block_on(berth::store::open(&backend)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berth gc: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let progress = |line: &str| eprintln!("berth gc: {line}");
-    match rt.block_on(berth::gc::collect(&store, &options, &progress)) {
+    match rt.block_on(berth::gc::collect(store.as_ref(), &options, &progress)) {
         Ok(report) => {
             if let Some(path) = &a.report_file {
                 let counts = berth::gc::GcReport {

@@ -88,21 +88,47 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
     if !repo_has_blob(reg, repo, &digest).await? {
         return Err(RegistryError::BlobUnknown);
     }
-    let handle = match reg.store.blob_open(&digest).await? {
-        Some(h) => h,
-        // A collection may have staged it an instant ago: a touch brings it back.
-        None => {
-            reg.store
+    if req.method == Method::GET
+        && let Some(url) = reg.store.blob_url(&digest).await?
+    {
+        // The backend serves the bytes itself (a presigned object-store URL).
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        let h = resp.headers_mut();
+        h.insert(header::LOCATION, header_value(&url)?);
+        h.insert(
+            header::HeaderName::from_static("docker-content-digest"),
+            header_value(&digest.to_string())?,
+        );
+        return Ok(resp);
+    }
+    // A HEAD needs the size only; a GET opens the blob (on an object store, its first request).
+    let (size, handle) = if req.method == Method::HEAD {
+        let size = match reg.store.blob_size(&digest).await? {
+            Some(s) => s,
+            // A collection may have staged it an instant ago: a touch brings it back.
+            None => reg
+                .store
                 .blob_touch(&digest)
                 .await?
-                .ok_or(RegistryError::BlobUnknown)?;
-            reg.store
-                .blob_open(&digest)
-                .await?
-                .ok_or(RegistryError::BlobUnknown)?
-        }
+                .ok_or(RegistryError::BlobUnknown)?,
+        };
+        (size, None)
+    } else {
+        let handle = match reg.store.blob_open(&digest).await? {
+            Some(h) => h,
+            None => {
+                reg.store
+                    .blob_touch(&digest)
+                    .await?
+                    .ok_or(RegistryError::BlobUnknown)?;
+                reg.store
+                    .blob_open(&digest)
+                    .await?
+                    .ok_or(RegistryError::BlobUnknown)?
+            }
+        };
+        (handle.size, Some(handle))
     };
-    let size = handle.size;
     let digest_hdr = header_value(&digest.to_string())?;
     let etag = header_value(&format!("\"{digest}\""))?;
     let common = [
@@ -141,10 +167,11 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
         }
     };
     let len = if size == 0 { 0 } else { end - start + 1 };
-    let mut resp = if req.method == Method::HEAD || len == 0 {
-        (status, common, Body::empty()).into_response()
-    } else {
-        (status, common, Body::from_stream(handle.stream(start, end))).into_response()
+    let mut resp = match handle {
+        Some(handle) if len > 0 => {
+            (status, common, Body::from_stream(handle.stream(start, end))).into_response()
+        }
+        _ => (status, common, Body::empty()).into_response(),
     };
     let h = resp.headers_mut();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));

@@ -68,6 +68,9 @@ pub enum RegistryError {
     Conflict(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// The storage backend is down or refusing: 503 with `Retry-After`, so clients retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl RegistryError {
@@ -92,6 +95,7 @@ impl RegistryError {
             TooManyRequests { .. } => "TOOMANYREQUESTS",
             InvalidRequest(_) | Conflict(_) => "UNSUPPORTED",
             Storage(_) => "UNKNOWN",
+            Unavailable(_) => "UNAVAILABLE",
         }
     }
 
@@ -122,6 +126,7 @@ impl RegistryError {
             Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -146,6 +151,10 @@ impl IntoResponse for RegistryError {
             RegistryError::TooManyRequests { retry_after } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            RegistryError::Unavailable(_) => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}
         }
@@ -180,6 +189,7 @@ impl From<StoreError> for RegistryError {
             StoreError::DigestMismatch { .. } => RegistryError::DigestInvalid(e.to_string()),
             StoreError::Body(_) => RegistryError::BlobUploadInvalid(e.to_string()),
             StoreError::Io(_) => RegistryError::Storage(e.to_string()),
+            StoreError::Unavailable(_) => RegistryError::Unavailable(e.to_string()),
         }
     }
 }

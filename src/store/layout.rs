@@ -12,6 +12,8 @@
 //!                                                        its descriptor (JSON)
 //! uploads/<id>/data, uploads/<id>/repo                   an upload session's bytes and owner
 //! auth/robots/<name>.json                                a robot account (hash of its secret)
+//! auth/token-key.pem                                     the generated token signing key (object
+//!                                                        stores only; a local file otherwise)
 //! ```
 //! Repository names cannot contain a component starting with `_`, so the bookkeeping
 //! directories never collide with nested repositories (`a` and `a/b` coexist).
@@ -113,6 +115,11 @@ impl MetaKey {
     /// A robot account's record; `name` must already be validated (`[a-z0-9][a-z0-9_-]*`).
     pub fn robot(name: &str) -> Self {
         MetaKey(format!("{}/{name}.json", MetaDir::robots().0))
+    }
+
+    /// The token service's generated signing key (PKCS#8 PEM), shared by replicas.
+    pub fn token_key() -> Self {
+        MetaKey(format!("{AUTH}/token-key.pem"))
     }
 
     pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Self {

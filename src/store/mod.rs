@@ -8,6 +8,7 @@
 
 pub mod fs;
 pub mod layout;
+pub mod s3;
 
 use std::time::SystemTime;
 
@@ -35,6 +36,10 @@ pub enum StoreError {
     Body(std::io::Error),
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The backend cannot be reached or refused the request (an object store that is down,
+    /// timing out or denying access): the request may succeed later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -98,6 +103,11 @@ pub trait Store: Send + Sync + 'static {
         digest: &Digest,
         cutoff: SystemTime,
     ) -> Result<Option<u64>>;
+    /// A URL the client may download the blob from directly (a presigned object-store URL),
+    /// when the backend is set up to redirect; `None` to serve the bytes ourselves.
+    async fn blob_url(&self, _digest: &Digest) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Every stored blob, including ones an interrupted collection left staged.
     async fn blob_list(&self) -> Result<Vec<BlobInfo>>;
 
@@ -157,4 +167,72 @@ pub trait Store: Send + Sync + 'static {
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
     /// Whether the backend can serve requests now (for /readyz).
     async fn ready(&self) -> Result<()>;
+}
+
+/// Which backend to open: the one storage section of the config, after flags and variables.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Backend {
+    Filesystem(std::path::PathBuf),
+    S3(crate::config::S3Config),
+}
+
+impl Backend {
+    /// `--root` (given explicitly) wins; otherwise the config file's storage section, which
+    /// may name one kind only.
+    pub fn choose(
+        root_override: Option<std::path::PathBuf>,
+        file: &crate::config::Config,
+    ) -> Result<Backend, OpenError> {
+        if let Some(root) = root_override {
+            return Ok(Backend::Filesystem(root));
+        }
+        match (&file.storage.filesystem, &file.storage.s3) {
+            (Some(_), Some(_)) => Err(OpenError::Ambiguous),
+            (_, Some(s3)) => Ok(Backend::S3(s3.clone())),
+            _ => Ok(Backend::Filesystem(file.root())),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Filesystem(root) => root.display().to_string(),
+            Backend::S3(s) => format!(
+                "s3://{}/{}{}",
+                s.bucket,
+                s.prefix.as_deref().unwrap_or(""),
+                s.endpoint
+                    .as_deref()
+                    .map(|e| format!(" at {e}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("storage: set either filesystem or s3, not both")]
+    Ambiguous,
+    #[error("cannot open storage at {root}: {source}")]
+    Filesystem {
+        root: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    S3(#[from] s3::S3OpenError),
+}
+
+/// Opens the chosen backend (checking that an object store answers).
+pub async fn open(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenError> {
+    Ok(match backend {
+        Backend::Filesystem(root) => {
+            std::sync::Arc::new(fs::FsStore::open(root).map_err(|source| {
+                OpenError::Filesystem {
+                    root: root.clone(),
+                    source,
+                }
+            })?)
+        }
+        Backend::S3(cfg) => std::sync::Arc::new(s3::S3Store::open(cfg).await?),
+    })
 }

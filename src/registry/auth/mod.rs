@@ -107,7 +107,7 @@ impl Auth {
     /// registry is then open).
     pub fn from_config(
         cfg: &AuthConfig,
-        root: &Path,
+        generated_key: &Path,
         store: Arc<dyn Store>,
         https: bool,
     ) -> Result<Option<Auth>, AuthSetupError> {
@@ -141,7 +141,7 @@ impl Auth {
                     t.issuer.clone().unwrap_or_else(|| "berth".to_owned()),
                     t.expires_seconds.unwrap_or(300).max(1),
                     t.key.as_deref(),
-                    &root.join("auth").join("token-key.pem"),
+                    generated_key,
                     &trusted,
                 )?)
             }

@@ -299,6 +299,16 @@ fn to_pem(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// A new ES256 signing key as PKCS#8 PEM.
+pub fn generate_key_pem() -> Result<String, String> {
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &ring::rand::SystemRandom::new(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(to_pem("PRIVATE KEY", pkcs8.as_ref()))
+}
+
 /// Reads the generated signing key, creating it (mode 0600) on first use.
 fn load_or_generate(path: &Path) -> Result<Vec<u8>, TokenError> {
     match std::fs::read(path) {
@@ -306,12 +316,7 @@ fn load_or_generate(path: &Path) -> Result<Vec<u8>, TokenError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(TokenError::Read(path.to_owned(), e)),
     }
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .map_err(|e| TokenError::Key(path.to_owned(), e.to_string()))?;
-    let pem = to_pem("PRIVATE KEY", pkcs8.as_ref());
+    let pem = generate_key_pem().map_err(|e| TokenError::Key(path.to_owned(), e))?;
     let write = |p: &Path| -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
