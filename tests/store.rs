@@ -1,31 +1,60 @@
 //! The Store conformance suite: one set of checks that every storage backend must pass, as
 //! Distribution's storage drivers share one test suite. Each check takes a `&dyn Store`; the
-//! `backends()` list says which backends run (the filesystem today; an object-store backend
-//! adds itself there).
+//! `backends()` list says which backends run: the filesystem and S3 (on Garage).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod common;
+
+use berth::config::S3Config;
 use berth::oci::{Algorithm, Digest, RepoName, Tag};
 use berth::store::fs::FsStore;
+use berth::store::s3::S3Store;
 use berth::store::{ByteStream, MetaDir, MetaKey, Store, StoreError};
 use bytes::Bytes;
+use common::garage::Garage;
 use futures::StreamExt;
 
 struct Backend {
     name: &'static str,
     store: Arc<dyn Store>,
-    _guard: tempfile::TempDir,
+    _guard: Box<dyn std::any::Any + Send>,
 }
 
-fn backends() -> Vec<Backend> {
+/// Every backend the suite runs on: the filesystem, and S3 on a Garage node started here
+/// (Garage is required; `.ci/run` installs it).
+async fn backends() -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FsStore::open(dir.path().join("store")).unwrap());
-    vec![Backend {
-        name: "filesystem",
-        store,
-        _guard: dir,
-    }]
+    let fs = Arc::new(FsStore::open(dir.path().join("store")).unwrap());
+    let garage = tokio::task::spawn_blocking(|| Garage::start(1, 1))
+        .await
+        .unwrap();
+    let bucket = format!("conformance-{:08x}", rand::random::<u32>());
+    garage.create_bucket(&bucket);
+    let cfg = S3Config {
+        bucket,
+        prefix: Some("some/prefix".into()),
+        region: Some(garage.region.clone()),
+        endpoint: Some(garage.s3_endpoint(0)),
+        access_key_id: Some(garage.key_id.clone()),
+        secret_access_key: Some(garage.secret.clone()),
+        part_size_mib: Some(5),
+        ..S3Config::default()
+    };
+    let s3 = Arc::new(S3Store::open(&cfg).await.expect("open S3 store on Garage"));
+    vec![
+        Backend {
+            name: "filesystem",
+            store: fs,
+            _guard: Box::new(dir),
+        },
+        Backend {
+            name: "s3 (garage)",
+            store: s3,
+            _guard: Box::new(garage),
+        },
+    ]
 }
 
 fn repo(s: &str) -> RepoName {
@@ -301,6 +330,118 @@ async fn metadata(store: &dyn Store) {
     }
 }
 
+/// Uploads larger than an object store's part size, in uneven chunks, with a chunk that dies
+/// after several parts were sent: the session stays as it was and the blob comes out whole.
+async fn large_uploads(store: &dyn Store) {
+    let r = repo("large/upload");
+    let data: Vec<u8> = (0..13_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let id = store.upload_create(&r).await.unwrap();
+    let pieces = |range: std::ops::Range<usize>| -> ByteStream {
+        let v: Vec<Result<Bytes, std::io::Error>> = data[range]
+            .chunks(300_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures::stream::iter(v).boxed()
+    };
+    let first = 3_100_000;
+    assert_eq!(
+        store
+            .upload_append(&r, &id, Some(0), None, None, pieces(0..first))
+            .await
+            .unwrap(),
+        first as u64
+    );
+    // 7 MB arrive, then the client vanishes: nothing of it is kept.
+    let mut dying: Vec<Result<Bytes, std::io::Error>> = data[first..first + 7_000_000]
+        .chunks(500_000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    dying.push(Err(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "client went away",
+    )));
+    assert!(matches!(
+        store
+            .upload_append(
+                &r,
+                &id,
+                Some(first as u64),
+                None,
+                None,
+                futures::stream::iter(dying).boxed()
+            )
+            .await,
+        Err(StoreError::Body(_))
+    ));
+    assert_eq!(store.upload_size(&r, &id).await.unwrap(), first as u64);
+    let second = 11_000_000;
+    store
+        .upload_append(
+            &r,
+            &id,
+            Some(first as u64),
+            None,
+            None,
+            pieces(first..second),
+        )
+        .await
+        .unwrap();
+    store
+        .upload_append(
+            &r,
+            &id,
+            Some(second as u64),
+            None,
+            None,
+            pieces(second..data.len()),
+        )
+        .await
+        .unwrap();
+    let d = Algorithm::Sha256.digest_of(&data);
+    assert_eq!(
+        store.upload_commit(&r, &id, &d).await.unwrap(),
+        data.len() as u64
+    );
+    let n = data.len() as u64;
+    assert!(
+        read_all(store, &d, 0, n - 1).await == data,
+        "assembled blob differs"
+    );
+    assert_eq!(
+        read_all(store, &d, 5_242_000, 5_243_000).await,
+        data[5_242_000..=5_243_000]
+    );
+    // The same bytes again: stored once, the second commit finds them.
+    let id = store.upload_create(&r).await.unwrap();
+    store
+        .upload_append(&r, &id, Some(0), None, None, pieces(0..data.len()))
+        .await
+        .unwrap();
+    assert_eq!(store.upload_commit(&r, &id, &d).await.unwrap(), n);
+    // A multi-part upload under a wrong digest leaves nothing behind.
+    let id = store.upload_create(&r).await.unwrap();
+    store
+        .upload_append(&r, &id, Some(0), None, None, pieces(0..12_000_000))
+        .await
+        .unwrap();
+    let wrong = Algorithm::Sha256.digest_of(b"not these bytes");
+    assert!(matches!(
+        store.upload_commit(&r, &id, &wrong).await,
+        Err(StoreError::DigestMismatch { .. })
+    ));
+    assert_eq!(store.blob_size(&wrong).await.unwrap(), None);
+    assert!(
+        store
+            .upload_list()
+            .await
+            .unwrap()
+            .iter()
+            .all(|u| u.id != id)
+    );
+}
+
 /// The garbage-collection protocol: touches win over sweeps, staged items come back.
 async fn touch_and_stale_deletion(store: &dyn Store) {
     let d = Algorithm::Sha256.digest_of(b"gc subject");
@@ -374,10 +515,11 @@ async fn touch_races_sweep(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance() {
-    for b in backends() {
+    for b in backends().await {
         eprintln!("store conformance: {}", b.name);
         blobs(b.store.as_ref()).await;
         uploads(b.store.as_ref()).await;
+        large_uploads(b.store.as_ref()).await;
         metadata(b.store.as_ref()).await;
         touch_and_stale_deletion(b.store.as_ref()).await;
         touch_races_sweep(b.store.clone()).await;

@@ -2,6 +2,8 @@
 //! directory, plus small helpers that push blobs and manifests over plain HTTP.
 #![allow(dead_code)]
 
+pub mod garage;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -34,10 +36,23 @@ impl Server {
 
     /// A server on `root` (which may already hold data from an earlier server).
     pub fn start_on(root: &Path, args: &[&str]) -> Server {
+        let mut all: Vec<std::ffi::OsString> = vec!["--root".into(), root.into()];
+        all.extend(args.iter().map(|a| a.into()));
+        Self::launch(root, &all)
+    }
+
+    /// A server configured by a YAML file (an object-store backend, say); `root` is only a
+    /// label then.
+    pub fn start_config(config: &Path, args: &[&str]) -> Server {
+        let mut all: Vec<std::ffi::OsString> = vec!["--config".into(), config.into()];
+        all.extend(args.iter().map(|a| a.into()));
+        Self::launch(Path::new("/nonexistent-s3-backed"), &all)
+    }
+
+    fn launch(root: &Path, args: &[std::ffi::OsString]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .arg("serve")
-            .args(["--addr", "127.0.0.1:0", "--log-format", "json", "--root"])
-            .arg(root)
+            .args(["--addr", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())

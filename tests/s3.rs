@@ -1,0 +1,607 @@
+//! Berth on S3 (Garage, started on loopback by the tests): several replicas on one bucket act as
+//! one registry, uploads continue across replicas, and a bucket that goes away gives clear 503s
+//! and loses nothing. Garage is required: these tests fail (never skip) without it; `.ci/run`
+//! installs it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::garage::Garage;
+use common::{OCI_MANIFEST, Server, client, image_manifest, push_blob, push_image, sha256};
+use serde_json::Value;
+
+/// Writes a config file for a registry on `bucket` through Garage node `node`.
+fn config(dir: &Path, g: &Garage, node: usize, bucket: &str, extra: &str) -> PathBuf {
+    let path = dir.join(format!(
+        "berth-{bucket}-{node}-{}.yaml",
+        rand::random::<u32>()
+    ));
+    let yaml = format!(
+        "storage:\n  s3:\n    bucket: {bucket}\n    region: {region}\n    endpoint: {endpoint}\n    \
+         accessKeyId: {key}\n    secretAccessKey: {secret}\n    partSizeMib: 5\n    \
+         requestTimeoutSeconds: 20\n{extra}",
+        region = g.region,
+        endpoint = g.s3_endpoint(node),
+        key = g.key_id,
+        secret = g.secret,
+    );
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn bucket_name(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+fn data(n: usize, seed: u8) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    let mut x = u32::from(seed).wrapping_mul(2_654_435_761) | 1;
+    for b in v.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    v
+}
+
+async fn get_bytes(c: &reqwest::Client, url: String) -> (u16, Vec<u8>) {
+    let r = c.get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.bytes().await.unwrap().to_vec())
+}
+
+/// Push through one replica, pull through the other; an upload whose chunks alternate between
+/// replicas; catalog, tags and referrers agree; both replicas racing on one tag end consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_on_one_bucket_are_one_registry() {
+    let g = Garage::start(1, 1);
+    let bucket = bucket_name("replicas");
+    g.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &g, 0, &bucket, "");
+    let a = Server::start_config(&cfg, &[]);
+    let b = Server::start_config(&cfg, &[]);
+    let c = client();
+
+    // Push through A, pull everything through B.
+    let (m, md) = push_image(&c, &a, "team/app", "v1", "replicas").await;
+    let r = c
+        .get(b.url("/v2/team/app/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), md);
+    assert_eq!(r.text().await.unwrap(), m);
+    let mv: Value = serde_json::from_str(&m).unwrap();
+    for d in [&mv["config"]["digest"], &mv["layers"][0]["digest"]] {
+        let d = d.as_str().unwrap();
+        let (status, body) = get_bytes(&c, b.url(&format!("/v2/team/app/blobs/{d}"))).await;
+        assert_eq!(status, 200);
+        assert_eq!(sha256(&body), d);
+    }
+
+    // A chunked upload whose requests alternate A, B, A, B: 12 MiB in three chunks (two full
+    // parts of 5 MiB and tails carried across replicas), status checks on the other replica.
+    let blob = data(12 << 20, 7);
+    let digest = sha256(&blob);
+    let r = c
+        .post(a.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut location = r.headers()["location"].to_str().unwrap().to_owned();
+    let chunks = [&blob[..3 << 20], &blob[3 << 20..9 << 20], &blob[9 << 20..]];
+    let mut offset = 0usize;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let url = if location.starts_with("http") {
+            location.clone()
+        } else {
+            server.url(&location)
+        };
+        let r = c
+            .patch(url)
+            .header("content-type", "application/octet-stream")
+            .header(
+                "content-range",
+                format!("{}-{}", offset, offset + chunk.len() - 1),
+            )
+            .body(chunk.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202, "chunk {i}: {:?}", r.text().await);
+        offset += chunk.len();
+        assert_eq!(
+            r.headers()["range"].to_str().unwrap(),
+            format!("0-{}", offset - 1)
+        );
+        location = r.headers()["location"].to_str().unwrap().to_owned();
+        // The other replica sees the same progress.
+        let other = if i % 2 == 0 { &b } else { &a };
+        let r = c.get(other.url(&location)).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        assert_eq!(
+            r.headers()["range"].to_str().unwrap(),
+            format!("0-{}", offset - 1)
+        );
+    }
+    // An out-of-order chunk on the other replica is refused and changes nothing.
+    let r = c
+        .patch(a.url(&location))
+        .header("content-range", "5-9")
+        .body(vec![0u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(b.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    let (status, body) = get_bytes(&c, a.url(&format!("/v2/team/app/blobs/{digest}"))).await;
+    assert_eq!(status, 200);
+    assert!(body == blob, "the blob assembled across replicas differs");
+    // Ranges come from the bucket too.
+    let r = c
+        .get(b.url(&format!("/v2/team/app/blobs/{digest}")))
+        .header("range", "bytes=5242870-5242889")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        &blob[5_242_870..5_242_890]
+    );
+
+    // Catalog, tags and referrers agree.
+    push_image(&c, &b, "team/other", "latest", "other").await;
+    for s in [&a, &b] {
+        let v: Value = c
+            .get(s.url("/v2/_catalog"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            v["repositories"],
+            serde_json::json!(["team/app", "team/other"])
+        );
+        let v: Value = c
+            .get(s.url("/v2/team/app/tags/list"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["tags"], serde_json::json!(["v1"]));
+    }
+    let cfg_d = push_blob(&c, &a, "team/app", b"{}").await;
+    let sig = image_manifest(
+        (&cfg_d, 2),
+        &[],
+        &format!(
+            r#","artifactType":"application/vnd.example.sig","subject":{{"mediaType":"{OCI_MANIFEST}","digest":"{md}","size":{}}}"#,
+            m.len()
+        ),
+    );
+    let r = c
+        .put(a.url("/v2/team/app/manifests/sig"))
+        .header("content-type", OCI_MANIFEST)
+        .body(sig.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = c
+        .get(b.url(&format!("/v2/team/app/referrers/{md}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["manifests"][0]["digest"], sha256(sig.as_bytes()));
+
+    // Both replicas push different images to one tag at once, ten times: afterwards both
+    // replicas name the same manifest, and it is one of the two pushed.
+    for round in 0..10 {
+        let (sa, sb) = (format!("a{round}"), format!("b{round}"));
+        let (ra, rb) = tokio::join!(
+            push_image(&c, &a, "race/tag", "latest", &sa),
+            push_image(&c, &b, "race/tag", "latest", &sb),
+        );
+        let mut seen = Vec::new();
+        for s in [&a, &b] {
+            let r = c
+                .head(s.url("/v2/race/tag/manifests/latest"))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            seen.push(
+                r.headers()["docker-content-digest"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        assert_eq!(seen[0], seen[1], "round {round}: replicas disagree");
+        assert!(
+            seen[0] == ra.1 || seen[0] == rb.1,
+            "round {round}: the tag names neither push"
+        );
+    }
+}
+
+fn require_docker() {
+    let ok = Command::new("docker")
+        .arg("info")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(ok, "the Docker engine is required (.ci/run starts dockerd)");
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `docker push` through one replica, `docker pull` through the other.
+#[test]
+fn docker_push_through_one_replica_pull_through_the_other() {
+    require_docker();
+    let g = Garage::start(1, 1);
+    let bucket = bucket_name("docker");
+    g.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &g, 0, &bucket, "");
+    let a = Server::start_config(&cfg, &[]);
+    let b = Server::start_config(&cfg, &[]);
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("hello.txt"), format!("s3 {nonce}\n")).unwrap();
+    std::fs::write(ctx.path().join("big.bin"), data(7 << 20, 3)).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY hello.txt /hello.txt\nCOPY big.bin /big.bin\n",
+    )
+    .unwrap();
+    let push_ref = format!("{}/s3/hello:{nonce}", a.host());
+    let pull_ref = format!("{}/s3/hello:{nonce}", b.host());
+    run_ok(
+        Command::new("docker")
+            .args(["build", "-q", "-t", &push_ref])
+            .arg(ctx.path()),
+    );
+    let id = run_ok(Command::new("docker").args(["inspect", "-f", "{{.Id}}", &push_ref]));
+    run_ok(Command::new("docker").args(["push", &push_ref]));
+    run_ok(Command::new("docker").args(["rmi", "-f", &push_ref]));
+    run_ok(Command::new("docker").args(["pull", &pull_ref]));
+    let pulled = run_ok(Command::new("docker").args(["inspect", "-f", "{{.Id}}", &pull_ref]));
+    let _ = Command::new("docker")
+        .args(["rmi", "-f", &pull_ref])
+        .output();
+    assert_eq!(id.trim(), pulled.trim(), "the pulled image differs");
+}
+
+/// Garage stops during a push: the client gets a clear 503 (not a hang, not a 500), /readyz
+/// fails, nothing partial becomes visible, and once Garage is back the same session (or a retry)
+/// completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bucket_outage_gives_503_and_loses_nothing() {
+    let mut g = Garage::start(1, 1);
+    let bucket = bucket_name("outage");
+    g.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &g, 0, &bucket, "");
+    let s = Server::start_config(&cfg, &[]);
+    let c = client();
+    assert_eq!(c.get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    let before = push_image(&c, &s, "keep/me", "v1", "before outage").await;
+
+    let blob = data(11 << 20, 9);
+    let digest = sha256(&blob);
+    let r = c
+        .post(s.url("/v2/out/age/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let first = 6 << 20;
+    let r = c
+        .patch(s.url(&location))
+        .header("content-range", format!("0-{}", first - 1))
+        .body(blob[..first].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+
+    // The second chunk streams slowly; Garage dies while it arrives.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let rest = blob[first..].to_vec();
+    let feeder = tokio::spawn(async move {
+        for piece in rest.chunks(256 << 10) {
+            if tx.send(Ok(piece.to_vec())).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let patch = {
+        let (c, url) = (c.clone(), s.url(&location));
+        let len = blob.len() - first;
+        tokio::spawn(async move {
+            c.patch(url)
+                .header("content-range", format!("{first}-{}", first + len - 1))
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    g.stop_all();
+    let started = Instant::now();
+    match patch.await.unwrap() {
+        Ok(r) => {
+            assert_eq!(r.status(), 503, "a chunk during the outage");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+        }
+        // The server may answer before it has read the whole body; the client can see that
+        // as a reset connection. Either way the chunk did not land.
+        Err(e) => eprintln!("PATCH during the outage failed at the client: {e}"),
+    }
+    feeder.abort();
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "an outage must fail requests promptly, took {:?}",
+        started.elapsed()
+    );
+    // Every kind of request answers 503 promptly while the bucket is gone.
+    let t = Instant::now();
+    let r = c.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let r = c
+        .get(s.url("/v2/keep/me/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("storage")
+    );
+
+    g.start_all();
+    assert!(
+        common::wait_until(Duration::from_secs(30), || {
+            std::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+                .arg(s.url("/readyz"))
+                .output()
+                .map(|o| o.stdout == b"200")
+                .unwrap_or(false)
+        }),
+        "/readyz did not recover after Garage came back"
+    );
+    // Nothing partial is visible, the first chunk is still held, and the push completes.
+    let r = c
+        .head(s.url(&format!("/v2/out/age/blobs/{digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c.get(s.url(&location)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["range"].to_str().unwrap(),
+        format!("0-{}", first - 1)
+    );
+    let r = c
+        .patch(s.url(&location))
+        .header("content-range", format!("{first}-{}", blob.len() - 1))
+        .body(blob[first..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(s.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (status, body) = get_bytes(&c, s.url(&format!("/v2/out/age/blobs/{digest}"))).await;
+    assert_eq!(status, 200);
+    assert!(body == blob);
+    let r = c
+        .get(s.url("/v2/keep/me/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), before.0);
+}
+
+fn tokio_stream_from(
+    mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Wrong credentials (or an unreachable endpoint) stop `berth serve` at start-up with a message
+/// that names the bucket and the problem.
+#[test]
+fn wrong_credentials_fail_start_up_clearly() {
+    let g = Garage::start(1, 1);
+    let bucket = bucket_name("creds");
+    g.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let good = config(dir.path(), &g, 0, &bucket, "");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let cases = [
+        (
+            "wrong secret",
+            text.replace(&g.secret, &"0".repeat(g.secret.len())),
+        ),
+        (
+            "unknown key",
+            text.replace(&g.key_id, "GK000000000000000000000000"),
+        ),
+        (
+            "no such endpoint",
+            text.replace(&g.s3_endpoint(0), "http://127.0.0.1:9"),
+        ),
+    ];
+    for (what, yaml) in cases {
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: started anyway");
+        assert!(
+            err.contains("cannot reach bucket") && err.contains(&bucket),
+            "{what}: {err}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{what}: took {:?}",
+            t.elapsed()
+        );
+        eprintln!("{what}: {}", err.trim());
+    }
+    // Both storage kinds at once is a configuration error, not a guess.
+    let both = text.replace("storage:\n", "storage:\n  filesystem:\n    root: /tmp/x\n");
+    let path = dir.path().join("both.yaml");
+    std::fs::write(&path, both).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+}
+
+/// A three-node Garage cluster (replication factor 3) loses one node mid-run: pushes and pulls
+/// through two replicas, each on a different Garage node, still succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_node_garage_survives_losing_a_node() {
+    let mut g = Garage::start(3, 3);
+    let bucket = bucket_name("cluster");
+    g.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let a = Server::start_config(&config(dir.path(), &g, 0, &bucket, ""), &[]);
+    let b = Server::start_config(&config(dir.path(), &g, 1, &bucket, ""), &[]);
+    let c = client();
+    let before = push_image(&c, &a, "ha/app", "before", "three nodes").await;
+    let big = data(9 << 20, 5);
+    let big_d = push_blob(&c, &a, "ha/app", &big).await;
+
+    g.stop_node(2);
+    let after = push_image(&c, &b, "ha/app", "after", "two nodes").await;
+    let big2 = data(6 << 20, 6);
+    let big2_d = push_blob(&c, &b, "ha/app", &big2).await;
+    for s in [&a, &b] {
+        for (tag, (m, _)) in [("before", &before), ("after", &after)] {
+            let r = c
+                .get(s.url(&format!("/v2/ha/app/manifests/{tag}")))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(&r.text().await.unwrap(), m);
+        }
+        for (d, bytes) in [(&big_d, &big), (&big2_d, &big2)] {
+            let (status, body) = get_bytes(&c, s.url(&format!("/v2/ha/app/blobs/{d}"))).await;
+            assert_eq!(status, 200);
+            assert!(&body == bytes, "blob {d} differs with a node down");
+        }
+    }
+    // The node comes back; everything is still there.
+    g.start_node(2);
+    let (status, body) = get_bytes(&c, b.url(&format!("/v2/ha/app/blobs/{big_d}"))).await;
+    assert_eq!(status, 200);
+    assert!(body == big);
+}
+
+/// With `redirect: true`, blob GETs answer 307 to a presigned URL that serves the bytes.
+#[tokio::test]
+async fn redirect_to_presigned_urls() {
+    let g = Garage::start(1, 1);
+    let bucket = bucket_name("redirect");
+    g.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_config(
+        &config(dir.path(), &g, 0, &bucket, "    redirect: true\n"),
+        &[],
+    );
+    let c = client();
+    let bytes = data(300_000, 1);
+    let d = push_blob(&c, &s, "red/irect", &bytes).await;
+    let r = c
+        .get(s.url(&format!("/v2/red/irect/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 307);
+    let to = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(to.contains("X-Amz-Signature"), "{to}");
+    let (status, body) = get_bytes(&c, to).await;
+    assert_eq!(status, 200);
+    assert!(body == bytes);
+    // HEAD is still answered by the registry; unknown blobs are still 404.
+    let r = c
+        .head(s.url(&format!("/v2/red/irect/blobs/{d}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let unknown = sha256(b"nope");
+    let r = c
+        .get(s.url(&format!("/v2/red/irect/blobs/{unknown}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
