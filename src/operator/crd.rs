@@ -138,7 +138,16 @@ pub struct S3Storage {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// Secret with keys `accessKeyId` and `secretAccessKey`.
+    /// Key prefix inside the bucket, so several registries can share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Path-style requests; default true when `endpoint` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// Answer blob GETs with a redirect to a presigned URL (clients must reach the endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<bool>,
+    /// Secret with keys `accessKeyId` and `secretAccessKey` (and optionally `sessionToken`).
     pub credentials_secret: String,
 }
 

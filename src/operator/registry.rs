@@ -62,6 +62,12 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
     {
         referenced_secrets.push((name, vec!["htpasswd"]));
     }
+    if let Some(s3) = &reg.spec.storage.s3 {
+        referenced_secrets.push((
+            s3.credentials_secret.clone(),
+            vec!["accessKeyId", "secretAccessKey"],
+        ));
+    }
     let name = reg.name_any();
     let ns = reg.namespace().unwrap_or_default();
     let endpoint = match &reg.spec.ingress {
@@ -498,6 +504,35 @@ async fn write_status(
 
 /// Deletion: the owner references take the children; the PVC stays or goes by policy.
 async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
+    if let Some(s3) = &reg.spec.storage.s3 {
+        // The bucket is the user's: this version never deletes objects in it. Say so, loudly
+        // when the policy asked for deletion.
+        let place = format!(
+            "s3://{}/{}",
+            s3.bucket,
+            s3.prefix.as_deref().unwrap_or_default()
+        );
+        let (kind, reason, note) = match reg.spec.deletion_policy {
+            DeletionPolicy::Retain => (
+                EventType::Normal,
+                "DataRetained",
+                "deletionPolicy is Retain",
+            ),
+            DeletionPolicy::Delete => (
+                EventType::Warning,
+                "DataNotDeleted",
+                "deletionPolicy is Delete, but this operator version does not delete bucket data",
+            ),
+        };
+        ctx.event(
+            reg,
+            kind,
+            reason,
+            format!("{note}: the registry's objects under {place} are kept; remove them with your S3 tools when done"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
     let ns = reg.namespace().unwrap_or_default();
     let name = names::data_pvc(&reg.name_any());
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);

@@ -355,7 +355,10 @@ async fn invalid_spec_is_a_condition_not_a_hot_loop() {
 
 #[tokio::test]
 async fn spec_the_config_schema_lacks_is_refused_with_a_reason() {
-    let (ctx, fake) = setup(json!({"storage": {"s3": {"bucket": "b", "credentialsSecret": "s3"}}}));
+    let (ctx, fake) = setup(json!({
+        "storage": {"pvc": {"size": "1Gi"}},
+        "tls": {"issuerRef": {"name": "letsencrypt"}},
+    }));
     assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
     assert_eq!(
         condition(&fake, "Degraded"),
@@ -654,6 +657,45 @@ async fn pod_tls_serves_https_from_the_mounted_secret() {
         fake.get(REG).unwrap()["status"]["endpoint"],
         "https://hub.team.svc:5000"
     );
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+}
+
+#[tokio::test]
+async fn s3_registry_waits_for_its_credentials_then_deploys_without_a_pvc() {
+    let (ctx, fake) = setup(json!({
+        "replicas": 3,
+        "storage": {"s3": {"bucket": "images", "endpoint": "http://garage:3900",
+                           "region": "garage", "credentialsSecret": "hub-s3"}},
+    }));
+    run(&ctx, &fake).await.unwrap();
+    let calls = fake.take_calls();
+    assert_eq!(writes(&calls), [format!("PATCH {REG}/status")]);
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "SecretMissing".into())
+    );
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(msg.as_str().unwrap().contains("team/hub-s3"), "{msg}");
+
+    fake.put(
+        "/api/v1/namespaces/team/secrets/hub-s3",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-s3", "namespace": "team"},
+               "data": {"accessKeyId": "R0s=", "secretAccessKey": "c2VjcmV0"}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    let w = writes(&fake.take_calls());
+    assert!(w.contains(&format!("PATCH {DEP}")), "{w:?}");
+    assert!(
+        !w.iter().any(|c| c.contains("persistentvolumeclaims")),
+        "{w:?}"
+    );
+    let dep = fake.get(DEP).unwrap();
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "hub-s3");
+    assert_eq!(dep["spec"]["replicas"], 3);
     assert_eq!(
         condition(&fake, "Degraded"),
         ("False".into(), "AsExpected".into())

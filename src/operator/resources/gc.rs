@@ -116,6 +116,9 @@ fn pod_template(gc: &GarbageCollection, reg: &Registry, d: &Defaults) -> Result<
             "capabilities": { "drop": ["ALL"] },
         },
     }]);
+    if let Some(env) = super::registry::s3_credentials_env(reg) {
+        spec["containers"][0]["env"] = env;
+    }
     spec["volumes"] = json!(volumes);
     Ok(json!({
         "metadata": { "labels": gc_labels(&gc_name, &reg_name) },
@@ -223,19 +226,28 @@ mod tests {
     }
 
     #[test]
-    fn a_registry_without_a_config_cannot_be_collected() {
+    fn a_registry_on_s3_is_collected_with_its_credentials() {
         let mut reg = minimal();
         reg.spec.storage = StorageSpec {
             pvc: None,
-            s3: Some(S3Storage::default()),
+            s3: Some(S3Storage {
+                bucket: "b".into(),
+                credentials_secret: "creds".into(),
+                ..Default::default()
+            }),
         };
-        assert!(matches!(
-            gc_job(&one_shot(), &reg, &defaults()),
-            Err(BuildError::Unsupported {
-                field: "spec.storage.s3",
-                ..
-            })
-        ));
+        let job = serde_json::to_value(gc_job(&one_shot(), &reg, &defaults()).unwrap()).unwrap();
+        let pod = &job["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "creds");
+        assert!(pod["affinity"].is_null(), "no volume to follow");
+        assert!(
+            !pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["name"] == "data")
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Resource;
 use rand::Rng;
-use serde_json::json;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -110,13 +110,6 @@ fn render_auth(reg: &Registry) -> Result<AuthConfig, BuildError> {
 /// so a Registry never runs with weaker settings than it asked for.
 pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
     let spec = &reg.spec;
-    if spec.storage.s3.is_some() {
-        return Err(BuildError::Unsupported {
-            field: "spec.storage.s3",
-            reason: "this Berth version's config schema has no S3 storage yet; use storage.pvc"
-                .into(),
-        });
-    }
     if spec.tls.is_some() && spec.ingress.is_none() && pod_tls_secret(reg).is_none() {
         return Err(BuildError::Unsupported {
             field: "spec.tls.issuerRef",
@@ -132,10 +125,26 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
     });
     Ok(Config {
         addr: Some(format!("0.0.0.0:{REGISTRY_PORT}")),
-        storage: StorageConfig {
-            filesystem: Some(FilesystemConfig {
-                root: DATA_DIR.into(),
-            }),
+        storage: match &spec.storage.s3 {
+            // Credentials stay in their Secret: the pods get them as AWS_* variables.
+            Some(s3) => StorageConfig {
+                filesystem: None,
+                s3: Some(config::S3Config {
+                    bucket: s3.bucket.clone(),
+                    prefix: s3.prefix.clone(),
+                    region: s3.region.clone(),
+                    endpoint: s3.endpoint.clone(),
+                    path_style: s3.path_style,
+                    redirect: s3.redirect,
+                    ..config::S3Config::default()
+                }),
+            },
+            None => StorageConfig {
+                filesystem: Some(FilesystemConfig {
+                    root: DATA_DIR.into(),
+                }),
+                s3: None,
+            },
         },
         log: LogConfig {
             format: Some(match spec.log_format.unwrap_or_default() {
@@ -272,6 +281,26 @@ fn single_node_volume(reg: &Registry) -> bool {
     })
 }
 
+/// The S3 credentials as `AWS_*` variables read from the Registry's credentials Secret (keys
+/// `accessKeyId`, `secretAccessKey`, and optionally `sessionToken`), so they never land in the
+/// ConfigMap.
+pub fn s3_credentials_env(reg: &Registry) -> Option<Value> {
+    let s3 = reg.spec.storage.s3.as_ref()?;
+    let from = |var: &str, key: &str, optional: bool| {
+        json!({
+            "name": var,
+            "valueFrom": { "secretKeyRef": {
+                "name": s3.credentials_secret, "key": key, "optional": optional,
+            }},
+        })
+    };
+    Some(json!([
+        from("AWS_ACCESS_KEY_ID", "accessKeyId", false),
+        from("AWS_SECRET_ACCESS_KEY", "secretAccessKey", false),
+        from("AWS_SESSION_TOKEN", "sessionToken", true),
+    ]))
+}
+
 pub fn deployment(
     reg: &Registry,
     d: &Defaults,
@@ -347,6 +376,9 @@ pub fn deployment(
     });
     if let Some(r) = &spec.resources {
         container["resources"] = json!(r);
+    }
+    if let Some(env) = s3_credentials_env(reg) {
+        container["env"] = env;
     }
     let mut pod_spec = json!({
         "securityContext": {
@@ -710,12 +742,6 @@ access:
                 ..
             })
         ));
-        let mut r = minimal();
-        r.spec.storage.s3 = Some(S3Storage::default());
-        assert!(matches!(
-            render_config(&r),
-            Err(BuildError::Unsupported { .. })
-        ));
         // A cert-manager issuer without an Ingress would need a Certificate for the pods.
         let mut r = minimal();
         r.spec.tls = Some(TlsSpec {
@@ -732,6 +758,59 @@ access:
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn s3_storage_renders_the_bucket_and_reads_credentials_from_the_secret() {
+        let mut r = minimal();
+        r.spec.storage = StorageSpec {
+            pvc: None,
+            s3: Some(S3Storage {
+                bucket: "images".into(),
+                endpoint: Some("http://garage.storage:3900".into()),
+                region: Some("garage".into()),
+                prefix: Some("hub".into()),
+                credentials_secret: "hub-s3".into(),
+                ..Default::default()
+            }),
+        };
+        let cfg = render_config(&r).unwrap();
+        assert!(cfg.storage.filesystem.is_none());
+        let s3 = cfg.storage.s3.as_ref().unwrap();
+        assert_eq!(
+            (
+                s3.bucket.as_str(),
+                s3.prefix.as_deref(),
+                s3.region.as_deref()
+            ),
+            ("images", Some("hub"), Some("garage"))
+        );
+        assert!(s3.access_key_id.is_none() && s3.secret_access_key.is_none());
+        let text = serde_yaml::to_string(&cfg).unwrap();
+        assert!(
+            !text.contains("hub-s3"),
+            "no secret material in the ConfigMap"
+        );
+        // The config round-trips through the schema `berth serve` reads.
+        assert_eq!(serde_yaml::from_str::<Config>(&text).unwrap(), cfg);
+        assert!(persistent_volume_claim(&r).unwrap().is_none());
+        let dep = serde_json::to_value(deployment(&r, &defaults(), "h").unwrap()).unwrap();
+        let c = &dep["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["env"][0]["name"], "AWS_ACCESS_KEY_ID");
+        assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "hub-s3");
+        assert_eq!(
+            c["env"][1]["valueFrom"]["secretKeyRef"]["key"],
+            "secretAccessKey"
+        );
+        assert!(
+            !c["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["name"] == "data")
+        );
+        // Stateless replicas: a rolling update, not Recreate.
+        assert_ne!(dep["spec"]["strategy"]["type"], "Recreate");
     }
 
     #[test]
