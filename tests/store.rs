@@ -442,6 +442,80 @@ async fn large_uploads(store: &dyn Store) {
     );
 }
 
+/// Monolithic uploads (the digest known before the bytes): stored only when they match, and
+/// a failing body leaves nothing behind.
+async fn monolithic_uploads(store: &dyn Store) {
+    let r = repo("mono/lithic");
+    let big: Vec<u8> = (0..12_500_000u32)
+        .map(|i| (i.wrapping_mul(40503) >> 7) as u8)
+        .collect();
+    for data in [&b"tiny"[..], &big[..]] {
+        let d = Algorithm::Sha256.digest_of(data);
+        let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
+        assert_eq!(
+            store
+                .blob_receive(&r, &d, Some(data.len() as u64), body(&chunks))
+                .await
+                .unwrap(),
+            data.len() as u64
+        );
+        assert!(read_all(store, &d, 0, data.len() as u64 - 1).await == data);
+        // Again: the stored copy is kept.
+        assert_eq!(
+            store
+                .blob_receive(&r, &d, None, body(&chunks))
+                .await
+                .unwrap(),
+            data.len() as u64
+        );
+        let wrong = Algorithm::Sha256.digest_of(b"a different blob");
+        assert!(matches!(
+            store.blob_receive(&r, &wrong, None, body(&chunks)).await,
+            Err(StoreError::DigestMismatch { .. })
+        ));
+        assert_eq!(store.blob_size(&wrong).await.unwrap(), None);
+    }
+    // A body that dies after several parts: nothing stored, no session left.
+    let d = Algorithm::Sha256.digest_of(&big);
+    let mut dying: Vec<Result<Bytes, std::io::Error>> = big[..11_000_000]
+        .chunks(1 << 20)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    dying.push(Err(std::io::Error::other("client went away")));
+    let fresh = Algorithm::Sha512.digest_of(&big);
+    assert!(matches!(
+        store
+            .blob_receive(&r, &fresh, None, futures::stream::iter(dying).boxed())
+            .await,
+        Err(StoreError::Body(_))
+    ));
+    assert_eq!(store.blob_size(&fresh).await.unwrap(), None);
+    // PUT with the whole body on an empty session; then a failing one keeps the session.
+    let id = store.upload_create(&r).await.unwrap();
+    let chunks: Vec<&[u8]> = big.chunks(1 << 20).collect();
+    assert_eq!(
+        store
+            .upload_append_commit(&r, &id, Some(0), None, body(&chunks), &fresh)
+            .await
+            .unwrap(),
+        big.len() as u64
+    );
+    assert!(read_all(store, &fresh, 0, 99).await == big[..100]);
+    assert!(matches!(
+        store.upload_size(&r, &id).await,
+        Err(StoreError::UploadUnknown)
+    ));
+    let id = store.upload_create(&r).await.unwrap();
+    assert!(matches!(
+        store
+            .upload_append_commit(&r, &id, None, None, failing_body(b"part"), &d)
+            .await,
+        Err(StoreError::Body(_))
+    ));
+    assert_eq!(store.upload_size(&r, &id).await.unwrap(), 0);
+    store.upload_cancel(&r, &id).await.unwrap();
+}
+
 /// The garbage-collection protocol: touches win over sweeps, staged items come back.
 async fn touch_and_stale_deletion(store: &dyn Store) {
     let d = Algorithm::Sha256.digest_of(b"gc subject");
@@ -520,6 +594,7 @@ async fn conformance() {
         blobs(b.store.as_ref()).await;
         uploads(b.store.as_ref()).await;
         large_uploads(b.store.as_ref()).await;
+        monolithic_uploads(b.store.as_ref()).await;
         metadata(b.store.as_ref()).await;
         touch_and_stale_deletion(b.store.as_ref()).await;
         touch_races_sweep(b.store.clone()).await;

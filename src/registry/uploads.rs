@@ -170,27 +170,11 @@ pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Res
     } else if let Some(d) = req.query.get("digest") {
         let digest: Digest = d.parse()?;
         let _g = InProgress::new(reg);
-        let id = reg.store.upload_create(repo).await?;
         let len = req.content_length();
-        let result = async {
-            reg.store
-                .upload_append(
-                    repo,
-                    &id,
-                    Some(0),
-                    len,
-                    Some(digest.algorithm()),
-                    body_stream(reg, body),
-                )
-                .await?;
-            reg.store.upload_commit(repo, &id, &digest).await?;
-            link_blob(reg, repo, &digest).await
-        }
-        .await;
-        if result.is_err() {
-            let _ = reg.store.upload_cancel(repo, &id).await;
-        }
-        result?;
+        reg.store
+            .blob_receive(repo, &digest, len, body_stream(reg, body))
+            .await?;
+        link_blob(reg, repo, &digest).await?;
         return created_blob(repo, &digest);
     }
     let id = reg.store.upload_create(repo).await?;
@@ -239,20 +223,13 @@ pub async fn finish(
         let (offset, len) = declared_chunk(&req)?;
         let _g = InProgress::new(reg);
         reg.store
-            .upload_append(
-                repo,
-                &id,
-                offset,
-                len,
-                Some(digest.algorithm()),
-                body_stream(reg, body),
-            )
+            .upload_append_commit(repo, &id, offset, len, body_stream(reg, body), &digest)
             .await?;
     } else {
         // Make sure the session exists (and belongs to this repository) before committing.
         reg.store.upload_size(repo, &id).await?;
+        reg.store.upload_commit(repo, &id, &digest).await?;
     }
-    reg.store.upload_commit(repo, &id, &digest).await?;
     link_blob(reg, repo, &digest).await?;
     created_blob(repo, &digest)
 }

@@ -131,6 +131,40 @@ pub trait Store: Send + Sync + 'static {
     /// Verifies the session's bytes against `digest` and makes them the blob `digest`
     /// (atomically); the session is gone afterwards whatever the outcome. Returns the size.
     async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64>;
+    /// Appends a final chunk and commits, as a monolithic `PUT` does. `OffsetMismatch` and
+    /// `LengthMismatch` and a failing body leave the session as it was; after any other outcome
+    /// the session is gone. Backends may do both in one pass.
+    async fn upload_append_commit(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+        digest: &Digest,
+    ) -> Result<u64> {
+        self.upload_append(repo, id, offset, len, Some(digest.algorithm()), body)
+            .await?;
+        self.upload_commit(repo, id, digest).await
+    }
+    /// Receives a whole blob whose digest is known up front (`POST ?digest=`): stored only if
+    /// the bytes match, nothing left behind otherwise.
+    async fn blob_receive(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        let id = self.upload_create(repo).await?;
+        let result = self
+            .upload_append_commit(repo, &id, Some(0), len, body, digest)
+            .await;
+        if result.is_err() {
+            let _ = self.upload_cancel(repo, &id).await;
+        }
+        result
+    }
     /// Abandons a session.
     async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()>;
     /// Removes a session whatever its repository (garbage collection of abandoned uploads).

@@ -83,6 +83,10 @@ pub enum S3OpenError {
 
 pub struct S3Store {
     s3: Arc<AmazonS3>,
+    /// The same bucket without a whole-request timeout, for streaming blob bodies.
+    reader: Arc<AmazonS3>,
+    /// How long a blob stream may wait for the bucket's next bytes.
+    idle: Duration,
     prefix: String,
     part_size: usize,
     redirect: bool,
@@ -206,32 +210,42 @@ impl S3Store {
         if let Some(k) = &cfg.session_token {
             b = b.with_token(k);
         }
-        b = b
-            .with_client_options(
-                ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(timeout)
-                    .with_allow_http(
-                        endpoint
-                            .as_deref()
-                            .is_some_and(|e| e.starts_with("http://")),
-                    ),
-            )
-            .with_retry(RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(100),
-                    max_backoff: Duration::from_secs(2),
-                    base: 2.0,
-                },
-                max_retries: 3,
-                retry_timeout: Duration::from_secs(10),
-            });
-        let s3 = b.build().map_err(|e| S3OpenError::Build {
-            bucket: cfg.bucket.clone(),
-            reason: e.to_string(),
-        })?;
+        let http = endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"));
+        let build = |timeout: Option<Duration>| {
+            let mut options = ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_allow_http(http);
+            options = match timeout {
+                Some(t) => options.with_timeout(t),
+                None => options.with_timeout_disabled(),
+            };
+            b.clone()
+                .with_client_options(options)
+                .with_retry(RetryConfig {
+                    backoff: BackoffConfig {
+                        init_backoff: Duration::from_millis(100),
+                        max_backoff: Duration::from_secs(2),
+                        base: 2.0,
+                    },
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(10),
+                })
+                .build()
+                .map_err(|e| S3OpenError::Build {
+                    bucket: cfg.bucket.clone(),
+                    reason: e.to_string(),
+                })
+        };
+        let s3 = build(Some(timeout))?;
+        // Blob bodies go to clients at the clients' pace: a whole-request timeout would cut a
+        // slow pull of a large layer. That client has none; its streams get an idle timeout.
+        let reader = build(None)?;
         let store = S3Store {
             s3: Arc::new(s3),
+            reader: Arc::new(reader),
+            idle: timeout.min(Duration::from_secs(60)),
             prefix,
             part_size: (part_mib as usize) << 20,
             redirect: cfg.redirect.unwrap_or(false),
@@ -678,6 +692,130 @@ impl S3Store {
         Ok(st.size)
     }
 
+    /// A whole blob whose digest is known up front (a monolithic upload): streamed straight
+    /// into a multipart upload at its final key (or one PUT when it fits in a part), hashed
+    /// on the way, and completed only when the digest matches, which is when it becomes
+    /// visible. No session state, no copy. A body that fails leaves nothing behind.
+    async fn receive_direct(
+        &self,
+        digest: &Digest,
+        len: Option<u64>,
+        mut body: ByteStream,
+    ) -> Result<u64> {
+        let key = layout::blob_key(digest);
+        let path = self.path(&key);
+        let mut hasher = digest.algorithm().digester();
+        let mut buf = BytesMut::with_capacity(self.part_size + (64 << 10));
+        let mut mp: Option<String> = None;
+        let mut parts: Vec<PartId> = Vec::new();
+        let mut in_flight = FuturesOrdered::new();
+        let mut received: u64 = 0;
+        let result: Result<()> = async {
+            loop {
+                if in_flight.len() >= PARTS_IN_FLIGHT {
+                    let done: Result<PartId> =
+                        in_flight.next().await.unwrap_or_else(|| unreachable!());
+                    parts.push(done?);
+                    continue;
+                }
+                let Some(chunk) = body.next().await else {
+                    break;
+                };
+                let chunk = chunk.map_err(StoreError::Body)?;
+                received += chunk.len() as u64;
+                if let Some(l) = len
+                    && received > l
+                {
+                    return Err(StoreError::LengthMismatch {
+                        expected: l,
+                        got: received,
+                    });
+                }
+                hasher.update(&chunk);
+                buf.extend_from_slice(&chunk);
+                while buf.len() >= self.part_size {
+                    let part = buf.split_to(self.part_size).freeze();
+                    let id = match &mp {
+                        Some(id) => id.clone(),
+                        None => {
+                            let id = self.s3.create_multipart(&path).await.map_err(unavailable)?;
+                            mp = Some(id.clone());
+                            id
+                        }
+                    };
+                    let idx = parts.len() + in_flight.len();
+                    let (s3, path) = (self.s3.clone(), path.clone());
+                    in_flight.push_back(async move {
+                        s3.put_part(&path, &id, idx, PutPayload::from_bytes(part))
+                            .await
+                            .map_err(unavailable)
+                    });
+                    if buf.capacity() < self.part_size {
+                        let rest = buf.split();
+                        buf = BytesMut::with_capacity(self.part_size + (64 << 10));
+                        buf.extend_from_slice(&rest);
+                    }
+                }
+            }
+            while let Some(done) = in_flight.next().await {
+                parts.push(done?);
+            }
+            if let Some(l) = len
+                && received != l
+            {
+                return Err(StoreError::LengthMismatch {
+                    expected: l,
+                    got: received,
+                });
+            }
+            Ok(())
+        }
+        .await;
+        let target = &path;
+        let abort = move |mp: Option<String>| async move {
+            if let Some(id) = mp
+                && let Err(e) = self.s3.abort_multipart(target, &id).await
+            {
+                tracing::warn!(error = %e, "cannot abort a multipart upload");
+            }
+        };
+        if let Err(e) = result {
+            abort(mp).await;
+            return Err(e);
+        }
+        let computed = hasher.finish();
+        if computed != *digest {
+            abort(mp).await;
+            return Err(StoreError::DigestMismatch { computed });
+        }
+        // Already stored: keep that copy (and touch it). The touch also writes the marker that
+        // must precede the object's appearance (see the module docs).
+        if let Some(size) = self.touch(&key).await? {
+            abort(mp).await;
+            return Ok(size);
+        }
+        match mp {
+            None => self.put(&key, buf.freeze()).await?,
+            Some(id) => {
+                let last = buf.freeze();
+                if !last.is_empty() {
+                    let idx = parts.len();
+                    parts.push(
+                        self.s3
+                            .put_part(&path, &id, idx, PutPayload::from_bytes(last))
+                            .await
+                            .map_err(unavailable)?,
+                    );
+                }
+                if let Err(e) = self.s3.complete_multipart(&path, &id, parts).await {
+                    abort(Some(id)).await;
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        Ok(received)
+    }
+
     fn blob_info_from_listing(&self, metas: Vec<ObjectMeta>) -> Vec<BlobInfo> {
         #[derive(Default)]
         struct Seen {
@@ -750,7 +888,32 @@ struct S3Source {
     s3: Arc<AmazonS3>,
     path: Path,
     size: u64,
+    idle: Duration,
     first: Option<object_store::GetResult>,
+}
+
+/// Fails a stream that waits longer than `idle` for its next item (time spent waiting for a
+/// slow client does not count: the stream is only polled when the client takes more).
+fn with_idle_timeout(
+    s: futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>,
+    idle: Duration,
+) -> ByteStream {
+    futures::stream::unfold(Some(s), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("object storage sent nothing for {idle:?}"),
+                )),
+                None,
+            )),
+        }
+    })
+    .boxed()
 }
 
 impl BlobSource for S3Source {
@@ -759,6 +922,7 @@ impl BlobSource for S3Source {
             s3,
             path,
             size,
+            idle,
             first,
         } = *self;
         if size == 0 {
@@ -768,10 +932,10 @@ impl BlobSource for S3Source {
             && start == 0
             && end + 1 >= size
         {
-            return r.into_stream().map_err(std::io::Error::other).boxed();
+            return with_idle_timeout(r.into_stream(), idle);
         }
         let range = GetRange::Bounded(start..end.saturating_add(1).min(size));
-        futures::stream::once(async move {
+        let ranged = futures::stream::once(async move {
             let opts = GetOptions {
                 range: Some(range),
                 ..Default::default()
@@ -779,8 +943,8 @@ impl BlobSource for S3Source {
             s3.get_opts(&path, opts).await.map(|r| r.into_stream())
         })
         .try_flatten()
-        .map_err(std::io::Error::other)
-        .boxed()
+        .boxed();
+        with_idle_timeout(ranged, idle)
     }
 }
 
@@ -792,15 +956,23 @@ impl Store for S3Store {
 
     async fn blob_open(&self, digest: &Digest) -> Result<Option<BlobHandle>> {
         let path = self.path(&layout::blob_key(digest));
-        match self.s3.get(&path).await {
+        let first = tokio::time::timeout(self.idle, self.reader.get(&path)).await;
+        let first = first.map_err(|_| {
+            StoreError::Unavailable(format!(
+                "object storage: no answer for {digest} within {:?}",
+                self.idle
+            ))
+        })?;
+        match first {
             Ok(r) => {
                 let size = r.meta.size;
                 Ok(Some(BlobHandle::new(
                     size,
                     Box::new(S3Source {
-                        s3: self.s3.clone(),
+                        s3: self.reader.clone(),
                         path,
                         size,
+                        idle: self.idle,
                         first: Some(r),
                     }),
                 )))
@@ -929,6 +1101,42 @@ impl Store for S3Store {
             tracing::warn!(upload = %id, error = %e, "cannot remove a finished upload's objects");
         }
         result
+    }
+
+    async fn upload_append_commit(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+        offset: Option<u64>,
+        len: Option<u64>,
+        body: ByteStream,
+        digest: &Digest,
+    ) -> Result<u64> {
+        let st = self.load_owned(repo, id).await?;
+        if st.size != 0 || !matches!(offset, None | Some(0)) {
+            self.upload_append(repo, id, offset, len, Some(digest.algorithm()), body)
+                .await?;
+            return self.upload_commit(repo, id, digest).await;
+        }
+        // The whole blob in one request: stream it straight to its key. A failed body leaves
+        // the (empty) session as it was; any other outcome ends it.
+        let result = self.receive_direct(digest, len, body).await;
+        if !matches!(result, Err(StoreError::Body(_))) {
+            if let Err(e) = self.discard_upload(id, Some(&st)).await {
+                tracing::warn!(upload = %id, error = %e, "cannot remove a finished upload's objects");
+            }
+        }
+        result
+    }
+
+    async fn blob_receive(
+        &self,
+        _repo: &RepoName,
+        digest: &Digest,
+        len: Option<u64>,
+        body: ByteStream,
+    ) -> Result<u64> {
+        self.receive_direct(digest, len, body).await
     }
 
     async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()> {
