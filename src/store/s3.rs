@@ -1121,10 +1121,10 @@ impl Store for S3Store {
         // The whole blob in one request: stream it straight to its key. A failed body leaves
         // the (empty) session as it was; any other outcome ends it.
         let result = self.receive_direct(digest, len, body).await;
-        if !matches!(result, Err(StoreError::Body(_))) {
-            if let Err(e) = self.discard_upload(id, Some(&st)).await {
-                tracing::warn!(upload = %id, error = %e, "cannot remove a finished upload's objects");
-            }
+        if !matches!(result, Err(StoreError::Body(_)))
+            && let Err(e) = self.discard_upload(id, Some(&st)).await
+        {
+            tracing::warn!(upload = %id, error = %e, "cannot remove a finished upload's objects");
         }
         result
     }
