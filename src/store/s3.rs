@@ -87,6 +87,8 @@ pub struct S3Store {
     reader: Arc<AmazonS3>,
     /// How long a blob stream may wait for the bucket's next bytes.
     idle: Duration,
+    /// Tails this replica wrote recently (a cache: the bucket's copy is the truth).
+    tails: TailCache,
     prefix: String,
     part_size: usize,
     redirect: bool,
@@ -145,6 +147,36 @@ fn is_not_found(e: &object_store::Error) -> bool {
 fn marker_and_staged(key: &str) -> (String, String) {
     let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
     (format!("{dir}/.t-{name}"), format!("{dir}/.gc-{name}"))
+}
+
+/// The last tail written per upload, by name (a name is never reused for other bytes), bounded
+/// in total size so abandoned uploads cannot grow it.
+#[derive(Default)]
+struct TailCache(std::sync::Mutex<std::collections::HashMap<UploadId, (String, Bytes)>>);
+
+const TAIL_CACHE_BYTES: usize = 64 << 20;
+
+impl TailCache {
+    fn get(&self, id: &UploadId, name: &str) -> Option<Bytes> {
+        let map = self.0.lock().ok()?;
+        map.get(id).filter(|(n, _)| n == name).map(|(_, b)| b.clone())
+    }
+
+    fn insert(&self, id: &UploadId, name: &str, bytes: Bytes) {
+        if let Ok(mut map) = self.0.lock() {
+            let held: usize = map.values().map(|(_, b)| b.len()).sum();
+            if held + bytes.len() > TAIL_CACHE_BYTES {
+                map.clear();
+            }
+            map.insert(id.clone(), (name.to_owned(), bytes));
+        }
+    }
+
+    fn remove(&self, id: &UploadId) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(id);
+        }
+    }
 }
 
 /// An upload session's state, stored as JSON at `uploads/<id>/state`.
@@ -246,6 +278,7 @@ impl S3Store {
             s3: Arc::new(s3),
             reader: Arc::new(reader),
             idle: timeout.min(Duration::from_secs(60)),
+            tails: TailCache::default(),
             prefix,
             part_size: (part_mib as usize) << 20,
             redirect: cfg.redirect.unwrap_or(false),
@@ -472,6 +505,7 @@ impl S3Store {
 
     /// Removes a session's objects (and its multipart upload).
     async fn discard_upload(&self, id: &UploadId, s: Option<&UploadState>) -> Result<()> {
+        self.tails.remove(id);
         let data = self.path(&Self::upload_key(id, "data"));
         if let Some(mp) = s.and_then(|s| s.multipart.as_ref()) {
             match self.s3.abort_multipart(&data, mp).await {
@@ -525,14 +559,19 @@ impl S3Store {
     ) -> Result<(UploadState, Option<String>)> {
         let mut buf = BytesMut::with_capacity(self.part_size + (64 << 10));
         if let Some(tail) = &st.tail {
-            let bytes = self
-                .get_bytes(&Self::upload_key(id, tail))
-                .await?
-                .ok_or_else(|| {
-                    StoreError::Io(std::io::Error::other(format!(
-                        "upload {id}: tail {tail} is missing"
-                    )))
-                })?;
+            // The replica that wrote the tail usually gets the next chunk too: skip the GET.
+            let cached = self.tails.get(id, tail);
+            let bytes = match cached {
+                Some(b) => b,
+                None => self
+                    .get_bytes(&Self::upload_key(id, tail))
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Io(std::io::Error::other(format!(
+                            "upload {id}: tail {tail} is missing"
+                        )))
+                    })?,
+            };
             buf.extend_from_slice(&bytes);
         }
         let mut received: u64 = 0;
@@ -601,7 +640,9 @@ impl S3Store {
         let old_tail = st.tail.take();
         if !buf.is_empty() {
             let name = format!("tail-{}", st.generation);
-            self.put(&Self::upload_key(id, &name), buf.freeze()).await?;
+            let tail = buf.freeze();
+            self.put(&Self::upload_key(id, &name), tail.clone()).await?;
+            self.tails.insert(id, &name, tail);
             st.tail = Some(name);
         }
         // The old tail is removed by the caller once the new state is saved.
@@ -892,27 +933,64 @@ struct S3Source {
     first: Option<object_store::GetResult>,
 }
 
+/// Bytes handed to the HTTP response at once: the object-store client yields the small pieces
+/// it reads off its socket, and writing each to the client on its own costs a syscall apiece.
+const COALESCE: usize = 256 << 10;
+
 /// Fails a stream that waits longer than `idle` for its next item (time spent waiting for a
-/// slow client does not count: the stream is only polled when the client takes more).
+/// slow client does not count: the stream is only polled when the client takes more), and
+/// joins the small pieces that are already there into larger ones.
 fn with_idle_timeout(
     s: futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>,
     idle: Duration,
 ) -> ByteStream {
-    futures::stream::unfold(Some(s), move |state| async move {
-        let mut s = state?;
-        match tokio::time::timeout(idle, s.next()).await {
-            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
-            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("object storage sent nothing for {idle:?}"),
-                )),
-                None,
-            )),
-        }
-    })
+    use futures::FutureExt;
+    struct State {
+        s: futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>,
+        /// An error or the end, seen while joining pieces: reported on the next poll.
+        held: Option<Option<std::io::Error>>,
+    }
+    futures::stream::unfold(
+        Some(State { s, held: None }),
+        move |state| async move {
+            let mut st = state?;
+            if let Some(held) = st.held.take() {
+                return held.map(|e| (Err(e), None));
+            }
+            let first = match tokio::time::timeout(idle, st.s.next()).await {
+                Ok(Some(Ok(b))) => b,
+                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e)), None)),
+                Ok(None) => return None,
+                Err(_) => {
+                    let e = std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("object storage sent nothing for {idle:?}"),
+                    );
+                    return Some((Err(e), None));
+                }
+            };
+            if first.len() >= COALESCE {
+                return Some((Ok(first), Some(st)));
+            }
+            let mut buf = BytesMut::with_capacity(COALESCE + first.len());
+            buf.extend_from_slice(&first);
+            while buf.len() < COALESCE {
+                match st.s.next().now_or_never() {
+                    Some(Some(Ok(b))) => buf.extend_from_slice(&b),
+                    Some(Some(Err(e))) => {
+                        st.held = Some(Some(std::io::Error::other(e)));
+                        break;
+                    }
+                    Some(None) => {
+                        st.held = Some(None);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            Some((Ok(buf.freeze()), Some(st)))
+        },
+    )
     .boxed()
 }
 
