@@ -159,7 +159,9 @@ const TAIL_CACHE_BYTES: usize = 64 << 20;
 impl TailCache {
     fn get(&self, id: &UploadId, name: &str) -> Option<Bytes> {
         let map = self.0.lock().ok()?;
-        map.get(id).filter(|(n, _)| n == name).map(|(_, b)| b.clone())
+        map.get(id)
+            .filter(|(n, _)| n == name)
+            .map(|(_, b)| b.clone())
     }
 
     fn insert(&self, id: &UploadId, name: &str, bytes: Bytes) {
@@ -933,64 +935,29 @@ struct S3Source {
     first: Option<object_store::GetResult>,
 }
 
-/// Bytes handed to the HTTP response at once: the object-store client yields the small pieces
-/// it reads off its socket, and writing each to the client on its own costs a syscall apiece.
-const COALESCE: usize = 256 << 10;
-
 /// Fails a stream that waits longer than `idle` for its next item (time spent waiting for a
-/// slow client does not count: the stream is only polled when the client takes more), and
-/// joins the small pieces that are already there into larger ones.
+/// slow client does not count: the stream is only polled when the client takes more).
+/// (Joining the client's small pieces into 256 KiB writes was measured: pulls got slower and
+/// cost more CPU, so pieces pass through as they come.)
 fn with_idle_timeout(
     s: futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>,
     idle: Duration,
 ) -> ByteStream {
-    use futures::FutureExt;
-    struct State {
-        s: futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>>,
-        /// An error or the end, seen while joining pieces: reported on the next poll.
-        held: Option<Option<std::io::Error>>,
-    }
-    futures::stream::unfold(
-        Some(State { s, held: None }),
-        move |state| async move {
-            let mut st = state?;
-            if let Some(held) = st.held.take() {
-                return held.map(|e| (Err(e), None));
-            }
-            let first = match tokio::time::timeout(idle, st.s.next()).await {
-                Ok(Some(Ok(b))) => b,
-                Ok(Some(Err(e))) => return Some((Err(std::io::Error::other(e)), None)),
-                Ok(None) => return None,
-                Err(_) => {
-                    let e = std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("object storage sent nothing for {idle:?}"),
-                    );
-                    return Some((Err(e), None));
-                }
-            };
-            if first.len() >= COALESCE {
-                return Some((Ok(first), Some(st)));
-            }
-            let mut buf = BytesMut::with_capacity(COALESCE + first.len());
-            buf.extend_from_slice(&first);
-            while buf.len() < COALESCE {
-                match st.s.next().now_or_never() {
-                    Some(Some(Ok(b))) => buf.extend_from_slice(&b),
-                    Some(Some(Err(e))) => {
-                        st.held = Some(Some(std::io::Error::other(e)));
-                        break;
-                    }
-                    Some(None) => {
-                        st.held = Some(None);
-                        break;
-                    }
-                    None => break,
-                }
-            }
-            Some((Ok(buf.freeze()), Some(st)))
-        },
-    )
+    futures::stream::unfold(Some(s), move |state| async move {
+        let mut s = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), Some(s))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("object storage sent nothing for {idle:?}"),
+                )),
+                None,
+            )),
+        }
+    })
     .boxed()
 }
 
