@@ -382,6 +382,9 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator tunable; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Upload parts (MiBs each) come from mmap and go back to the kernel when freed, instead
+        // of raising glibc's dynamic threshold and staying in the heap.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 
