@@ -913,8 +913,9 @@ impl S3Store {
                 Some(BlobInfo {
                     digest,
                     size,
-                    // Server clocks in whole seconds: round up, gc re-checks precisely anyway.
-                    modified: t.max(s.marker.unwrap_or(t)) + Duration::from_secs(1),
+                    // Listings carry milliseconds. This is the server's clock, a pre-filter
+                    // only: the sweep re-checks each candidate against the precise marker.
+                    modified: t.max(s.marker.unwrap_or(t)),
                     staged,
                 })
             })
