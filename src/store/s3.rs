@@ -556,7 +556,7 @@ impl S3Store {
         mut st: UploadState,
         mut digester: ResumableDigester,
         len: Option<u64>,
-        mut body: ByteStream,
+        body: ByteStream,
         created: &mut Option<String>,
     ) -> Result<(UploadState, Option<String>)> {
         let mut buf = BytesMut::with_capacity(self.part_size + (64 << 10));
@@ -576,66 +576,25 @@ impl S3Store {
             };
             buf.extend_from_slice(&bytes);
         }
-        let mut received: u64 = 0;
-        let mut in_flight = FuturesOrdered::new();
-        let mut next_part = st.parts.len();
-        let mut new_parts: Vec<String> = Vec::new();
-        loop {
-            // Keep at most PARTS_IN_FLIGHT parts uploading while more body arrives.
-            let chunk = if in_flight.len() >= PARTS_IN_FLIGHT {
-                let done: Result<PartId> = in_flight.next().await.unwrap_or_else(|| unreachable!());
-                new_parts.push(done?.content_id);
-                continue;
-            } else {
-                body.next().await
-            };
-            let Some(chunk) = chunk else { break };
-            let chunk = chunk.map_err(StoreError::Body)?;
-            received += chunk.len() as u64;
-            if let Some(l) = len
-                && received > l
-            {
-                return Err(StoreError::LengthMismatch {
-                    expected: l,
-                    got: received,
-                });
-            }
-            digester.update(&chunk);
-            buf.extend_from_slice(&chunk);
-            while buf.len() >= self.part_size {
-                let part = buf.split_to(self.part_size).freeze();
-                let mp = match st.multipart.clone() {
-                    Some(mp) => mp,
-                    None => {
-                        let data = self.path(&Self::upload_key(id, "data"));
-                        let mp = self.s3.create_multipart(&data).await.map_err(unavailable)?;
-                        *created = Some(mp.clone());
-                        st.multipart = Some(mp.clone());
-                        mp
-                    }
-                };
-                let idx = next_part;
-                next_part += 1;
-                in_flight.push_back(async move { self.put_part(id, &mp, idx, part).await });
-                if buf.capacity() < self.part_size {
-                    let rest = buf.split();
-                    buf = BytesMut::with_capacity(self.part_size + (64 << 10));
-                    buf.extend_from_slice(&rest);
-                }
-            }
+        let data = self.path(&Self::upload_key(id, "data"));
+        let had_multipart = st.multipart.is_some();
+        let first_part = st.parts.len();
+        let streamed = self
+            .stream_parts(
+                &data,
+                &mut st.multipart,
+                first_part,
+                &mut buf,
+                len,
+                body,
+                &mut |b| digester.update(b),
+            )
+            .await;
+        if !had_multipart {
+            created.clone_from(&st.multipart);
         }
-        while let Some(done) = in_flight.next().await {
-            new_parts.push(done?.content_id);
-        }
-        if let Some(l) = len
-            && received != l
-        {
-            return Err(StoreError::LengthMismatch {
-                expected: l,
-                got: received,
-            });
-        }
-        st.parts.extend(new_parts);
+        let (received, new_parts) = streamed?;
+        st.parts.extend(new_parts.into_iter().map(|p| p.content_id));
         st.size += received;
         st.generation += 1;
         st.digester = digester.save();
@@ -735,6 +694,84 @@ impl S3Store {
         Ok(st.size)
     }
 
+    /// Streams `body` into parts of `part_size` bytes of the multipart upload at `path`,
+    /// after the bytes already in `buf` and the `first_part` parts already sent. The upload is
+    /// created at the first full part when `mp` names none. Every byte is fed to `hash`, at
+    /// most `PARTS_IN_FLIGHT` parts upload while more arrives, and what does not fill a part
+    /// is left in `buf`. Returns the bytes received and the parts sent.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_parts(
+        &self,
+        path: &Path,
+        mp: &mut Option<String>,
+        first_part: usize,
+        buf: &mut BytesMut,
+        len: Option<u64>,
+        mut body: ByteStream,
+        hash: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<(u64, Vec<PartId>)> {
+        let mut parts: Vec<PartId> = Vec::new();
+        let mut in_flight = FuturesOrdered::new();
+        let mut received: u64 = 0;
+        loop {
+            if in_flight.len() >= PARTS_IN_FLIGHT {
+                let done: Result<PartId> = in_flight.next().await.unwrap_or_else(|| unreachable!());
+                parts.push(done?);
+                continue;
+            }
+            let Some(chunk) = body.next().await else {
+                break;
+            };
+            let chunk = chunk.map_err(StoreError::Body)?;
+            received += chunk.len() as u64;
+            if let Some(l) = len
+                && received > l
+            {
+                return Err(StoreError::LengthMismatch {
+                    expected: l,
+                    got: received,
+                });
+            }
+            hash(&chunk);
+            buf.extend_from_slice(&chunk);
+            while buf.len() >= self.part_size {
+                let part = buf.split_to(self.part_size).freeze();
+                let id = match mp {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = self.s3.create_multipart(path).await.map_err(unavailable)?;
+                        *mp = Some(id.clone());
+                        id
+                    }
+                };
+                let idx = first_part + parts.len() + in_flight.len();
+                let (s3, path) = (self.s3.clone(), path.clone());
+                in_flight.push_back(async move {
+                    s3.put_part(&path, &id, idx, PutPayload::from_bytes(part))
+                        .await
+                        .map_err(unavailable)
+                });
+                if buf.capacity() < self.part_size {
+                    let rest = buf.split();
+                    *buf = BytesMut::with_capacity(self.part_size + (64 << 10));
+                    buf.extend_from_slice(&rest);
+                }
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            parts.push(done?);
+        }
+        if let Some(l) = len
+            && received != l
+        {
+            return Err(StoreError::LengthMismatch {
+                expected: l,
+                got: received,
+            });
+        }
+        Ok((received, parts))
+    }
+
     /// A whole blob whose digest is known up front (a monolithic upload): streamed straight
     /// into a multipart upload at its final key (or one PUT when it fits in a part), hashed
     /// on the way, and completed only when the digest matches, which is when it becomes
@@ -743,77 +780,18 @@ impl S3Store {
         &self,
         digest: &Digest,
         len: Option<u64>,
-        mut body: ByteStream,
+        body: ByteStream,
     ) -> Result<u64> {
         let key = layout::blob_key(digest);
         let path = self.path(&key);
         let mut hasher = digest.algorithm().digester();
         let mut buf = BytesMut::with_capacity(self.part_size + (64 << 10));
         let mut mp: Option<String> = None;
-        let mut parts: Vec<PartId> = Vec::new();
-        let mut in_flight = FuturesOrdered::new();
-        let mut received: u64 = 0;
-        let result: Result<()> = async {
-            loop {
-                if in_flight.len() >= PARTS_IN_FLIGHT {
-                    let done: Result<PartId> =
-                        in_flight.next().await.unwrap_or_else(|| unreachable!());
-                    parts.push(done?);
-                    continue;
-                }
-                let Some(chunk) = body.next().await else {
-                    break;
-                };
-                let chunk = chunk.map_err(StoreError::Body)?;
-                received += chunk.len() as u64;
-                if let Some(l) = len
-                    && received > l
-                {
-                    return Err(StoreError::LengthMismatch {
-                        expected: l,
-                        got: received,
-                    });
-                }
-                hasher.update(&chunk);
-                buf.extend_from_slice(&chunk);
-                while buf.len() >= self.part_size {
-                    let part = buf.split_to(self.part_size).freeze();
-                    let id = match &mp {
-                        Some(id) => id.clone(),
-                        None => {
-                            let id = self.s3.create_multipart(&path).await.map_err(unavailable)?;
-                            mp = Some(id.clone());
-                            id
-                        }
-                    };
-                    let idx = parts.len() + in_flight.len();
-                    let (s3, path) = (self.s3.clone(), path.clone());
-                    in_flight.push_back(async move {
-                        s3.put_part(&path, &id, idx, PutPayload::from_bytes(part))
-                            .await
-                            .map_err(unavailable)
-                    });
-                    if buf.capacity() < self.part_size {
-                        let rest = buf.split();
-                        buf = BytesMut::with_capacity(self.part_size + (64 << 10));
-                        buf.extend_from_slice(&rest);
-                    }
-                }
-            }
-            while let Some(done) = in_flight.next().await {
-                parts.push(done?);
-            }
-            if let Some(l) = len
-                && received != l
-            {
-                return Err(StoreError::LengthMismatch {
-                    expected: l,
-                    got: received,
-                });
-            }
-            Ok(())
-        }
-        .await;
+        let result = self
+            .stream_parts(&path, &mut mp, 0, &mut buf, len, body, &mut |b| {
+                hasher.update(b)
+            })
+            .await;
         let target = &path;
         let abort = move |mp: Option<String>| async move {
             if let Some(id) = mp
@@ -822,10 +800,13 @@ impl S3Store {
                 tracing::warn!(error = %e, "cannot abort a multipart upload");
             }
         };
-        if let Err(e) = result {
-            abort(mp).await;
-            return Err(e);
-        }
+        let (received, mut parts) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                abort(mp).await;
+                return Err(e);
+            }
+        };
         let computed = hasher.finish();
         if computed != *digest {
             abort(mp).await;
