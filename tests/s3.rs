@@ -54,6 +54,31 @@ async fn get_bytes(c: &reqwest::Client, url: String) -> (u16, Vec<u8>) {
     (status, r.bytes().await.unwrap().to_vec())
 }
 
+/// GETs a manifest as an OCI client would.
+async fn get_manifest(
+    c: &reqwest::Client,
+    s: &Server,
+    repo: &str,
+    reference: &str,
+) -> reqwest::Response {
+    c.get(s.url(&format!("/v2/{repo}/manifests/{reference}")))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Finishes an upload session at `location` with `PUT ?digest=` (no body).
+async fn finish_upload(c: &reqwest::Client, s: &Server, location: &str, digest: &str) -> u16 {
+    let sep = if location.contains('?') { '&' } else { '?' };
+    c.put(s.url(&format!("{location}{sep}digest={digest}")))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// Push through one replica, pull through the other; an upload whose chunks alternate between
 /// replicas; catalog, tags and referrers agree; both replicas racing on one tag end consistent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -69,12 +94,7 @@ async fn two_replicas_on_one_bucket_are_one_registry() {
 
     // Push through A, pull everything through B.
     let (m, md) = push_image(&c, &a, "team/app", "v1", "replicas").await;
-    let r = c
-        .get(b.url("/v2/team/app/manifests/v1"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
+    let r = get_manifest(&c, &b, "team/app", "v1").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), md);
     assert_eq!(r.text().await.unwrap(), m);
@@ -142,13 +162,7 @@ async fn two_replicas_on_one_bucket_are_one_registry() {
         .await
         .unwrap();
     assert_eq!(r.status(), 416);
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let r = c
-        .put(b.url(&format!("{location}{sep}digest={digest}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    assert_eq!(finish_upload(&c, &b, &location, &digest).await, 201);
     let (status, body) = get_bytes(&c, a.url(&format!("/v2/team/app/blobs/{digest}"))).await;
     assert_eq!(status, 200);
     assert!(body == blob, "the blob assembled across replicas differs");
@@ -388,12 +402,7 @@ async fn bucket_outage_gives_503_and_loses_nothing() {
     let r = c.get(s.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
-    let r = c
-        .get(s.url("/v2/keep/me/manifests/v1"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
+    let r = get_manifest(&c, &s, "keep/me", "v1").await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["errors"][0]["code"], "UNAVAILABLE");
@@ -438,22 +447,11 @@ async fn bucket_outage_gives_503_and_loses_nothing() {
         .unwrap();
     assert_eq!(r.status(), 202, "{:?}", r.text().await);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let r = c
-        .put(s.url(&format!("{location}{sep}digest={digest}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(finish_upload(&c, &s, &location, &digest).await, 201);
     let (status, body) = get_bytes(&c, s.url(&format!("/v2/out/age/blobs/{digest}"))).await;
     assert_eq!(status, 200);
     assert!(body == blob);
-    let r = c
-        .get(s.url("/v2/keep/me/manifests/v1"))
-        .header("accept", OCI_MANIFEST)
-        .send()
-        .await
-        .unwrap();
+    let r = get_manifest(&c, &s, "keep/me", "v1").await;
     assert_eq!(r.text().await.unwrap(), before.0);
 }
 
@@ -543,12 +541,7 @@ async fn three_node_garage_survives_losing_a_node() {
     let big2_d = push_blob(&c, &b, "ha/app", &big2).await;
     for s in [&a, &b] {
         for (tag, (m, _)) in [("before", &before), ("after", &after)] {
-            let r = c
-                .get(s.url(&format!("/v2/ha/app/manifests/{tag}")))
-                .header("accept", OCI_MANIFEST)
-                .send()
-                .await
-                .unwrap();
+            let r = get_manifest(&c, s, "ha/app", tag).await;
             assert_eq!(r.status(), 200);
             assert_eq!(&r.text().await.unwrap(), m);
         }

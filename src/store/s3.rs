@@ -288,7 +288,7 @@ impl S3Store {
             endpoint: endpoint.unwrap_or_else(|| "AWS S3".into()),
         };
         store
-            .check()
+            .check(Duration::from_secs(10))
             .await
             .map_err(|reason| S3OpenError::Unreachable {
                 bucket: store.bucket.clone(),
@@ -305,13 +305,13 @@ impl S3Store {
 
     /// One listing of the prefix: proves the endpoint, bucket and credentials work (a listing
     /// has an error body, unlike a HEAD, so a refusal says why).
-    async fn check(&self) -> std::result::Result<(), String> {
-        let prefix = self.path("");
+    async fn check(&self, within: Duration) -> std::result::Result<(), String> {
+        let prefix = self.path(layout::UPLOADS);
         let list = self.s3.list_with_delimiter(Some(&prefix));
-        match tokio::time::timeout(READY_TIMEOUT.max(Duration::from_secs(10)), list).await {
+        match tokio::time::timeout(within, list).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no answer within 10 s".into()),
+            Err(_) => Err(format!("no answer within {within:?}")),
         }
     }
 
@@ -1284,15 +1284,8 @@ impl Store for S3Store {
     }
 
     async fn ready(&self) -> Result<()> {
-        let prefix = self.path(layout::UPLOADS);
-        let list = self.s3.list_with_delimiter(Some(&prefix));
-        match tokio::time::timeout(READY_TIMEOUT, list).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "object storage: {} did not answer within {READY_TIMEOUT:?}",
-                self.describe()
-            ))),
-        }
+        self.check(READY_TIMEOUT).await.map_err(|reason| {
+            StoreError::Unavailable(format!("object storage: {}: {reason}", self.describe()))
+        })
     }
 }
