@@ -226,8 +226,6 @@ pub async fn finish(
             .upload_append_commit(repo, &id, offset, len, body_stream(reg, body), &digest)
             .await?;
     } else {
-        // Make sure the session exists (and belongs to this repository) before committing.
-        reg.store.upload_size(repo, &id).await?;
         reg.store.upload_commit(repo, &id, &digest).await?;
     }
     link_blob(reg, repo, &digest).await?;

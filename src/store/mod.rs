@@ -129,7 +129,8 @@ pub trait Store: Send + Sync + 'static {
         body: ByteStream,
     ) -> Result<u64>;
     /// Verifies the session's bytes against `digest` and makes them the blob `digest`
-    /// (atomically); the session is gone afterwards whatever the outcome. Returns the size.
+    /// (atomically); the session is gone afterwards whatever the outcome. Returns the size;
+    /// `UploadUnknown` when the session does not exist for `repo`.
     async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64>;
     /// Appends a final chunk and commits, as a monolithic `PUT` does. `OffsetMismatch` and
     /// `LengthMismatch` and a failing body leave the session as it was; after any other outcome

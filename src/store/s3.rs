@@ -840,6 +840,62 @@ impl S3Store {
         Ok(received)
     }
 
+    /// Appends a chunk to a loaded session and saves its new state, which it returns.
+    async fn append(
+        &self,
+        id: &UploadId,
+        st: UploadState,
+        offset: Option<u64>,
+        len: Option<u64>,
+        hint: Option<Algorithm>,
+        body: ByteStream,
+    ) -> Result<UploadState> {
+        if let Some(o) = offset
+            && o != st.size
+        {
+            return Err(StoreError::OffsetMismatch {
+                expected: st.size,
+                got: o,
+            });
+        }
+        let mut dg =
+            ResumableDigester::restore(&st.digester).map_err(|e| io_other(e.to_string()))?;
+        if st.size == 0
+            && let Some(h) = hint
+            && h != dg.algorithm()
+        {
+            dg = ResumableDigester::new(h);
+        }
+        let mut created = None;
+        match self.receive(id, st, dg, len, body, &mut created).await {
+            Ok((st, old_tail)) => {
+                self.save_upload(id, &st).await?;
+                if let Some(t) = old_tail
+                    && let Err(e) = self.delete(&Self::upload_key(id, &t)).await
+                {
+                    tracing::debug!(upload = %id, error = %e, "cannot remove an old upload tail");
+                }
+                Ok(st)
+            }
+            Err(e) => {
+                if let Some(mp) = created {
+                    let data = self.path(&Self::upload_key(id, "data"));
+                    let _ = self.s3.abort_multipart(&data, &mp).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits a loaded session; the session is gone afterwards whatever the outcome.
+    async fn finish(&self, id: &UploadId, st: &UploadState, digest: &Digest) -> Result<u64> {
+        let result = self.commit(id, st, digest).await;
+        if let Err(e) = self.discard_upload(id, Some(st)).await {
+            tracing::warn!(upload = %id, error = %e, "cannot remove a finished upload's objects");
+        }
+        result
+    }
+
     fn blob_info_from_listing(&self, metas: Vec<ObjectMeta>) -> Vec<BlobInfo> {
         #[derive(Default)]
         struct Seen {
@@ -1084,50 +1140,12 @@ impl Store for S3Store {
         body: ByteStream,
     ) -> Result<u64> {
         let st = self.load_owned(repo, id).await?;
-        if let Some(o) = offset
-            && o != st.size
-        {
-            return Err(StoreError::OffsetMismatch {
-                expected: st.size,
-                got: o,
-            });
-        }
-        let mut dg =
-            ResumableDigester::restore(&st.digester).map_err(|e| io_other(e.to_string()))?;
-        if st.size == 0
-            && let Some(h) = hint
-            && h != dg.algorithm()
-        {
-            dg = ResumableDigester::new(h);
-        }
-        let mut created = None;
-        match self.receive(id, st, dg, len, body, &mut created).await {
-            Ok((st, old_tail)) => {
-                self.save_upload(id, &st).await?;
-                if let Some(t) = old_tail
-                    && let Err(e) = self.delete(&Self::upload_key(id, &t)).await
-                {
-                    tracing::debug!(upload = %id, error = %e, "cannot remove an old upload tail");
-                }
-                Ok(st.size)
-            }
-            Err(e) => {
-                if let Some(mp) = created {
-                    let data = self.path(&Self::upload_key(id, "data"));
-                    let _ = self.s3.abort_multipart(&data, &mp).await;
-                }
-                Err(e)
-            }
-        }
+        Ok(self.append(id, st, offset, len, hint, body).await?.size)
     }
 
     async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
         let st = self.load_owned(repo, id).await?;
-        let result = self.commit(id, &st, digest).await;
-        if let Err(e) = self.discard_upload(id, Some(&st)).await {
-            tracing::warn!(upload = %id, error = %e, "cannot remove a finished upload's objects");
-        }
-        result
+        self.finish(id, &st, digest).await
     }
 
     async fn upload_append_commit(
@@ -1141,9 +1159,9 @@ impl Store for S3Store {
     ) -> Result<u64> {
         let st = self.load_owned(repo, id).await?;
         if st.size != 0 || !matches!(offset, None | Some(0)) {
-            self.upload_append(repo, id, offset, len, Some(digest.algorithm()), body)
-                .await?;
-            return self.upload_commit(repo, id, digest).await;
+            let hint = Some(digest.algorithm());
+            let st = self.append(id, st, offset, len, hint, body).await?;
+            return self.finish(id, &st, digest).await;
         }
         // The whole blob in one request: stream it straight to its key. A failed body leaves
         // the (empty) session as it was; any other outcome ends it.
