@@ -1,8 +1,9 @@
-//! Berth: an OCI Distribution v1.1 registry (`berth serve`) and, in later modules, the
-//! Kubernetes operator that deploys it. `main.rs` only parses arguments and calls in here.
+//! Berth: an OCI Distribution v1.1 registry (`berth serve`) and the Kubernetes operator that
+//! deploys it (`berth operator`). `main.rs` only parses arguments and calls in here.
 
 pub mod config;
 pub mod gc;
+pub mod keys;
 pub mod oci;
 pub mod operator;
 pub mod registry;

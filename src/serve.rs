@@ -166,7 +166,7 @@ async fn token_key_path(settings: &Settings, store: &dyn Store) -> Result<PathBu
     let pem = match store.meta_get(&key).await? {
         Some(pem) => pem,
         None => {
-            let pem = crate::registry::auth::token::generate_key_pem()
+            let pem = crate::keys::generate_token_key_pem()
                 .map_err(|e| ServeError::Option(format!("token signing key: {e}")))?;
             store.meta_put(&key, pem.as_bytes()).await?;
             // Replicas starting together may both have written one: settle on the last.

@@ -170,6 +170,42 @@ pub struct AuthSpec {
     /// Access rules (Berth's `auth.access`): whatever no rule grants is denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessRuleSpec>,
+    /// Docker token auth: clients sign in at the token endpoint and present short-lived bearer
+    /// tokens. The operator generates the signing key once into the Secret `<name>-token-key`
+    /// (never overwritten; delete it to rotate), shared by every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSpec {
+    /// The token endpoint clients are sent to (default: `/token` on the host they asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// The `service` of challenges and the audience of tokens (default `berth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The issuer of tokens signed here (default `berth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Lifetime of issued tokens in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30, max = 86400))]
+    pub expires_seconds: Option<u64>,
+    /// Token services whose tokens are accepted as they are (an SSO's token issuer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_issuers: Vec<TrustedIssuerSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedIssuerSpec {
+    /// The `iss` claim of its tokens.
+    pub issuer: String,
+    /// A Secret whose `public-key.pem` key holds the PEM public key (EC or RSA) or certificate
+    /// the issuer signs with.
+    pub public_key_secret: String,
 }
 
 /// One access rule: a repository glob and what it grants to whom.
@@ -212,9 +248,15 @@ pub struct TlsSpec {
     /// An existing `kubernetes.io/tls` Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
-    /// A cert-manager issuer; the operator asks it for a Certificate.
+    /// A cert-manager issuer. With an Ingress, the Ingress asks cert-manager for its
+    /// certificate; without one, the operator makes a Certificate (Secret `<name>-tls`) for the
+    /// Service's DNS names and the pods serve HTTPS with it. Needs cert-manager installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
+    /// Extra DNS names for the operator-made Certificate (e.g. a LoadBalancer's name); the
+    /// Service's in-cluster names are always included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -295,7 +337,8 @@ pub enum DeletionPolicy {
     /// Keep the PVC (and bucket data) after the Registry is deleted.
     #[default]
     Retain,
-    /// Delete the PVC with the Registry.
+    /// Delete the PVC with the Registry; on S3, a Job (`berth purge`) deletes the registry's
+    /// objects (everything under `prefix`, or only Berth's own top-level keys without one).
     Delete,
 }
 
@@ -320,6 +363,9 @@ pub struct RegistryStatus {
     /// The Secret holding generated admin credentials, when the operator made one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret: Option<String>,
+    /// The cert-manager Certificate the pods' TLS Secret is issued from, when the operator made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<String>,
 }
 
 /// A cleanup run of `berth gc` against a Registry's store: once, or on a cron schedule.

@@ -160,6 +160,13 @@ impl State {
             };
             return status(f.code, reason, "injected fault");
         }
+        // Cluster-level documents a test seeded (discovery, say) are served as they are.
+        if call.method == "GET"
+            && let Some(doc) = self.objects.get(&call.path)
+            && !call.path.contains("/namespaces/")
+        {
+            return (200, doc.clone());
+        }
         // .../namespaces/{ns}/{plural}[/{name}[/{sub}]]
         let segs: Vec<&str> = call.path.trim_matches('/').split('/').collect();
         let Some(ns_at) = segs.iter().position(|s| *s == "namespaces") else {

@@ -34,7 +34,7 @@ pub struct GcReport {
 
 /// Finds the JSON report in a termination message or log tail: the whole text, or the last
 /// line that parses.
-pub fn parse_report(text: &str) -> Option<GcReport> {
+pub fn parse_report<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
     serde_json::from_str(text.trim()).ok().or_else(|| {
         text.lines()
             .rev()
@@ -167,9 +167,11 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
             let newly_finished =
                 next.phase != Some(phase) || old.job_name.as_deref() != Some(&j.name_any());
             if matches!(phase, GcPhase::Succeeded | GcPhase::Failed) && newly_finished {
-                let msg = termination_message(client, &ns, &j.name_any()).await?;
+                let msg = termination_message(client, &ns, &j.name_any(), "gc").await?;
                 match phase {
-                    GcPhase::Succeeded => report = msg.as_deref().and_then(parse_report),
+                    GcPhase::Succeeded => {
+                        report = msg.as_deref().and_then(parse_report::<GcReport>)
+                    }
                     _ => failure = Some(msg.unwrap_or_default()),
                 }
                 next.blobs_deleted = report.map(|r| r.blobs_deleted);
@@ -326,11 +328,12 @@ async fn latest_job(jobs: &Api<Job>, gc: &str) -> Result<Option<Job>, Error> {
     }))
 }
 
-/// The gc container's termination message, or the tail of its log when that is empty.
-async fn termination_message(
+/// A Job container's termination message, or the tail of its log when that is empty.
+pub(super) async fn termination_message(
     client: &kube::Client,
     ns: &str,
     job: &str,
+    container: &str,
 ) -> Result<Option<String>, Error> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods
@@ -347,14 +350,14 @@ async fn termination_message(
         .status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == "gc"))
+        .and_then(|cs| cs.iter().find(|c| c.name == container))
         .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
         .filter(|m| !m.trim().is_empty());
     if message.is_some() {
         return Ok(message);
     }
     let lp = LogParams {
-        container: Some("gc".into()),
+        container: Some(container.into()),
         tail_lines: Some(20),
         ..LogParams::default()
     };
@@ -432,6 +435,6 @@ mod tests {
             parse_report("marking\nsweeping\n{\"blobsDeleted\":0,\"bytesFreed\":0}\n"),
             Some(GcReport::default())
         );
-        assert_eq!(parse_report("error: store unreachable"), None);
+        assert_eq!(parse_report::<GcReport>("error: store unreachable"), None);
     }
 }

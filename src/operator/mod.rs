@@ -4,6 +4,7 @@
 //! Never imports the registry or store modules: it only renders config and objects.
 
 pub mod apply;
+pub mod certmanager;
 pub mod conditions;
 pub mod crd;
 pub mod gc;
@@ -87,11 +88,31 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("cannot encode {0}")]
     Encode(#[from] serde_json::Error),
+    /// Not a failure: work outside this reconcile (a purge Job) is still running. An error
+    /// only because the finalizer helper releases the finalizer when cleanup returns Ok.
+    #[error("waiting: {what}")]
+    Pending { what: String, retry: Duration },
 }
 
 impl Error {
+    /// The wait of a [`Error::Pending`], looking through the finalizer helper's wrapping.
+    pub fn pending(&self) -> Option<Duration> {
+        match self {
+            Error::Pending { retry, .. } => Some(*retry),
+            Error::Finalizer(f) => match f.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.pending(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// API conflicts and throttling clear up fast; other transient errors get a longer wait.
     pub fn retry_after(&self) -> Duration {
+        if let Some(wait) = self.pending() {
+            return wait;
+        }
         let code = match self {
             Error::Kube(kube::Error::Api(s)) => Some(s.code),
             Error::Finalizer(f) => match f.as_ref() {
@@ -119,6 +140,10 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     error: &Error,
     ctx: Arc<Context>,
 ) -> Action {
+    if error.pending().is_some() {
+        tracing::debug!(object = %obj.name_any(), %error, "will look again");
+        return Action::requeue(error.retry_after());
+    }
     tracing::warn!(object = %obj.name_any(), error = %error, "reconcile failed, will retry");
     ctx.metrics.reconcile_failed(K::kind(&()).as_ref());
     Action::requeue(error.retry_after())

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -22,8 +23,9 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::apply::{ensure, remove_owned};
+use super::certmanager::{self, Certificate};
 use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, wanted};
-use super::crd::{DeletionPolicy, Registry, RegistryStatus};
+use super::crd::{DeletionPolicy, GcPhase, Registry, RegistryStatus};
 use super::resources::{self as build, BuildError, Defaults, REGISTRY_PORT, names};
 use super::{Context, Error, FIELD_MANAGER};
 
@@ -40,6 +42,8 @@ pub struct Desired {
     pub ingress: Option<Ingress>,
     pub pdb: Option<PodDisruptionBudget>,
     pub hpa: Option<HorizontalPodAutoscaler>,
+    /// The cert-manager Certificate the pods' TLS Secret comes from, when the operator makes one.
+    pub certificate: Option<Certificate>,
     /// Secrets the spec names, with the keys each must hold.
     pub referenced_secrets: Vec<(String, Vec<&'static str>)>,
     pub endpoint: String,
@@ -50,7 +54,12 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
     let text = serde_yaml::to_string(&config).map_err(|e| BuildError::Serialize(e.to_string()))?;
     let hash = build::config_hash(&text);
     let mut referenced_secrets = vec![];
-    if let Some(name) = reg.spec.tls.as_ref().and_then(|t| t.secret_name.clone()) {
+    let certificate = build::certificate(reg)?;
+    // The user's Secret (for the pods or the Ingress), or the one cert-manager issues for
+    // the operator's Certificate (for the pods).
+    let user_tls = reg.spec.tls.as_ref().and_then(|t| t.secret_name.clone());
+    let issued_tls = certificate.as_ref().map(|c| c.spec.secret_name.clone());
+    if let Some(name) = user_tls.or(issued_tls) {
         referenced_secrets.push((name, vec!["tls.crt", "tls.key"]));
     }
     // The generated admin Secret is made by reconcile itself, so only the user's is checked.
@@ -61,6 +70,9 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
         .and_then(|a| a.htpasswd_secret.clone())
     {
         referenced_secrets.push((name, vec!["htpasswd"]));
+    }
+    for ti in build::trusted_issuers(reg) {
+        referenced_secrets.push((ti.public_key_secret.clone(), vec![build::PUBLIC_KEY]));
     }
     if let Some(s3) = &reg.spec.storage.s3 {
         referenced_secrets.push((
@@ -96,6 +108,7 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
         ingress: build::ingress(reg)?,
         pdb: build::pod_disruption_budget(reg)?,
         hpa: build::horizontal_pod_autoscaler(reg)?,
+        certificate,
         referenced_secrets,
         endpoint,
     })
@@ -177,21 +190,84 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     } else {
         None
     };
+    if build::wants_token_key(reg) {
+        ensure_token_key_secret(client, reg).await?;
+    }
+    let mut applied: Vec<&'static str> = vec![];
+    let mut pending_certificate = None;
+    if let Some(cert) = &plan.certificate {
+        if !certmanager::served(client).await? {
+            let msg = format!(
+                "spec.tls.issuerRef needs cert-manager, but the API server does not serve {}/certificates; \
+                 install cert-manager or use spec.tls.secretName",
+                certmanager::API_VERSION
+            );
+            write_status(
+                reg,
+                ctx,
+                blocked("CertManagerMissing", &msg),
+                None,
+                Some(plan.endpoint.clone()),
+                credentials,
+            )
+            .await?;
+            // Installing cert-manager wakes nothing we watch: look again now and then.
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+        let ensured = ensure(&Api::namespaced(client.clone(), &ns), cert).await?;
+        if ensured.changed {
+            applied.push("Certificate");
+        }
+        pending_certificate = Some(ensured.object);
+    } else if reg.status.as_ref().is_some_and(|s| s.certificate.is_some()) {
+        let api: Api<Certificate> = Api::namespaced(client.clone(), &ns);
+        let name = names::tls_secret(&reg.name_any());
+        if remove_owned(&api, &name, &reg.uid().unwrap_or_default()).await? {
+            applied.push("Certificate");
+        }
+    }
     if let Some(msg) = check_secrets(client, &ns, &plan.referenced_secrets).await? {
+        let issuing = pending_certificate
+            .as_ref()
+            .filter(|c| msg.contains(&format!("Secret {ns}/{} ", c.spec.secret_name)));
+        let (reason, msg, wait) = match issuing {
+            Some(cert) => (
+                "CertificatePending",
+                format!(
+                    "waiting for cert-manager to issue Certificate {ns}/{} into its Secret{}",
+                    cert.name_any(),
+                    cert.not_ready_message()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default()
+                ),
+                // Issuing takes seconds; the Secret watch wakes us, this refreshes the reason.
+                Duration::from_secs(60),
+            ),
+            None => ("SecretMissing", msg, Duration::from_secs(300)),
+        };
+        if !applied.is_empty() {
+            ctx.event(
+                reg,
+                EventType::Normal,
+                "Applied",
+                format!("Applied {}", applied.join(", ")),
+            )
+            .await;
+        }
         write_status(
             reg,
             ctx,
-            blocked("SecretMissing", &msg),
+            blocked(reason, &msg),
             None,
             Some(plan.endpoint.clone()),
             credentials,
         )
         .await?;
         // The Secret watch brings us back as soon as it appears; this is the safety net.
-        return Ok(Action::requeue(Duration::from_secs(300)));
+        return Ok(Action::requeue(wait));
     }
 
-    let (applied, dep) = match apply_children(reg, client, &plan).await {
+    let dep = match apply_children(reg, client, &plan, &mut applied).await {
         Ok(done) => done,
         // The API server refused an object as invalid (an immutable PVC field changed, a
         // value it rejects): retrying cannot help until the spec changes.
@@ -247,8 +323,8 @@ async fn apply_children(
     reg: &Registry,
     client: &kube::Client,
     plan: &Desired,
-) -> Result<(Vec<&'static str>, super::apply::Ensured<Deployment>), Error> {
-    let mut applied: Vec<&'static str> = vec![];
+    applied: &mut Vec<&'static str>,
+) -> Result<super::apply::Ensured<Deployment>, Error> {
     let uid = reg.uid().unwrap_or_default();
     let ns = reg.namespace().unwrap_or_default();
     if ensure(&Api::namespaced(client.clone(), &ns), &plan.config_map)
@@ -282,7 +358,7 @@ async fn apply_children(
         &uid,
         plan.ingress.as_ref(),
         "Ingress",
-        &mut applied,
+        applied,
     )
     .await?;
     optional(
@@ -292,7 +368,7 @@ async fn apply_children(
         &uid,
         plan.pdb.as_ref(),
         "PodDisruptionBudget",
-        &mut applied,
+        applied,
     )
     .await?;
     optional(
@@ -302,10 +378,10 @@ async fn apply_children(
         &uid,
         plan.hpa.as_ref(),
         "HorizontalPodAutoscaler",
-        &mut applied,
+        applied,
     )
     .await?;
-    Ok((applied, dep))
+    Ok(dep)
 }
 
 fn conditions_ready(w: &[Wanted]) -> bool {
@@ -450,6 +526,11 @@ async fn write_status(
         ready_replicas: replicas.map(|(ready, _)| ready).or(old.ready_replicas),
         endpoint: endpoint.or(old.endpoint.clone()),
         credentials_secret,
+        // What the spec asks for; kept as it was while the spec cannot be built.
+        certificate: match build::certificate(reg) {
+            Ok(c) => c.map(|c| c.name_any()),
+            Err(_) => old.certificate.clone(),
+        },
         conditions,
     };
     if new == old {
@@ -504,34 +585,8 @@ async fn write_status(
 
 /// Deletion: the owner references take the children; the PVC stays or goes by policy.
 async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
-    if let Some(s3) = &reg.spec.storage.s3 {
-        // The bucket is the user's: this version never deletes objects in it. Say so, loudly
-        // when the policy asked for deletion.
-        let place = format!(
-            "s3://{}/{}",
-            s3.bucket,
-            s3.prefix.as_deref().unwrap_or_default()
-        );
-        let (kind, reason, note) = match reg.spec.deletion_policy {
-            DeletionPolicy::Retain => (
-                EventType::Normal,
-                "DataRetained",
-                "deletionPolicy is Retain",
-            ),
-            DeletionPolicy::Delete => (
-                EventType::Warning,
-                "DataNotDeleted",
-                "deletionPolicy is Delete, but this operator version does not delete bucket data",
-            ),
-        };
-        ctx.event(
-            reg,
-            kind,
-            reason,
-            format!("{note}: the registry's objects under {place} are kept; remove them with your S3 tools when done"),
-        )
-        .await;
-        return Ok(Action::await_change());
+    if reg.spec.storage.s3.is_some() {
+        return cleanup_bucket(reg, ctx).await;
     }
     let ns = reg.namespace().unwrap_or_default();
     let name = names::data_pvc(&reg.name_any());
@@ -580,12 +635,142 @@ async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// How often a running purge Job is looked at.
+const PURGE_POLL: Duration = Duration::from_secs(10);
+
+/// Deletion of an S3 Registry. `Retain` keeps the objects. `Delete` runs a purge Job with the
+/// Registry's config and credentials and holds the finalizer until it ends. When the purge
+/// cannot run (namespace terminating, credentials gone, the Job fails) the objects are kept,
+/// a Warning Event says where, and the finalizer is released: deletion never wedges.
+async fn cleanup_bucket(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
+    let Some(s3) = &reg.spec.storage.s3 else {
+        return Ok(Action::await_change());
+    };
+    let place = format!(
+        "s3://{}/{}",
+        s3.bucket,
+        s3.prefix.as_deref().unwrap_or_default()
+    );
+    let kept = |why: String| {
+        format!(
+            "{why}; the registry's objects under {place} are kept: remove them with your S3 tools"
+        )
+    };
+    if reg.spec.deletion_policy == DeletionPolicy::Retain {
+        ctx.event(
+            reg,
+            EventType::Normal,
+            "DataRetained",
+            format!("deletionPolicy is Retain: the registry's objects under {place} are kept"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let ns = reg.namespace().unwrap_or_default();
+    let client = &ctx.client;
+    let job = match build::purge_job(reg, &ctx.defaults) {
+        Ok(Some(job)) => job,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(e) => {
+            let msg = kept(format!("cannot build the purge Job: {e}"));
+            ctx.event(reg, EventType::Warning, "DataNotDeleted", msg)
+                .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let name = job.name_any();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let Some(existing) = jobs.get_opt(&name).await? else {
+        let creds = vec![(
+            s3.credentials_secret.clone(),
+            vec!["accessKeyId", "secretAccessKey"],
+        )];
+        if let Some(missing) = check_secrets(client, &ns, &creds).await? {
+            let msg = kept(format!("cannot purge: {missing}"));
+            ctx.event(reg, EventType::Warning, "DataNotDeleted", msg)
+                .await;
+            return Ok(Action::await_change());
+        }
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // A terminating namespace takes no new objects.
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                let msg = kept(format!("cannot start the purge Job: {}", s.message));
+                ctx.event(reg, EventType::Warning, "DataNotDeleted", msg)
+                    .await;
+                return Ok(Action::await_change());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        ctx.event(
+            reg,
+            EventType::Normal,
+            "Purging",
+            format!("deletionPolicy is Delete: Job {ns}/{name} deletes the registry's objects under {place}"),
+        )
+        .await;
+        return Err(Error::Pending {
+            what: format!("purge Job {ns}/{name}"),
+            retry: PURGE_POLL,
+        });
+    };
+    let outcome = super::gc::job_phase(&existing);
+    if !matches!(outcome, GcPhase::Succeeded | GcPhase::Failed) {
+        return Err(Error::Pending {
+            what: format!("purge Job {ns}/{name}"),
+            retry: PURGE_POLL,
+        });
+    }
+    let message = super::gc::termination_message(client, &ns, &name, build::PURGE_CONTAINER)
+        .await?
+        .unwrap_or_default();
+    if outcome == GcPhase::Succeeded {
+        let note = match super::gc::parse_report::<PurgeReport>(&message) {
+            Some(r) => format!(
+                "deletionPolicy is Delete: {} objects ({} bytes) under {place} deleted",
+                r.objects_deleted, r.bytes_freed
+            ),
+            None => {
+                format!("deletionPolicy is Delete: the registry's objects under {place} deleted")
+            }
+        };
+        ctx.event(reg, EventType::Normal, "DataDeleted", note).await;
+    } else {
+        let why = message
+            .lines()
+            .last()
+            .unwrap_or("no message")
+            .trim()
+            .to_owned();
+        let msg = kept(format!("purge Job {ns}/{name} failed: {why}"));
+        ctx.event(reg, EventType::Warning, "DataNotDeleted", msg)
+            .await;
+    }
+    match jobs.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
+}
+
+/// The part of `berth purge`'s report the Event quotes.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PurgeReport {
+    objects_deleted: u64,
+    bytes_freed: u64,
+}
+
 /// True when the Registry's spec names the Secret (so its appearance is worth a reconcile).
 pub fn references_secret(reg: &Registry, secret: &str) -> bool {
     let s = &reg.spec;
-    s.tls.as_ref().and_then(|t| t.secret_name.as_deref()) == Some(secret)
+    build::pod_tls_secret(reg).as_deref() == Some(secret)
+        || s.tls.as_ref().and_then(|t| t.secret_name.as_deref()) == Some(secret)
         || s.auth.as_ref().and_then(|a| a.htpasswd_secret.as_deref()) == Some(secret)
         || s.storage.s3.as_ref().map(|s| s.credentials_secret.as_str()) == Some(secret)
+        || build::trusted_issuers(reg).any(|t| t.public_key_secret == secret)
 }
 
 /// The Registries a Secret event should wake: those in its namespace that name it.
@@ -607,17 +792,47 @@ pub fn registries_for_secret(
 /// reconcile makes a new one; the pods see it through their Secret volume).
 pub async fn ensure_admin_secret(client: &kube::Client, reg: &Registry) -> Result<String, Error> {
     let name = names::admin_secret(&reg.name_any());
+    ensure_generated(client, reg, &name, || {
+        let username = build::admin_username(reg).unwrap_or_else(|| "admin".to_owned());
+        let salt: [u8; 16] = rand::random();
+        build::admin_secret(reg, &username, &build::generate_password(), salt)
+    })
+    .await?;
+    Ok(name)
+}
+
+/// Makes the token signing key Secret if it does not exist yet; never overwrites it (delete it
+/// to rotate: tokens already issued then fail and clients sign in again).
+pub async fn ensure_token_key_secret(client: &kube::Client, reg: &Registry) -> Result<(), Error> {
+    let name = names::token_key_secret(&reg.name_any());
+    ensure_generated(client, reg, &name, || {
+        let pem = crate::keys::generate_token_key_pem().map_err(|e| BuildError::Invalid {
+            field: "spec.auth.token",
+            reason: format!("cannot generate a signing key: {e}"),
+        })?;
+        build::token_key_secret(reg, &pem)
+    })
+    .await
+}
+
+/// Creates the Secret `make` builds unless one named `name` exists; a racing reconcile's
+/// Secret stands.
+async fn ensure_generated(
+    client: &kube::Client,
+    reg: &Registry,
+    name: &str,
+    make: impl FnOnce() -> Result<Secret, BuildError>,
+) -> Result<(), Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &reg.namespace().unwrap_or_default());
-    if api.get_opt(&name).await?.is_some() {
-        return Ok(name);
+    if api.get_opt(name).await?.is_some() {
+        return Ok(());
     }
-    let username = build::admin_username(reg).unwrap_or_else(|| "admin".to_owned());
-    let salt: [u8; 16] = rand::random();
-    let secret = build::admin_secret(reg, &username, &build::generate_password(), salt)?;
-    match api.create(&kube::api::PostParams::default(), &secret).await {
-        Ok(_) => Ok(name),
-        // Made by a racing reconcile a moment ago: that one stands.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(name),
+    match api
+        .create(&kube::api::PostParams::default(), &make()?)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

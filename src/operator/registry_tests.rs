@@ -353,18 +353,141 @@ async fn invalid_spec_is_a_condition_not_a_hot_loop() {
     assert!(writes(&fake.take_calls()).is_empty());
 }
 
-#[tokio::test]
-async fn spec_the_config_schema_lacks_is_refused_with_a_reason() {
-    let (ctx, fake) = setup(json!({
+const CERT: &str = "/apis/cert-manager.io/v1/namespaces/team/certificates/hub-tls";
+const TLS_SECRET: &str = "/api/v1/namespaces/team/secrets/hub-tls";
+
+fn issuer_spec() -> Value {
+    json!({
         "storage": {"pvc": {"size": "1Gi"}},
-        "tls": {"issuerRef": {"name": "letsencrypt"}},
-    }));
-    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+        "tls": {"issuerRef": {"name": "internal-ca", "kind": "ClusterIssuer"}},
+    })
+}
+
+/// What the API server's discovery says once cert-manager's CRDs are installed.
+fn install_cert_manager(fake: &Fake) {
+    fake.put(
+        "/apis/cert-manager.io/v1",
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "cert-manager.io/v1",
+               "resources": [{"name": "certificates", "singularName": "certificate", "namespaced": true,
+                              "kind": "Certificate", "verbs": ["get", "list", "watch", "create", "patch"]}]}),
+    );
+}
+
+#[tokio::test]
+async fn issuer_without_cert_manager_is_a_condition_and_a_slow_retry() {
+    let (ctx, fake) = setup(issuer_spec());
+    assert_eq!(
+        run(&ctx, &fake).await.unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    let calls = fake.take_calls();
+    assert_eq!(writes(&calls), [format!("PATCH {REG}/status")]);
+    assert!(event_reasons(&calls).contains(&"CertManagerMissing".to_owned()));
     assert_eq!(
         condition(&fake, "Degraded"),
-        ("True".into(), "Unsupported".into())
+        ("True".into(), "CertManagerMissing".into())
     );
-    assert!(fake.get(DEP).is_none());
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(
+        msg.as_str().unwrap().contains("install cert-manager"),
+        "{msg}"
+    );
+    assert!(fake.get(DEP).is_none() && fake.get(CERT).is_none());
+    // Again with nothing changed: no write at all.
+    run(&ctx, &fake).await.unwrap();
+    assert!(writes(&fake.take_calls()).is_empty());
+}
+
+#[tokio::test]
+async fn issuer_without_ingress_gets_a_certificate_then_serves_https_once_issued() {
+    let (ctx, fake) = setup(issuer_spec());
+    install_cert_manager(&fake);
+    assert_eq!(
+        run(&ctx, &fake).await.unwrap(),
+        Action::requeue(Duration::from_secs(60))
+    );
+    let calls = fake.take_calls();
+    assert_eq!(
+        writes(&calls),
+        [format!("PATCH {CERT}"), format!("PATCH {REG}/status")]
+    );
+    let cert = fake.get(CERT).unwrap();
+    assert_eq!(cert["spec"]["secretName"], "hub-tls");
+    assert_eq!(cert["spec"]["issuerRef"]["name"], "internal-ca");
+    assert_eq!(cert["spec"]["dnsNames"][2], "hub.team.svc");
+    assert_eq!(cert["metadata"]["ownerReferences"][0]["uid"], "uid-hub");
+    assert_eq!(
+        condition(&fake, "Ready"),
+        ("False".into(), "CertificatePending".into())
+    );
+    assert!(fake.get(DEP).is_none(), "no pods until the Secret exists");
+
+    // cert-manager reports a problem: the condition carries its words.
+    fake.edit(
+        CERT,
+        json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "DoesNotExist",
+            "message": "Issuer internal-ca not found", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(
+        msg.as_str()
+            .unwrap()
+            .contains("Issuer internal-ca not found"),
+        "{msg}"
+    );
+    assert!(
+        !writes(&fake.take_calls()).contains(&format!("PATCH {CERT}")),
+        "an unchanged Certificate is not re-applied"
+    );
+
+    // cert-manager issues the Secret: the pods mount it and probe over HTTPS.
+    fake.put(
+        TLS_SECRET,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-tls", "namespace": "team"},
+               "type": "kubernetes.io/tls", "data": {"tls.crt": "Y3J0", "tls.key": "a2V5", "ca.crt": "Y2E="}}),
+    );
+    let reg: Registry = serde_json::from_value(fake.get(REG).unwrap()).unwrap();
+    assert!(
+        references_secret(&reg, "hub-tls"),
+        "the issued Secret wakes the Registry"
+    );
+    run(&ctx, &fake).await.unwrap();
+    let dep = fake.get(DEP).unwrap();
+    let pod = &dep["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "hub-tls")
+    );
+    assert_eq!(
+        pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"],
+        "HTTPS"
+    );
+    let status = &fake.get(REG).unwrap()["status"];
+    assert_eq!(status["endpoint"], "https://hub.team.svc:5000");
+    assert_eq!(status["certificate"], "hub-tls");
+    pods_ready(&fake, 1);
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Ready"),
+        ("True".into(), "Available".into())
+    );
+    fake.take_calls();
+    run(&ctx, &fake).await.unwrap();
+    assert!(writes(&fake.take_calls()).is_empty(), "steady state");
+
+    // Switching to a Secret of the user's own removes the Certificate the operator made.
+    fake.edit(
+        REG,
+        json!({"metadata": {"generation": 2}, "spec": {"tls": {"issuerRef": null, "secretName": "hub-tls"}}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert!(writes(&fake.take_calls()).contains(&format!("DELETE {CERT}")));
+    assert!(fake.get(CERT).is_none());
+    assert!(fake.get(REG).unwrap()["status"]["certificate"].is_null());
 }
 
 #[tokio::test]
@@ -424,6 +547,162 @@ async fn delete_with_delete_removes_the_volume() {
     assert_eq!(event_reasons(&calls), ["DataDeleted"]);
 }
 
+const PURGE: &str = "/apis/batch/v1/namespaces/team/jobs/hub-purge";
+const S3_CREDS: &str = "/api/v1/namespaces/team/secrets/hub-s3";
+
+/// An S3 Registry with `policy`, deployed, then marked for deletion.
+async fn s3_registry_being_deleted(policy: &str, with_credentials: bool) -> (Arc<Context>, Fake) {
+    let (ctx, fake) = setup(json!({
+        "storage": {"s3": {"bucket": "images", "prefix": "hub", "endpoint": "http://garage:3900",
+                           "region": "garage", "credentialsSecret": "hub-s3"}},
+        "deletionPolicy": policy,
+    }));
+    fake.put(
+        S3_CREDS,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-s3", "namespace": "team"},
+               "data": {"accessKeyId": "R0s=", "secretAccessKey": "c2VjcmV0"}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert!(fake.get(DEP).is_some());
+    if !with_credentials {
+        fake.remove(S3_CREDS);
+    }
+    fake.edit(
+        REG,
+        json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+    );
+    fake.take_calls();
+    (ctx, fake)
+}
+
+fn finalizer_held(fake: &Fake) -> bool {
+    fake.get(REG).unwrap()["metadata"]["finalizers"] == json!([FINALIZER])
+}
+
+/// Plays the Job controller and kubelet for the purge Job.
+fn purge_finished(fake: &Fake, ok: bool, message: &str) {
+    let cond = if ok { "Complete" } else { "Failed" };
+    fake.edit(
+        PURGE,
+        json!({"status": {"conditions": [{"type": cond, "status": "True", "lastTransitionTime": "2026-01-01T03:01:00Z"}]}}),
+    );
+    fake.put(
+        "/api/v1/namespaces/team/pods/hub-purge-abcde",
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "hub-purge-abcde", "namespace": "team", "labels": {"batch.kubernetes.io/job-name": "hub-purge"}},
+               "status": {"containerStatuses": [{"name": "purge", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                   "state": {"terminated": {"exitCode": if ok {0} else {1}, "message": message}}}]}}),
+    );
+}
+
+#[tokio::test]
+async fn s3_delete_runs_a_purge_job_and_holds_the_finalizer_until_it_ends() {
+    let (ctx, fake) = s3_registry_being_deleted("Delete", true).await;
+    let err = run(&ctx, &fake).await.unwrap_err();
+    assert_eq!(err.pending(), Some(Duration::from_secs(10)), "{err}");
+    let calls = fake.take_calls();
+    assert_eq!(writes(&calls), ["POST /apis/batch/v1/namespaces/team/jobs"]);
+    assert_eq!(event_reasons(&calls), ["Purging"]);
+    assert!(finalizer_held(&fake));
+    let job = fake.get(PURGE).unwrap();
+    assert!(
+        job["metadata"]["ownerReferences"].is_null(),
+        "outlives the Registry's children"
+    );
+    let c = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["args"], json!(["purge", "--yes"]));
+    assert!(
+        c["env"][0]["value"]
+            .as_str()
+            .unwrap()
+            .contains("bucket: images")
+    );
+
+    // Still running: no write, still held.
+    assert!(run(&ctx, &fake).await.unwrap_err().pending().is_some());
+    assert!(writes(&fake.take_calls()).is_empty());
+    assert!(finalizer_held(&fake));
+
+    purge_finished(&fake, true, r#"{"objectsDeleted":42,"bytesFreed":1048576}"#);
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    let calls = fake.take_calls();
+    assert_eq!(event_reasons(&calls), ["DataDeleted"]);
+    let note = calls
+        .iter()
+        .find(|c| c.is_event() && c.method != "GET")
+        .unwrap()
+        .body["note"]
+        .clone();
+    assert!(
+        note.as_str()
+            .unwrap()
+            .contains("42 objects (1048576 bytes) under s3://images/hub"),
+        "{note}"
+    );
+    assert_eq!(
+        writes(&calls),
+        [format!("DELETE {PURGE}"), format!("PATCH {REG}")]
+    );
+    assert!(fake.get(PURGE).is_none());
+    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+}
+
+#[tokio::test]
+async fn a_failed_purge_is_reported_and_deletion_goes_on() {
+    let (ctx, fake) = s3_registry_being_deleted("Delete", true).await;
+    assert!(run(&ctx, &fake).await.unwrap_err().pending().is_some());
+    purge_finished(
+        &fake,
+        false,
+        "berth purge: cannot reach bucket \"images\": 403 AccessDenied",
+    );
+    fake.take_calls();
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    let calls = fake.take_calls();
+    assert_eq!(event_reasons(&calls), ["DataNotDeleted"]);
+    let note = calls
+        .iter()
+        .find(|c| c.is_event() && c.method != "GET")
+        .unwrap()
+        .body["note"]
+        .clone();
+    let note = note.as_str().unwrap();
+    assert!(
+        note.contains("AccessDenied") && note.contains("s3://images/hub are kept"),
+        "{note}"
+    );
+    assert!(fake.get(PURGE).is_none());
+    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+}
+
+#[tokio::test]
+async fn a_purge_that_cannot_start_never_wedges_deletion() {
+    // The credentials went first (a namespace being deleted takes everything at once).
+    let (ctx, fake) = s3_registry_being_deleted("Delete", false).await;
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    let calls = fake.take_calls();
+    assert_eq!(event_reasons(&calls), ["DataNotDeleted"]);
+    assert!(fake.get(PURGE).is_none());
+    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+
+    // A terminating namespace refuses the Job.
+    let (ctx, fake) = s3_registry_being_deleted("Delete", true).await;
+    fake.fail_once("POST", "/jobs", 403);
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    assert_eq!(event_reasons(&fake.take_calls()), ["DataNotDeleted"]);
+    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+}
+
+#[tokio::test]
+async fn s3_retain_keeps_the_bucket_without_a_job() {
+    let (ctx, fake) = s3_registry_being_deleted("Retain", true).await;
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    let calls = fake.take_calls();
+    assert_eq!(event_reasons(&calls), ["DataRetained"]);
+    assert_eq!(writes(&calls), [format!("PATCH {REG}")]);
+    assert!(fake.get(PURGE).is_none());
+}
+
 #[tokio::test]
 async fn retain_after_delete_takes_the_owner_reference_off() {
     let (ctx, fake) =
@@ -473,7 +752,7 @@ fn a_secret_wakes_only_the_registries_that_name_it() {
         .unwrap();
         r.spec.tls = tls.map(|t| super::crd::TlsSpec {
             secret_name: Some(t.into()),
-            issuer_ref: None,
+            ..Default::default()
         });
         Arc::new(r)
     };
@@ -531,6 +810,52 @@ async fn admin_credentials_are_made_once_and_never_overwritten() {
     super::registry::ensure_admin_secret(&ctx.client, &reg)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn token_auth_makes_its_signing_key_once_and_waits_for_trusted_issuer_keys() {
+    let (ctx, fake) = setup(json!({
+        "storage": {"pvc": {"size": "1Gi"}},
+        "auth": {"admin": {}, "token": {"trustedIssuers": [{"issuer": "sso", "publicKeySecret": "sso-key"}]}},
+    }));
+    let key = "/api/v1/namespaces/team/secrets/hub-token-key";
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "SecretMissing".into())
+    );
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(msg.as_str().unwrap().contains("team/sso-key"), "{msg}");
+    let made = fake.get(key).unwrap();
+    assert_eq!(made["metadata"]["ownerReferences"][0]["uid"], "uid-hub");
+    let reg: Registry = serde_json::from_value(fake.get(REG).unwrap()).unwrap();
+    assert!(references_secret(&reg, "sso-key"));
+
+    fake.put(
+        "/api/v1/namespaces/team/secrets/sso-key",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "sso-key", "namespace": "team"},
+               "data": {"public-key.pem": "cGVt"}}),
+    );
+    fake.take_calls();
+    run(&ctx, &fake).await.unwrap();
+    let w = writes(&fake.take_calls());
+    assert!(w.contains(&format!("PATCH {DEP}")), "{w:?}");
+    assert!(
+        !w.iter().any(|c| c.contains("secrets")),
+        "the key is not remade: {w:?}"
+    );
+    assert_eq!(fake.get(key).unwrap()["data"], made["data"]);
+    let cm = fake.get(CM).unwrap();
+    let config: crate::config::Config =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    let token = config.auth.token.unwrap();
+    assert_eq!(token.key, Some("/etc/berth-token/token-key.pem".into()));
+    assert_eq!(token.trusted_issuers.len(), 1);
+
+    // Deleted by the user to rotate it: the next reconcile makes a new, different key.
+    fake.remove(key);
+    run(&ctx, &fake).await.unwrap();
+    assert_ne!(fake.get(key).unwrap()["data"], made["data"]);
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use serde_json::{Value, json};
 
 use super::{
-    BuildError, CONFIG_DIR, CONFIG_FILE, DATA_DIR, Defaults, RUN_AS_USER, from_json, image,
-    name_ns, names, owner_ref, selector,
+    BuildError, CONFIG_DIR, CONFIG_FILE, DATA_DIR, Defaults, container_security_context, from_json,
+    image, name_ns, names, owner_ref, pod_security_context, selector,
 };
 use crate::operator::crd::{GarbageCollection, Registry};
 
@@ -96,25 +96,14 @@ fn pod_template(gc: &GarbageCollection, reg: &Registry, d: &Defaults) -> Result<
     }
     spec["restartPolicy"] = json!("Never");
     spec["automountServiceAccountToken"] = json!(false);
-    spec["securityContext"] = json!({
-        "runAsNonRoot": true,
-        "runAsUser": RUN_AS_USER,
-        "runAsGroup": RUN_AS_USER,
-        "fsGroup": RUN_AS_USER,
-        "seccompProfile": { "type": "RuntimeDefault" },
-    });
+    spec["securityContext"] = pod_security_context();
     spec["containers"] = json!([{
         "name": "gc",
         "image": image(reg, d),
         "args": GcArgs::for_spec(gc).0,
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "capabilities": { "drop": ["ALL"] },
-        },
+        "securityContext": container_security_context(),
     }]);
     if let Some(env) = super::registry::s3_credentials_env(reg) {
         spec["containers"][0]["env"] = env;

@@ -3,13 +3,16 @@
 //! `reconcile` only decides what to apply.
 
 mod gc;
+mod purge;
 mod registry;
 
 pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
+pub use purge::{PURGE_CONTAINER, purge_job, purge_job_name};
 pub use registry::{
-    admin_secret, admin_username, auth_secret, config_hash, config_map, deployment,
+    admin_secret, admin_username, auth_secret, certificate, config_hash, config_map, deployment,
     generate_password, horizontal_pod_autoscaler, ingress, persistent_volume_claim,
-    pod_disruption_budget, pod_tls_secret, render_config, service,
+    pod_disruption_budget, pod_tls_secret, render_config, service, service_dns_names,
+    token_key_secret, trusted_issuers, wants_token_key,
 };
 
 use std::collections::BTreeMap;
@@ -28,6 +31,14 @@ pub const CONFIG_FILE: &str = "/etc/berth/config.yaml";
 pub const AUTH_DIR: &str = "/etc/berth-auth";
 /// Where the pod's own TLS Secret is mounted, read-only.
 pub const TLS_DIR: &str = "/etc/berth-tls";
+/// Where the token signing key Secret is mounted, read-only.
+pub const TOKEN_DIR: &str = "/etc/berth-token";
+/// Where trusted token issuers' public keys are mounted, one directory per issuer.
+pub const TRUSTED_ISSUERS_DIR: &str = "/etc/berth-trusted";
+/// The key of a trusted issuer's Secret that holds its public key.
+pub const PUBLIC_KEY: &str = "public-key.pem";
+/// The key of the generated token Secret that holds the signing key.
+pub const TOKEN_KEY: &str = "token-key.pem";
 /// Where the PVC is mounted, the filesystem store's root.
 pub const DATA_DIR: &str = "/var/lib/berth";
 /// Pod template annotation whose change rolls the pods when the config changes.
@@ -70,6 +81,9 @@ pub mod names {
     }
     pub fn tls_secret(registry: &str) -> String {
         format!("{registry}-tls")
+    }
+    pub fn token_key_secret(registry: &str) -> String {
+        format!("{registry}-token-key")
     }
 }
 
@@ -121,6 +135,29 @@ pub(crate) fn owner_ref<K: Resource<DynamicType = ()>>(
             kind: "owner",
             field: "metadata.uid",
         })
+}
+
+/// The pod security context every Berth pod runs with: non-root, the image's user, the
+/// runtime's default seccomp profile.
+pub(crate) fn pod_security_context() -> serde_json::Value {
+    serde_json::json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+/// The container security context every Berth container runs with: read-only root, no
+/// privilege escalation, no capabilities.
+pub(crate) fn container_security_context() -> serde_json::Value {
+    serde_json::json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": { "drop": ["ALL"] },
+    })
 }
 
 /// Typed object from a JSON literal: the builders read like the YAML they produce.

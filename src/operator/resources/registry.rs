@@ -16,14 +16,16 @@ use sha2::{Digest, Sha256};
 
 use super::{
     AUTH_DIR, BuildError, CONFIG_DIR, CONFIG_FILE, CONFIG_HASH_ANNOTATION, DATA_DIR, Defaults,
-    REGISTRY_PORT, RUN_AS_USER, TLS_DIR, from_json, image, labels, name_ns, names, owner_ref,
-    selector,
+    PUBLIC_KEY, REGISTRY_PORT, TLS_DIR, TOKEN_DIR, TOKEN_KEY, TRUSTED_ISSUERS_DIR,
+    container_security_context, from_json, image, labels, name_ns, names, owner_ref,
+    pod_security_context, selector,
 };
 use crate::config::{
     self, AccessRule, Action, AuthConfig, Config, FilesystemConfig, LogConfig, StorageConfig,
-    TlsConfig,
+    TlsConfig, TokenConfig, TrustedIssuer,
 };
-use crate::operator::crd::{AccessAction, LogFormat, Registry};
+use crate::operator::certmanager::{self, Certificate};
+use crate::operator::crd::{AccessAction, LogFormat, Registry, TrustedIssuerSpec};
 
 /// The generated admin's user name (default `admin`), when the spec asks for one.
 pub fn admin_username(reg: &Registry) -> Option<String> {
@@ -43,13 +45,80 @@ pub fn auth_secret(reg: &Registry) -> Option<String> {
         .and_then(|_| reg.meta().name.as_deref().map(names::admin_secret))
 }
 
-/// The `kubernetes.io/tls` Secret the registry pods serve HTTPS with: `spec.tls.secretName`
-/// when there is no Ingress (with an Ingress, TLS ends there and the pods speak HTTP).
+/// The `kubernetes.io/tls` Secret the registry pods serve HTTPS with when there is no Ingress
+/// (with an Ingress, TLS ends there and the pods speak HTTP): `spec.tls.secretName`, or
+/// `<name>-tls` that cert-manager issues for [`certificate`].
 pub fn pod_tls_secret(reg: &Registry) -> Option<String> {
     if reg.spec.ingress.is_some() {
         return None;
     }
-    reg.spec.tls.as_ref()?.secret_name.clone()
+    let tls = reg.spec.tls.as_ref()?;
+    if let Some(s) = &tls.secret_name {
+        return Some(s.clone());
+    }
+    tls.issuer_ref.as_ref()?;
+    reg.meta().name.as_deref().map(names::tls_secret)
+}
+
+/// The DNS names in-cluster clients reach the Service by, which the pods' certificate covers,
+/// followed by the spec's extra names (a LoadBalancer's DNS name, say).
+pub fn service_dns_names(reg: &Registry) -> Result<Vec<String>, BuildError> {
+    let (name, ns) = name_ns(reg)?;
+    let mut out = vec![
+        name.clone(),
+        format!("{name}.{ns}"),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}.svc.cluster.local"),
+    ];
+    for extra in reg.spec.tls.iter().flat_map(|t| t.dns_names.iter()) {
+        if !out.contains(extra) {
+            out.push(extra.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A cert-manager Certificate for the pods when `tls.issuerRef` is set without an Ingress
+/// (with an Ingress, cert-manager's ingress-shim makes it from the Ingress annotations).
+/// The key is rotated with every renewal; Berth re-reads the mounted files when they change.
+pub fn certificate(reg: &Registry) -> Result<Option<Certificate>, BuildError> {
+    let Some(issuer) = reg.spec.tls.as_ref().and_then(|t| t.issuer_ref.as_ref()) else {
+        return Ok(None);
+    };
+    if reg.spec.ingress.is_some()
+        || reg
+            .spec
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.secret_name.is_some())
+    {
+        return Ok(None);
+    }
+    let (name, ns) = name_ns(reg)?;
+    let secret = names::tls_secret(&name);
+    from_json(json!({
+        "apiVersion": certmanager::API_VERSION,
+        "kind": "Certificate",
+        "metadata": {
+            "name": secret,
+            "namespace": ns,
+            "labels": labels(&name, "registry"),
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "spec": {
+            "secretName": secret,
+            "dnsNames": service_dns_names(reg)?,
+            "issuerRef": {
+                "name": issuer.name,
+                "kind": issuer.kind.clone().unwrap_or_else(|| "Issuer".to_owned()),
+                "group": issuer.group.clone().unwrap_or_else(|| "cert-manager.io".to_owned()),
+            },
+            "usages": ["server auth", "digital signature", "key encipherment"],
+            "privateKey": { "algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always" },
+            "secretTemplate": { "labels": labels(&name, "registry") },
+        },
+    }))
+    .map(Some)
 }
 
 /// `spec.auth` as Berth's `auth` section, the htpasswd file mounted from [`auth_secret`].
@@ -57,12 +126,14 @@ fn render_auth(reg: &Registry) -> Result<AuthConfig, BuildError> {
     let Some(auth) = &reg.spec.auth else {
         return Ok(AuthConfig::default());
     };
-    let Some(_) = auth_secret(reg) else {
+    let htpasswd = auth_secret(reg);
+    let trusted = auth.token.as_ref().map_or(0, |t| t.trusted_issuers.len());
+    if htpasswd.is_none() && trusted == 0 {
         return Err(BuildError::Invalid {
             field: "spec.auth",
-            reason: "set htpasswdSecret or admin".into(),
+            reason: "set htpasswdSecret, admin or token.trustedIssuers".into(),
         });
-    };
+    }
     let mut access = vec![];
     let mut admins = vec![];
     if let Some(user) = admin_username(reg) {
@@ -96,13 +167,67 @@ fn render_auth(reg: &Registry) -> Result<AuthConfig, BuildError> {
                 .collect(),
         });
     }
+    let token = auth.token.as_ref().map(|t| TokenConfig {
+        realm: t.realm.clone(),
+        service: t.service.clone(),
+        issuer: t.issuer.clone(),
+        key: Some(format!("{TOKEN_DIR}/{TOKEN_KEY}").into()),
+        expires_seconds: t.expires_seconds,
+        trusted_issuers: t
+            .trusted_issuers
+            .iter()
+            .enumerate()
+            .map(|(i, ti)| TrustedIssuer {
+                issuer: ti.issuer.clone(),
+                public_key: format!("{TRUSTED_ISSUERS_DIR}/{i}/{PUBLIC_KEY}").into(),
+            })
+            .collect(),
+    });
     Ok(AuthConfig {
-        htpasswd: Some(format!("{AUTH_DIR}/htpasswd").into()),
+        htpasswd: htpasswd.map(|_| format!("{AUTH_DIR}/htpasswd").into()),
         admins,
         groups: auth.groups.clone(),
         access,
+        token,
         ..AuthConfig::default()
     })
+}
+
+/// The token services whose tokens the spec trusts, in order (their mount directories are
+/// numbered by it).
+pub fn trusted_issuers(reg: &Registry) -> impl Iterator<Item = &TrustedIssuerSpec> {
+    reg.spec
+        .auth
+        .iter()
+        .flat_map(|a| a.token.iter())
+        .flat_map(|t| t.trusted_issuers.iter())
+}
+
+/// The generated token signing key Secret, when the spec asks for token auth.
+pub fn wants_token_key(reg: &Registry) -> bool {
+    reg.spec.auth.as_ref().is_some_and(|a| a.token.is_some())
+}
+
+/// The token service's signing key (`token-key.pem`, PKCS#8 PEM), shared by every replica.
+/// Made once: reconcile creates it only when absent and never overwrites it.
+pub fn token_key_secret(reg: &Registry, pem: &str) -> Result<Secret, BuildError> {
+    let (name, ns) = name_ns(reg)?;
+    let mut secret: Secret = from_json(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": names::token_key_secret(&name),
+            "namespace": ns,
+            "labels": labels(&name, "credentials"),
+            "ownerReferences": [owner_ref(reg)?],
+        },
+        "type": "Opaque",
+    }))?;
+    secret.data = Some(BTreeMap::from([(
+        TOKEN_KEY.to_owned(),
+        ByteString(pem.as_bytes().to_vec()),
+    )]));
+    Ok(secret)
 }
 
 /// The Berth config this Registry's pods read: the same `Config` type `berth serve --config`
@@ -111,11 +236,9 @@ fn render_auth(reg: &Registry) -> Result<AuthConfig, BuildError> {
 pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
     let spec = &reg.spec;
     if spec.tls.is_some() && spec.ingress.is_none() && pod_tls_secret(reg).is_none() {
-        return Err(BuildError::Unsupported {
-            field: "spec.tls.issuerRef",
-            reason: "without spec.ingress the operator makes no Certificate for the pods yet; \
-                     use tls.secretName or set spec.ingress"
-                .into(),
+        return Err(BuildError::Invalid {
+            field: "spec.tls",
+            reason: "set secretName or issuerRef".into(),
         });
     }
     // Berth re-reads the files when they change, so a renewed Secret needs no restart.
@@ -336,6 +459,31 @@ pub fn deployment(
         }));
         mounts.push(json!({ "name": "auth", "mountPath": AUTH_DIR, "readOnly": true }));
     }
+    if wants_token_key(reg) {
+        volumes.push(json!({
+            "name": "token-key",
+            "secret": {
+                "secretName": names::token_key_secret(&name),
+                "items": [{ "key": TOKEN_KEY, "path": TOKEN_KEY }],
+            },
+        }));
+        mounts.push(json!({ "name": "token-key", "mountPath": TOKEN_DIR, "readOnly": true }));
+    }
+    for (i, ti) in trusted_issuers(reg).enumerate() {
+        let volume = format!("trusted-{i}");
+        volumes.push(json!({
+            "name": volume,
+            "secret": {
+                "secretName": ti.public_key_secret,
+                "items": [{ "key": PUBLIC_KEY, "path": PUBLIC_KEY }],
+            },
+        }));
+        mounts.push(json!({
+            "name": volume,
+            "mountPath": format!("{TRUSTED_ISSUERS_DIR}/{i}"),
+            "readOnly": true,
+        }));
+    }
     let tls = pod_tls_secret(reg);
     if let Some(secret) = &tls {
         volumes.push(json!({
@@ -367,12 +515,7 @@ pub fn deployment(
         "readinessProbe": probe("/readyz", 5),
         "livenessProbe": probe("/healthz", 10),
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "runAsNonRoot": true,
-            "capabilities": { "drop": ["ALL"] },
-        },
+        "securityContext": container_security_context(),
     });
     if let Some(r) = &spec.resources {
         container["resources"] = json!(r);
@@ -381,13 +524,7 @@ pub fn deployment(
         container["env"] = env;
     }
     let mut pod_spec = json!({
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "fsGroup": RUN_AS_USER,
-            "seccompProfile": { "type": "RuntimeDefault" },
-        },
+        "securityContext": pod_security_context(),
         "automountServiceAccountToken": false,
         "containers": [container],
         "volumes": volumes,
@@ -674,6 +811,72 @@ deletionPolicy: Delete
     }
 
     #[test]
+    fn token_auth_renders_the_key_and_trusted_issuers_and_mounts_their_secrets() {
+        let r = with_auth(
+            "admin: {}\ntoken:\n  service: hub.example.com\n  expiresSeconds: 600\n  trustedIssuers:\n  - { issuer: sso, publicKeySecret: sso-key }\n",
+        );
+        let c = render_config(&r).unwrap();
+        let t = c.auth.token.clone().unwrap();
+        assert_eq!(t.key, Some("/etc/berth-token/token-key.pem".into()));
+        assert_eq!(t.service.as_deref(), Some("hub.example.com"));
+        assert_eq!(t.expires_seconds, Some(600));
+        assert_eq!(t.trusted_issuers[0].issuer, "sso");
+        assert_eq!(
+            t.trusted_issuers[0].public_key,
+            std::path::PathBuf::from("/etc/berth-trusted/0/public-key.pem")
+        );
+        let text = serde_yaml::to_string(&c).unwrap();
+        assert_eq!(serde_yaml::from_str::<Config>(&text).unwrap(), c);
+        golden(
+            "registry-token-configmap.yaml",
+            &config_map(&r, &c).unwrap(),
+        );
+        let dep = deployment(&r, &defaults(), &config_hash(&text)).unwrap();
+        golden("registry-token-deployment.yaml", &dep);
+        let dep = serde_json::to_value(dep).unwrap();
+        let pod = &dep["spec"]["template"]["spec"];
+        let volumes = pod["volumes"].as_array().unwrap();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "hub-token-key")
+        );
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "sso-key")
+        );
+        let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .all(|m| m["readOnly"] == true || m["name"] == "tmp" || m["name"] == "data")
+        );
+
+        // The generated key is a PKCS#8 PEM that serve's token service loads.
+        let pem = crate::keys::generate_token_key_pem().unwrap();
+        let secret = token_key_secret(&r, &pem).unwrap();
+        let bytes = &secret.data.as_ref().unwrap()["token-key.pem"].0;
+        assert!(bytes.starts_with(b"-----BEGIN PRIVATE KEY-----\n"));
+        assert_eq!(secret.metadata.name.as_deref(), Some("hub-token-key"));
+
+        // Token auth that trusts an SSO needs no password file.
+        let r =
+            with_auth("token:\n  trustedIssuers:\n  - { issuer: sso, publicKeySecret: sso-key }\n");
+        let c = render_config(&r).unwrap();
+        assert!(c.auth.htpasswd.is_none());
+        // But nothing at all to sign in with is refused.
+        let r = with_auth("token: {}\n");
+        assert!(matches!(
+            render_config(&r),
+            Err(BuildError::Invalid {
+                field: "spec.auth",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn auth_renders_htpasswd_and_access_and_mounts_the_secret_read_only() {
         let r = with_auth(
             r#"
@@ -742,22 +945,80 @@ access:
                 ..
             })
         ));
-        // A cert-manager issuer without an Ingress would need a Certificate for the pods.
+        // TLS that names neither a Secret nor an issuer cannot be served.
+        let mut r = minimal();
+        r.spec.tls = Some(TlsSpec::default());
+        assert!(matches!(
+            render_config(&r),
+            Err(BuildError::Invalid {
+                field: "spec.tls",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn issuer_without_ingress_asks_cert_manager_for_the_service_names() {
         let mut r = minimal();
         r.spec.tls = Some(TlsSpec {
             secret_name: None,
             issuer_ref: Some(IssuerRef {
-                name: "le".into(),
-                ..Default::default()
+                name: "internal-ca".into(),
+                kind: Some("ClusterIssuer".into()),
+                group: None,
             }),
+            dns_names: vec!["registry.example.com".into(), "hub.team.svc".into()],
         });
-        assert!(matches!(
-            render_config(&r),
-            Err(BuildError::Unsupported {
-                field: "spec.tls.issuerRef",
-                ..
-            })
-        ));
+        let cert = certificate(&r).unwrap().unwrap();
+        golden("registry-certificate.yaml", &cert);
+        assert_eq!(cert.spec.secret_name, "hub-tls");
+        assert_eq!(
+            cert.spec.dns_names,
+            [
+                "hub",
+                "hub.team",
+                "hub.team.svc",
+                "hub.team.svc.cluster.local",
+                "registry.example.com"
+            ]
+        );
+        assert_eq!(cert.spec.issuer_ref.kind, "ClusterIssuer");
+        assert_eq!(cert.spec.issuer_ref.group, "cert-manager.io");
+        assert_eq!(
+            cert.metadata.owner_references.as_ref().unwrap()[0].uid,
+            r.metadata.uid.clone().unwrap()
+        );
+        // The pods serve HTTPS from the Secret cert-manager issues.
+        assert_eq!(pod_tls_secret(&r).as_deref(), Some("hub-tls"));
+        let c = render_config(&r).unwrap();
+        assert_eq!(
+            c.tls.unwrap().cert,
+            std::path::PathBuf::from("/etc/berth-tls/tls.crt")
+        );
+        let dep = serde_json::to_value(deployment(&r, &defaults(), "h").unwrap()).unwrap();
+        let volumes = &dep["spec"]["template"]["spec"]["volumes"];
+        assert!(
+            volumes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "hub-tls"),
+            "{volumes}"
+        );
+        // With an Ingress, the Ingress's annotations ask cert-manager instead: no Certificate.
+        r.spec.ingress = Some(IngressSpec {
+            host: "hub.example.com".into(),
+            ..Default::default()
+        });
+        assert!(certificate(&r).unwrap().is_none());
+        assert!(pod_tls_secret(&r).is_none());
+        // A Secret of the user's own: no Certificate either.
+        r.spec.ingress = None;
+        r.spec.tls = Some(TlsSpec {
+            secret_name: Some("mine".into()),
+            ..Default::default()
+        });
+        assert!(certificate(&r).unwrap().is_none());
     }
 
     #[test]
@@ -818,7 +1079,7 @@ access:
         let mut r = minimal();
         r.spec.tls = Some(TlsSpec {
             secret_name: Some("hub-cert".into()),
-            issuer_ref: None,
+            ..Default::default()
         });
         let c = render_config(&r).unwrap();
         let tls = c.tls.as_ref().unwrap();

@@ -288,27 +288,6 @@ fn pem_body(pem: &[u8], label: &str) -> Option<Vec<u8>> {
     STANDARD.decode(b64).ok()
 }
 
-fn to_pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-/// A new ES256 signing key as PKCS#8 PEM.
-pub fn generate_key_pem() -> Result<String, String> {
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        &ring::rand::SystemRandom::new(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(to_pem("PRIVATE KEY", pkcs8.as_ref()))
-}
-
 /// Reads the generated signing key, creating it (mode 0600) on first use.
 fn load_or_generate(path: &Path) -> Result<Vec<u8>, TokenError> {
     match std::fs::read(path) {
@@ -316,7 +295,8 @@ fn load_or_generate(path: &Path) -> Result<Vec<u8>, TokenError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(TokenError::Read(path.to_owned(), e)),
     }
-    let pem = generate_key_pem().map_err(|e| TokenError::Key(path.to_owned(), e))?;
+    let pem =
+        crate::keys::generate_token_key_pem().map_err(|e| TokenError::Key(path.to_owned(), e))?;
     let write = |p: &Path| -> std::io::Result<()> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
