@@ -6,6 +6,7 @@ pub mod gc;
 pub mod keys;
 pub mod oci;
 pub mod operator;
+pub mod purge;
 pub mod registry;
 pub mod serve;
 pub mod store;

@@ -27,6 +27,9 @@ enum Command {
     /// Delete unreferenced blobs and manifests, apply tag retention, purge abandoned uploads.
     /// Safe to run while registries serve the same storage.
     Gc(GcArgs),
+    /// Delete all of a registry's stored data (blobs, manifests, tags, uploads, robot accounts),
+    /// and nothing else in its bucket or directory. Irreversible: needs --yes.
+    Purge(PurgeArgs),
     /// Manage robot accounts (CI credentials) in the registry's storage.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -69,6 +72,36 @@ struct GcArgs {
     /// within the 4 KiB such a message may hold).
     #[arg(long, value_name = "FILE")]
     report_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PurgeArgs {
+    /// Really delete. Without it (and without --dry-run) nothing is deleted and the exit
+    /// status is 2.
+    #[arg(long)]
+    yes: bool,
+    /// Count what would be deleted, delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// YAML config file naming the storage (the file `serve` reads).
+    #[arg(long, env = "BERTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// The config file's whole text instead of --config (a Job that must not depend on a
+    /// ConfigMap).
+    #[arg(
+        long,
+        env = "BERTH_CONFIG_INLINE",
+        value_name = "YAML",
+        hide_env_values = true
+    )]
+    config_inline: Option<String>,
+    /// Storage root directory; wins over the config's storage, as for `serve`.
+    #[arg(long, env = "BERTH_ROOT")]
+    root: Option<PathBuf>,
+    /// Also write the JSON report here when this file exists and is writable (in a Kubernetes
+    /// Job: the container's termination message, where the operator reads it).
+    #[arg(long, value_name = "FILE", default_value = "/dev/termination-log")]
+    report_file: PathBuf,
 }
 
 /// Where the registry's storage is: the same `--config`/`--root` as `serve`.
@@ -179,6 +212,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Gc(a) => gc(a),
+        Command::Purge(a) => purge(a),
         Command::Crd => match berth::operator::crd::crds_yaml() {
             Ok(text) => {
                 use std::io::Write;
@@ -461,10 +495,7 @@ fn gc(a: GcArgs) -> ExitCode {
                     deletions: Vec::new(),
                     ..report.clone()
                 };
-                let written = serde_json::to_vec(&counts)
-                    .map_err(std::io::Error::other)
-                    .and_then(|j| std::fs::write(path, j));
-                if let Err(e) = written {
+                if let Err(e) = write_report_file(path, &counts, true) {
                     eprintln!(
                         "berth gc: cannot write the report to {}: {e}",
                         path.display()
@@ -487,6 +518,75 @@ fn gc(a: GcArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("berth gc: failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes a report's JSON to `path`: a Kubernetes Job's /dev/termination-log, where the operator
+/// reads it (at most 4 KiB). `create` makes the file when it is missing.
+fn write_report_file(
+    path: &std::path::Path,
+    report: &impl serde::Serialize,
+    create: bool,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let json = serde_json::to_vec(report).map_err(std::io::Error::other)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .create(create)
+        .open(path)?
+        .write_all(&json)
+}
+
+/// `berth purge`: the JSON report on stdout (and in the termination message), progress on
+/// stderr; exit 2 for a refusal or a usage mistake (nothing deleted), 1 when deleting failed.
+fn purge(a: PurgeArgs) -> ExitCode {
+    let request = berth::purge::PurgeRequest {
+        config: a.config,
+        config_inline: a.config_inline,
+        root: a.root,
+        yes: a.yes,
+        dry_run: a.dry_run,
+    };
+    let plan = match berth::purge::plan(request) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("berth purge: {e}");
+            return ExitCode::from(if e.is_usage() { 2 } else { 1 });
+        }
+    };
+    let _log_guard = serve::init_tracing(plan.config.log.format.unwrap_or_default(), "info");
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let report = match rt.block_on(berth::purge::run(&plan)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("berth purge: {e}");
+            return ExitCode::from(if e.is_usage() { 2 } else { 1 });
+        }
+    };
+    match write_report_file(&a.report_file, &report, false) {
+        Ok(()) => {}
+        // Outside Kubernetes there is usually no termination log: the report is on stdout.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(
+            file = %a.report_file.display(),
+            error = %e,
+            "cannot write the report file"
+        ),
+    }
+    match serde_json::to_string(&report) {
+        Ok(j) => {
+            println!("{j}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("berth purge: {e}");
             ExitCode::FAILURE
         }
     }

@@ -599,5 +599,38 @@ async fn conformance() {
         touch_and_stale_deletion(b.store.as_ref()).await;
         touch_races_sweep(b.store.clone()).await;
         b.store.ready().await.unwrap();
+        purge(b.store.as_ref()).await;
     }
+}
+
+/// After everything above: a dry run counts and keeps, a purge leaves the store empty (and
+/// usable), a second purge finds nothing.
+async fn purge(store: &dyn Store) {
+    let r = repo("purge/me");
+    let session = store.upload_create(&r).await.unwrap();
+    store
+        .upload_append(&r, &session, Some(0), None, None, body(&[b"unfinished"]))
+        .await
+        .unwrap();
+    let blobs = store.blob_list().await.unwrap().len();
+    assert!(blobs > 0 && !store.repositories().await.unwrap().is_empty());
+    let dry = store.purge(true).await.unwrap();
+    assert!(
+        dry.objects_deleted > blobs as u64 && dry.bytes_freed > 0,
+        "{dry:?}"
+    );
+    assert_eq!(store.blob_list().await.unwrap().len(), blobs);
+    let done = store.purge(false).await.unwrap();
+    assert_eq!(
+        (done.objects_deleted, done.bytes_freed),
+        (dry.objects_deleted, dry.bytes_freed)
+    );
+    assert!(store.blob_list().await.unwrap().is_empty());
+    assert!(store.repositories().await.unwrap().is_empty());
+    assert!(store.upload_list().await.unwrap().is_empty());
+    assert!(matches!(
+        store.upload_size(&r, &session).await,
+        Err(StoreError::UploadUnknown)
+    ));
+    assert_eq!(store.purge(false).await.unwrap().objects_deleted, 0);
 }

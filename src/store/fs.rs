@@ -18,7 +18,10 @@ use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::layout::{self, MetaDir, MetaKey, UploadId};
-use super::{BlobHandle, BlobInfo, BlobSource, ByteStream, Result, Store, StoreError, UploadInfo};
+use super::{
+    BlobHandle, BlobInfo, BlobSource, ByteStream, PurgeReport, Result, Store, StoreError,
+    UploadInfo,
+};
 use crate::oci::{Algorithm, Digest, Digester, RepoName};
 
 /// Blobs up to this size are read whole in one step (one blocking hop per request).
@@ -200,6 +203,33 @@ fn delete_if_stale(path: &Path, cutoff: std::time::SystemTime) -> io::Result<Opt
     Ok(not_found_as_none(fs::remove_file(&staged))
         .at(&staged)?
         .map(|_| m.len()))
+}
+
+/// Removes `path` and everything below it, depth first, counting the files (and symlinks,
+/// which are removed, never followed) and their sizes into `report`; with `dry_run` only
+/// counts. Whatever vanishes meanwhile is skipped.
+fn purge_tree(path: &Path, dry_run: bool, report: &mut PurgeReport) -> io::Result<()> {
+    let Some(meta) = not_found_as_none(fs::symlink_metadata(path)).at(path)? else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        let Some(entries) = not_found_as_none(fs::read_dir(path)).at(path)? else {
+            return Ok(());
+        };
+        for entry in entries {
+            purge_tree(&entry.at(path)?.path(), dry_run, report)?;
+        }
+        if !dry_run {
+            not_found_as_none(fs::remove_dir(path)).at(path)?;
+        }
+        return Ok(());
+    }
+    if !dry_run && not_found_as_none(fs::remove_file(path)).at(path)?.is_none() {
+        return Ok(());
+    }
+    report.objects_deleted += 1;
+    report.bytes_freed += meta.len();
+    Ok(())
 }
 
 /// Hashes the first `len` bytes of `path` with `alg` (rebuilding a lost upload state).
@@ -716,7 +746,11 @@ impl Store for FsStore {
         let dir = self.path(layout::UPLOADS);
         Ok(blocking(move || {
             let mut out = Vec::new();
-            for entry in fs::read_dir(&dir).at(&dir)? {
+            // Absent after a purge, until the store is opened again.
+            let Some(entries) = not_found_as_none(fs::read_dir(&dir)).at(&dir)? else {
+                return Ok(out);
+            };
+            for entry in entries {
                 let entry = entry?;
                 let Some(id) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                     continue;
@@ -885,5 +919,35 @@ impl Store for FsStore {
         let p = self.root.clone();
         blocking(move || fs::metadata(p).map(|_| ())).await?;
         Ok(())
+    }
+
+    async fn purge(&self, dry_run: bool) -> Result<PurgeReport> {
+        let root = self.root.clone();
+        let report = blocking(move || {
+            let mut total = PurgeReport::default();
+            for top in layout::TOP_LEVEL {
+                let dir = root.join(top);
+                let mut part = PurgeReport::default();
+                purge_tree(&dir, dry_run, &mut part)?;
+                tracing::info!(
+                    dir = %dir.display(),
+                    files = part.objects_deleted,
+                    bytes = part.bytes_freed,
+                    dry_run,
+                    "purged"
+                );
+                total.objects_deleted += part.objects_deleted;
+                total.bytes_freed += part.bytes_freed;
+            }
+            Ok(total)
+        })
+        .await?;
+        if !dry_run {
+            self.uploads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
+        }
+        Ok(report)
     }
 }

@@ -27,6 +27,10 @@ pub const BLOBS: &str = "blobs";
 pub const REPOSITORIES: &str = "repositories";
 pub const UPLOADS: &str = "uploads";
 pub const AUTH: &str = "auth";
+/// Every top-level directory above: all that the registry writes under its root or prefix.
+/// `berth purge` removes these from a filesystem root or an unprefixed bucket, where anything
+/// beside them belongs to someone else.
+pub const TOP_LEVEL: [&str; 4] = [BLOBS, REPOSITORIES, UPLOADS, AUTH];
 
 /// Names of the per-repository bookkeeping directories.
 pub const REPO_BLOBS: &str = "_blobs";

@@ -82,6 +82,21 @@ pub struct UploadInfo {
     pub modified: SystemTime,
 }
 
+/// What [`Store::purge`] deleted, or on a dry run would delete. Serialized as the one-line
+/// report of `berth purge` (and its Kubernetes termination message).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeReport {
+    /// Files (filesystem) or objects (S3) removed.
+    pub objects_deleted: u64,
+    /// Their sizes added up, as listed.
+    pub bytes_freed: u64,
+    /// S3 multipart uploads aborted (their parts are not objects, so not counted above); logged,
+    /// not part of the JSON report.
+    #[serde(skip)]
+    pub multipart_aborted: u64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The size of a blob, or `None` when it is not stored.
@@ -202,6 +217,13 @@ pub trait Store: Send + Sync + 'static {
     async fn repository_exists(&self, repo: &RepoName) -> Result<bool>;
     /// Whether the backend can serve requests now (for /readyz).
     async fn ready(&self) -> Result<()>;
+    /// Deletes everything this registry stores (the [`layout::TOP_LEVEL`] directories: blobs,
+    /// repositories, upload sessions, robot accounts, the token key; on S3 with a prefix,
+    /// everything under the prefix) and nothing beside it, aborting the multipart uploads of
+    /// upload sessions first. A filesystem root itself stays (it is often a mount point).
+    /// `dry_run` counts without deleting. Idempotent: a second run deletes nothing. Not meant
+    /// to run while a registry serves the store (S3 gives up if objects keep appearing).
+    async fn purge(&self, dry_run: bool) -> Result<PurgeReport>;
 }
 
 /// Which backend to open: the one storage section of the config, after flags and variables.

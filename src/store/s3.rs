@@ -24,6 +24,10 @@
 //!   (content-addressed objects have one value per key, so they cannot).
 //! * **Reads** stream the object; ranges become ranged GETs. With `redirect`, blob GETs are
 //!   answered with a presigned URL instead.
+//! * **Purge** (`berth purge`) empties the prefix, or without one the layout's top-level
+//!   directories, with batched deletes; it first aborts the multipart uploads that sessions
+//!   recorded, then any others in scope (found with ListMultipartUploads, the one request here
+//!   object_store has no call for), whose parts would otherwise stay billed and unlisted.
 //!
 //! Errors other than "not found" become [`StoreError::Unavailable`] (503): requests are bounded
 //! by a connect timeout, a request timeout and a short retry budget, so a missing bucket fails
@@ -36,7 +40,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{FuturesOrdered, StreamExt, TryStreamExt};
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
+use object_store::client::{HttpConnector, HttpRequestBody, ReqwestConnector};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::signer::Signer;
@@ -47,8 +52,8 @@ use object_store::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BlobHandle, BlobInfo, BlobSource, ByteStream, MetaDir, MetaKey, Result, Store, StoreError,
-    UploadId, UploadInfo, layout,
+    BlobHandle, BlobInfo, BlobSource, ByteStream, MetaDir, MetaKey, PurgeReport, Result, Store,
+    StoreError, UploadId, UploadInfo, layout,
 };
 use crate::config::S3Config;
 use crate::oci::resumable::ResumableDigester;
@@ -64,6 +69,8 @@ const WRITTEN: &str = "berth-written";
 const PRESIGN_FOR: Duration = Duration::from_secs(20 * 60);
 /// Readiness checks give up after this long.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Listing-and-deleting passes a purge makes before it gives up on a store that keeps filling.
+const PURGE_ROUNDS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum S3OpenError {
@@ -94,6 +101,10 @@ pub struct S3Store {
     redirect: bool,
     bucket: String,
     endpoint: String,
+    /// For the request object_store lacks (ListMultipartUploads, in a purge): how to sign it
+    /// and how to connect.
+    region: String,
+    http_options: ClientOptions,
 }
 
 /// Valid prefix: `/`-separated segments of `[A-Za-z0-9._-]`, none empty, `.` or `..`.
@@ -247,16 +258,18 @@ impl S3Store {
         let http = endpoint
             .as_deref()
             .is_some_and(|e| e.starts_with("http://"));
-        let build = |timeout: Option<Duration>| {
-            let mut options = ClientOptions::new()
+        let options = |timeout: Option<Duration>| {
+            let options = ClientOptions::new()
                 .with_connect_timeout(Duration::from_secs(5))
                 .with_allow_http(http);
-            options = match timeout {
+            match timeout {
                 Some(t) => options.with_timeout(t),
                 None => options.with_timeout_disabled(),
-            };
+            }
+        };
+        let build = |timeout: Option<Duration>| {
             b.clone()
-                .with_client_options(options)
+                .with_client_options(options(timeout))
                 .with_retry(RetryConfig {
                     backoff: BackoffConfig {
                         init_backoff: Duration::from_millis(100),
@@ -286,6 +299,10 @@ impl S3Store {
             redirect: cfg.redirect.unwrap_or(false),
             bucket: cfg.bucket.clone(),
             endpoint: endpoint.unwrap_or_else(|| "AWS S3".into()),
+            region: b
+                .get_config_value(&AmazonS3ConfigKey::Region)
+                .unwrap_or_else(|| "us-east-1".into()),
+            http_options: options(Some(timeout)),
         };
         store
             .check(Duration::from_secs(10))
@@ -505,16 +522,27 @@ impl S3Store {
             .await
     }
 
+    /// Aborts the multipart upload a session's state records. `false` when it records none or
+    /// the bucket no longer knows it (aborted or completed already).
+    async fn abort_session_multipart(&self, id: &UploadId, s: &UploadState) -> Result<bool> {
+        let Some(mp) = &s.multipart else {
+            return Ok(false);
+        };
+        let data = self.path(&Self::upload_key(id, "data"));
+        match self.s3.abort_multipart(&data, mp).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
     /// Removes a session's objects (and its multipart upload).
     async fn discard_upload(&self, id: &UploadId, s: Option<&UploadState>) -> Result<()> {
         self.tails.remove(id);
-        let data = self.path(&Self::upload_key(id, "data"));
-        if let Some(mp) = s.and_then(|s| s.multipart.as_ref()) {
-            match self.s3.abort_multipart(&data, mp).await {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => tracing::warn!(upload = %id, error = %e, "cannot abort multipart upload"),
-            }
+        if let Some(s) = s
+            && let Err(e) = self.abort_session_multipart(id, s).await
+        {
+            tracing::warn!(upload = %id, error = %e, "cannot abort multipart upload");
         }
         let dir = self.path(&layout::upload_dir(id));
         let keys: Vec<Path> = self
@@ -960,6 +988,241 @@ impl S3Store {
     }
 }
 
+// `Store::purge`: what it empties, and how.
+impl S3Store {
+    /// With a prefix, all of it (the prefix is the registry's); without one, only the layout's
+    /// top-level directories, since the bucket may hold other things.
+    fn purge_scopes(&self) -> Vec<Path> {
+        if self.prefix.is_empty() {
+            layout::TOP_LEVEL.iter().map(|d| Path::from(*d)).collect()
+        } else {
+            vec![Path::from(self.prefix.trim_end_matches('/'))]
+        }
+    }
+
+    /// Aborts the multipart uploads that upload sessions recorded in their state (before the
+    /// states go, which are the only record of them). Returns the ids of those that were (or,
+    /// on a dry run, would be) aborted.
+    async fn abort_session_multiparts(&self, dry_run: bool) -> Result<BTreeSet<String>> {
+        let mut aborted = BTreeSet::new();
+        for session in self.upload_list().await? {
+            let st = match self.load_upload(&session.id).await {
+                Ok(Some(st)) => st,
+                Ok(None) => continue,
+                // A torn state cannot say which upload it had; its objects still go.
+                Err(StoreError::Io(e)) => {
+                    tracing::warn!(upload = %session.id, error = %e, "unreadable upload state");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some(mp) = st.multipart.clone() else {
+                continue;
+            };
+            if dry_run || self.abort_session_multipart(&session.id, &st).await? {
+                self.tails.remove(&session.id);
+                aborted.insert(mp);
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// Aborts the multipart uploads in the purge scopes that no session recorded: a monolithic
+    /// upload (streamed straight to its blob key) or a session's first part whose process died
+    /// before it could abort or record them. Their parts are not objects, so they would
+    /// otherwise stay in the bucket, billed and unseen. `skip` holds ids already counted.
+    async fn abort_unrecorded_multiparts(
+        &self,
+        dry_run: bool,
+        skip: &BTreeSet<String>,
+    ) -> Result<u64> {
+        let prefixes: Vec<String> = if self.prefix.is_empty() {
+            layout::TOP_LEVEL.iter().map(|d| format!("{d}/")).collect()
+        } else {
+            vec![self.prefix.clone()]
+        };
+        let mut aborted = 0;
+        for prefix in prefixes {
+            let Some(uploads) = self.list_multipart_uploads(&prefix).await? else {
+                return Ok(aborted);
+            };
+            for (key, id) in uploads {
+                if skip.contains(&id) || !key.starts_with(&prefix) {
+                    continue;
+                }
+                let Ok(path) = Path::parse(&key) else {
+                    tracing::warn!(key, "cannot abort a multipart upload at this key");
+                    continue;
+                };
+                if !dry_run {
+                    match self.s3.abort_multipart(&path, &id).await {
+                        Ok(()) => {}
+                        Err(e) if is_not_found(&e) => continue,
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                }
+                tracing::info!(
+                    key,
+                    dry_run,
+                    "aborting a multipart upload that no session recorded"
+                );
+                aborted += 1;
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// The multipart uploads under `prefix` (key, upload id) by S3's ListMultipartUploads,
+    /// which object_store does not offer, signed with its authorizer. `None` (and a warning)
+    /// when the bucket refuses the call: not every S3-compatible store has it, and credentials
+    /// may lack the right; such leftovers are then for the bucket's lifecycle rules.
+    async fn list_multipart_uploads(&self, prefix: &str) -> Result<Option<Vec<(String, String)>>> {
+        use axum::http::Method;
+        let credential = self
+            .s3
+            .credentials()
+            .get_credential()
+            .await
+            .map_err(unavailable)?;
+        // The bucket's URL as object_store builds it (path-style or virtual-hosted): a
+        // presigned URL of a key, less the key and the signature.
+        let mut base = self
+            .s3
+            .signed_url(Method::GET, &Path::from("k"), Duration::from_secs(60))
+            .await
+            .map_err(unavailable)?;
+        base.set_query(None);
+        let bucket_path = base.path().strip_suffix("/k").unwrap_or("").to_owned();
+        base.set_path(&bucket_path);
+        let http = ReqwestConnector::default()
+            .connect(&self.http_options)
+            .map_err(unavailable)?;
+        let failed = |e: &dyn std::fmt::Display| {
+            StoreError::Unavailable(format!(
+                "object storage: listing multipart uploads in bucket {}: {e}",
+                self.bucket
+            ))
+        };
+        let mut uploads = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut url = base.clone();
+            {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("uploads", "").append_pair("prefix", prefix);
+                if let Some((key, id)) = &markers {
+                    q.append_pair("key-marker", key)
+                        .append_pair("upload-id-marker", id);
+                }
+            }
+            let mut request = axum::http::Request::builder()
+                .method(Method::GET)
+                .uri(url.as_str())
+                .body(HttpRequestBody::empty())
+                .map_err(|e| failed(&e))?;
+            AwsAuthorizer::new(&credential, "s3", &self.region).authorize(&mut request, None);
+            let response = http.execute(request).await.map_err(|e| failed(&e))?;
+            let status = response.status();
+            let body = response.into_body().bytes().await.map_err(|e| failed(&e))?;
+            let text = String::from_utf8_lossy(&body);
+            if !status.is_success() {
+                if status.is_server_error() && status != axum::http::StatusCode::NOT_IMPLEMENTED {
+                    return Err(failed(&status));
+                }
+                tracing::warn!(
+                    bucket = %self.bucket,
+                    %status,
+                    answer = %text.chars().take(300).collect::<String>(),
+                    "the bucket does not list multipart uploads: any that no upload session \
+                     recorded stay (an AbortIncompleteMultipartUpload lifecycle rule removes them)"
+                );
+                return Ok(None);
+            }
+            let (page, next) = parse_multipart_listing(&text);
+            uploads.extend(page);
+            match next {
+                Some(next) => markers = Some(next),
+                None => return Ok(Some(uploads)),
+            }
+        }
+    }
+
+    /// One pass over the purge scopes: lists every object and deletes it in batches (S3's
+    /// DeleteObjects, up to 1,000 keys a request) while the listing goes on.
+    async fn purge_objects(&self, dry_run: bool) -> Result<PurgeReport> {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let mut report = PurgeReport::default();
+        for scope in self.purge_scopes() {
+            let listed_bytes = AtomicU64::new(0);
+            let listing = self.s3.list(Some(&scope)).map_ok(|m| {
+                listed_bytes.fetch_add(m.size, Relaxed);
+                m.location
+            });
+            let mut deleted = 0u64;
+            if dry_run {
+                let mut listing = listing.boxed();
+                while let Some(r) = listing.next().await {
+                    r.map_err(unavailable)?;
+                    deleted += 1;
+                }
+            } else {
+                let mut results = self.s3.delete_stream(listing.boxed());
+                while let Some(r) = results.next().await {
+                    match r {
+                        Ok(_) => deleted += 1,
+                        Err(e) if is_not_found(&e) => {}
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                    if deleted > 0 && deleted.is_multiple_of(10_000) {
+                        tracing::info!(scope = %scope, deleted, "purging");
+                    }
+                }
+            }
+            let bytes = listed_bytes.load(Relaxed);
+            tracing::info!(scope = %scope, objects = deleted, bytes, dry_run, "purged");
+            report.objects_deleted += deleted;
+            report.bytes_freed += bytes;
+        }
+        Ok(report)
+    }
+}
+
+/// A ListMultipartUploads answer: its uploads (key, upload id) and, when truncated, the
+/// markers (key, upload id) the next page starts after.
+type MultipartPage = (Vec<(String, String)>, Option<(String, String)>);
+
+fn parse_multipart_listing(xml: &str) -> MultipartPage {
+    let uploads = xml
+        .split("<Upload>")
+        .skip(1)
+        .filter_map(|u| Some((xml_value(u, "Key")?, xml_value(u, "UploadId")?)))
+        .collect();
+    let next = match (
+        xml_value(xml, "IsTruncated").as_deref(),
+        xml_value(xml, "NextKeyMarker"),
+        xml_value(xml, "NextUploadIdMarker"),
+    ) {
+        (Some("true"), Some(key), Some(id)) => Some((key, id)),
+        _ => None,
+    };
+    (uploads, next)
+}
+
+/// The text of the first `<tag>` element in `xml`, unescaped: enough for S3's flat answers.
+fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = start + xml[start..].find(&format!("</{tag}>"))?;
+    Some(
+        xml[start..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
 fn io_other(msg: String) -> StoreError {
     StoreError::Io(std::io::Error::other(msg))
 }
@@ -1305,5 +1568,65 @@ impl Store for S3Store {
         self.check(READY_TIMEOUT).await.map_err(|reason| {
             StoreError::Unavailable(format!("object storage: {}: {reason}", self.describe()))
         })
+    }
+
+    async fn purge(&self, dry_run: bool) -> Result<PurgeReport> {
+        let mut total = PurgeReport::default();
+        // Each round ends with nothing left unless something wrote meanwhile: the next round
+        // (normally one empty listing) checks, and a store that keeps filling is an error.
+        for round in 1..=PURGE_ROUNDS {
+            let recorded = self.abort_session_multiparts(dry_run).await?;
+            total.multipart_aborted += recorded.len() as u64;
+            total.multipart_aborted += self.abort_unrecorded_multiparts(dry_run, &recorded).await?;
+            let report = self.purge_objects(dry_run).await?;
+            total.objects_deleted += report.objects_deleted;
+            total.bytes_freed += report.bytes_freed;
+            if dry_run || report.objects_deleted == 0 {
+                return Ok(total);
+            }
+            tracing::info!(
+                round,
+                objects = report.objects_deleted,
+                "purge round done; checking"
+            );
+        }
+        Err(io_other(format!(
+            "{}: objects kept appearing through {PURGE_ROUNDS} purge rounds: is a registry still \
+             running on this storage? stop it and purge again",
+            self.describe()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_multipart_listing() {
+        let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListMultipartUploadsResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">
+  <Bucket>b</Bucket><KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>
+  <NextKeyMarker>p/uploads/2/data</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>
+  <Prefix>p/</Prefix><MaxUploads>2</MaxUploads><IsTruncated>true</IsTruncated>
+  <Upload><Key>p/blobs/a&amp;b</Key><UploadId>u1</UploadId><Initiator><ID>x</ID></Initiator></Upload>
+  <Upload><Key>p/uploads/2/data</Key><UploadId>u2</UploadId></Upload>
+</ListMultipartUploadsResult>"#;
+        let (uploads, next) = parse_multipart_listing(xml);
+        assert_eq!(
+            uploads,
+            vec![
+                ("p/blobs/a&b".to_owned(), "u1".to_owned()),
+                ("p/uploads/2/data".to_owned(), "u2".to_owned())
+            ]
+        );
+        assert_eq!(next, Some(("p/uploads/2/data".into(), "u2".into())));
+        let last = xml.replace("<IsTruncated>true", "<IsTruncated>false");
+        assert_eq!(parse_multipart_listing(&last).1, None);
+        assert!(
+            parse_multipart_listing("<ListMultipartUploadsResult/>")
+                .0
+                .is_empty()
+        );
     }
 }
