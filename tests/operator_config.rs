@@ -43,8 +43,8 @@ async fn rendered_token_auth_is_what_serve_enforces() {
     }));
     let dir = tempfile::tempdir().unwrap();
     let admin = build::admin_secret(&reg, "root", "s3cret-pass", [7; 16]).unwrap();
-    let key = build::token_key_secret(&reg, &berth::keys::generate_token_key_pem().unwrap())
-        .unwrap();
+    let key =
+        build::token_key_secret(&reg, &berth::keys::generate_token_key_pem().unwrap()).unwrap();
     mount(&admin, &dir.path().join("auth"));
     mount(&key, &dir.path().join("token"));
 
@@ -62,11 +62,18 @@ async fn rendered_token_auth_is_what_serve_enforces() {
     let c = client();
 
     // Unauthenticated: a Bearer challenge for the rendered service.
-    let r = c.get(s.url("/v2/private/app/tags/list")).send().await.unwrap();
+    let r = c
+        .get(s.url("/v2/private/app/tags/list"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
     assert!(challenge.starts_with("Bearer "), "{challenge}");
-    assert!(challenge.contains("service=\"hub.team.svc\""), "{challenge}");
+    assert!(
+        challenge.contains("service=\"hub.team.svc\""),
+        "{challenge}"
+    );
 
     // The generated admin gets a token for push and pull, signed with the operator's key.
     let r = c
