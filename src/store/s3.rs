@@ -63,6 +63,8 @@ use crate::oci::{Algorithm, Digest, RepoName};
 const MIN_PART: usize = 5 << 20;
 /// Parts of one upload in flight at once.
 const PARTS_IN_FLIGHT: usize = 2;
+/// Tries of a server-side copy before it is reported unavailable (see `copy`).
+const COPY_ATTEMPTS: usize = 5;
 /// The object attribute holding the writer's clock at write time (nanoseconds).
 const WRITTEN: &str = "berth-written";
 /// How long a presigned blob URL stays valid.
@@ -396,13 +398,29 @@ impl S3Store {
         }
     }
 
-    /// Server-side copy; `false` when the source is gone.
+    /// Server-side copy, visible when this returns; `false` when the source is gone.
+    ///
+    /// Garage stamps a copy with its clock's millisecond, where a PUT or DELETE is stamped
+    /// after the key's newest version. A copy onto a key deleted within the same millisecond
+    /// (a touch restoring what a sweep just staged away) can therefore lose to the delete
+    /// marker and stay hidden, though the copy succeeded. So look, and copy again in a later
+    /// millisecond.
     async fn copy(&self, from: &str, to: &str) -> Result<bool> {
-        match self.s3.copy(&self.path(from), &self.path(to)).await {
-            Ok(()) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(unavailable(e)),
+        for _ in 0..COPY_ATTEMPTS {
+            match self.s3.copy(&self.path(from), &self.path(to)).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => return Ok(false),
+                Err(e) => return Err(unavailable(e)),
+            }
+            if self.head(to).await?.is_some() {
+                return Ok(true);
+            }
+            tracing::debug!(from, to, "copy not visible yet, copying again");
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        Err(StoreError::Unavailable(format!(
+            "server-side copy of {from} to {to} is not visible after {COPY_ATTEMPTS} attempts"
+        )))
     }
 
     async fn write_marker(&self, key: &str) -> Result<()> {
