@@ -78,6 +78,20 @@ impl Certificate {
     }
 }
 
+impl Certificate {
+    /// cert-manager's words when issuing failed (its `Issuing` condition turned False with
+    /// reason `Failed`); `None` while it is still trying or has succeeded.
+    pub fn issuing_failure(&self) -> Option<String> {
+        let c = self
+            .status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Issuing")?;
+        (c.status == "False" && c.reason == "Failed").then(|| c.message.clone())
+    }
+}
+
 /// True when the API server serves cert-manager's Certificates (its CRDs are installed).
 /// Discovery is readable by every authenticated client, so this needs no extra RBAC.
 pub async fn served(client: &kube::Client) -> Result<bool, kube::Error> {

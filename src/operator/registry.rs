@@ -230,20 +230,35 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
         let issuing = pending_certificate
             .as_ref()
             .filter(|c| msg.contains(&format!("Secret {ns}/{} ", c.spec.secret_name)));
-        let (reason, msg, wait) = match issuing {
-            Some(cert) => (
-                "CertificatePending",
-                format!(
-                    "waiting for cert-manager to issue Certificate {ns}/{} into its Secret{}",
-                    cert.name_any(),
-                    cert.not_ready_message()
-                        .map(|m| format!(" ({m})"))
-                        .unwrap_or_default()
+        let (conditions, wait) = match issuing {
+            // cert-manager gave up: the issuer or its configuration needs a human.
+            Some(cert) if cert.issuing_failure().is_some() => (
+                blocked(
+                    "CertificateFailed",
+                    &format!(
+                        "cert-manager failed to issue Certificate {ns}/{}: {}; check the issuer",
+                        cert.name_any(),
+                        cert.issuing_failure().unwrap_or_default()
+                    ),
                 ),
-                // Issuing takes seconds; the Secret watch wakes us, this refreshes the reason.
+                Duration::from_secs(300),
+            ),
+            // Issuing normally takes seconds: progress, not a fault.
+            Some(cert) => (
+                waiting(
+                    "CertificatePending",
+                    &format!(
+                        "waiting for cert-manager to issue Certificate {ns}/{} into its Secret{}",
+                        cert.name_any(),
+                        cert.not_ready_message()
+                            .map(|m| format!(" ({m})"))
+                            .unwrap_or_default()
+                    ),
+                ),
+                // The Secret watch wakes us; this refreshes cert-manager's words meanwhile.
                 Duration::from_secs(60),
             ),
-            None => ("SecretMissing", msg, Duration::from_secs(300)),
+            None => (blocked("SecretMissing", &msg), Duration::from_secs(300)),
         };
         if !applied.is_empty() {
             ctx.event(
@@ -257,7 +272,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
         write_status(
             reg,
             ctx,
-            blocked(reason, &msg),
+            conditions,
             None,
             Some(plan.endpoint.clone()),
             credentials,
@@ -432,6 +447,15 @@ fn blocked(reason: &str, message: &str) -> Vec<Wanted> {
             "waiting for the problem above to be fixed",
         ),
         wanted(DEGRADED, true, reason, message),
+    ]
+}
+
+/// Conditions while something outside the operator is expected to finish soon.
+fn waiting(reason: &str, message: &str) -> Vec<Wanted> {
+    vec![
+        wanted(READY, false, reason, message),
+        wanted(PROGRESSING, true, reason, message),
+        wanted(DEGRADED, false, "AsExpected", "no problems found"),
     ]
 }
 

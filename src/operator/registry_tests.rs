@@ -420,26 +420,56 @@ async fn issuer_without_ingress_gets_a_certificate_then_serves_https_once_issued
         condition(&fake, "Ready"),
         ("False".into(), "CertificatePending".into())
     );
+    // Issuing is progress, not a fault (Argo CD shows Progressing, not Degraded).
+    assert_eq!(
+        condition(&fake, "Progressing"),
+        ("True".into(), "CertificatePending".into())
+    );
+    assert_eq!(condition(&fake, "Degraded").0, "False");
     assert!(fake.get(DEP).is_none(), "no pods until the Secret exists");
 
-    // cert-manager reports a problem: the condition carries its words.
+    // cert-manager's own account while it works: the condition carries its words.
     fake.edit(
         CERT,
         json!({"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "DoesNotExist",
-            "message": "Issuer internal-ca not found", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+            "message": "Issuing certificate as Secret does not exist", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
     );
     run(&ctx, &fake).await.unwrap();
     let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
     assert!(
         msg.as_str()
             .unwrap()
-            .contains("Issuer internal-ca not found"),
+            .contains("Issuing certificate as Secret does not exist"),
         "{msg}"
     );
     assert!(
         !writes(&fake.take_calls()).contains(&format!("PATCH {CERT}")),
         "an unchanged Certificate is not re-applied"
     );
+
+    // cert-manager gives up: that is Degraded, with its reason.
+    fake.edit(
+        CERT,
+        json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False", "reason": "DoesNotExist", "message": "Issuing certificate as Secret does not exist", "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Issuing", "status": "False", "reason": "Failed", "message": "The certificate request has failed to complete and will be retried: issuer internal-ca not ready", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+    );
+    assert_eq!(
+        run(&ctx, &fake).await.unwrap(),
+        Action::requeue(Duration::from_secs(300))
+    );
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "CertificateFailed".into())
+    );
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(
+        msg.as_str()
+            .unwrap()
+            .contains("issuer internal-ca not ready"),
+        "{msg}"
+    );
+    fake.edit(CERT, json!({"status": null}));
 
     // cert-manager issues the Secret: the pods mount it and probe over HTTPS.
     fake.put(
