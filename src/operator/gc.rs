@@ -303,12 +303,8 @@ async fn build_or_block<T>(
 ) -> Result<Option<T>, Error> {
     match built {
         Ok(t) => Ok(Some(t)),
-        Err(e @ (BuildError::Invalid { .. } | BuildError::Unsupported { .. })) => {
-            let reason = match e {
-                BuildError::Unsupported { .. } => "RegistryUnsupported",
-                _ => "InvalidSpec",
-            };
-            write_status(gc, ctx, blocked(reason, &e.to_string()), old.clone()).await?;
+        Err(e @ BuildError::Invalid { .. }) => {
+            write_status(gc, ctx, blocked("InvalidSpec", &e.to_string()), old.clone()).await?;
             Ok(None)
         }
         Err(e) => Err(e.into()),

@@ -168,18 +168,13 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let plan = match desired(reg, &ctx.defaults) {
         Ok(p) => p,
-        Err(e @ (BuildError::Invalid { .. } | BuildError::Unsupported { .. })) => {
-            let reason = if matches!(e, BuildError::Invalid { .. }) {
-                "InvalidSpec"
-            } else {
-                "Unsupported"
-            };
+        Err(e @ BuildError::Invalid { .. }) => {
             let msg = format!("{e}; fix the Registry spec");
             let creds = reg
                 .status
                 .as_ref()
                 .and_then(|s| s.credentials_secret.clone());
-            write_status(reg, ctx, blocked(reason, &msg), None, None, creds).await?;
+            write_status(reg, ctx, blocked("InvalidSpec", &msg), None, None, creds).await?;
             // Nothing changes until the spec does: no requeue, no hot loop.
             return Ok(Action::await_change());
         }

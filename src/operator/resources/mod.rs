@@ -61,8 +61,6 @@ pub enum BuildError {
         field: &'static str,
     },
     #[error("{field}: {reason}")]
-    Unsupported { field: &'static str, reason: String },
-    #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
     #[error("cannot serialize {0}")]
     Serialize(String),
