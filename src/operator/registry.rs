@@ -188,6 +188,11 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     if build::wants_token_key(reg) {
         ensure_token_key_secret(client, reg).await?;
     }
+    // Status for a reconcile that stops short of the Deployment.
+    let stopped = async |conditions: Vec<Wanted>| {
+        let endpoint = Some(plan.endpoint.clone());
+        write_status(reg, ctx, conditions, None, endpoint, credentials.clone()).await
+    };
     let mut applied: Vec<&'static str> = vec![];
     let mut pending_certificate = None;
     if let Some(cert) = &plan.certificate {
@@ -197,15 +202,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
                  install cert-manager or use spec.tls.secretName",
                 certmanager::API_VERSION
             );
-            write_status(
-                reg,
-                ctx,
-                blocked("CertManagerMissing", &msg),
-                None,
-                Some(plan.endpoint.clone()),
-                credentials,
-            )
-            .await?;
+            stopped(blocked("CertManagerMissing", &msg)).await?;
             // Installing cert-manager wakes nothing we watch: look again now and then.
             return Ok(Action::requeue(Duration::from_secs(300)));
         }
@@ -264,15 +261,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
             )
             .await;
         }
-        write_status(
-            reg,
-            ctx,
-            conditions,
-            None,
-            Some(plan.endpoint.clone()),
-            credentials,
-        )
-        .await?;
+        stopped(conditions).await?;
         // The Secret watch brings us back as soon as it appears; this is the safety net.
         return Ok(Action::requeue(wait));
     }
@@ -286,15 +275,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
                 "the API server rejected a child object: {}; fix the Registry spec",
                 s.message
             );
-            write_status(
-                reg,
-                ctx,
-                blocked("Rejected", &msg),
-                None,
-                Some(plan.endpoint.clone()),
-                credentials,
-            )
-            .await?;
+            stopped(blocked("Rejected", &msg)).await?;
             return Ok(Action::await_change());
         }
         Err(e) => return Err(e),
