@@ -638,8 +638,9 @@ async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
 /// How often a running purge Job is looked at.
 const PURGE_POLL: Duration = Duration::from_secs(10);
 
-/// Deletion of an S3 Registry. `Retain` keeps the objects. `Delete` runs a purge Job with the
-/// Registry's config and credentials and holds the finalizer until it ends. When the purge
+/// Deletion of an S3 Registry. `Retain` keeps the objects. `Delete` stops the registry pods,
+/// runs a purge Job with the Registry's config and credentials and holds the finalizer until
+/// it ends. When the purge
 /// cannot run (namespace terminating, credentials gone, the Job fails) the objects are kept,
 /// a Warning Event says where, and the finalizer is released: deletion never wedges.
 async fn cleanup_bucket(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
@@ -680,6 +681,14 @@ async fn cleanup_bucket(reg: &Registry, ctx: &Context) -> Result<Action, Error> 
     };
     let name = job.name_any();
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    // Nothing may write while the bucket is emptied: the registry pods go first.
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    remove_owned(
+        &deployments,
+        &reg.name_any(),
+        &reg.uid().unwrap_or_default(),
+    )
+    .await?;
     let Some(existing) = jobs.get_opt(&name).await? else {
         let creds = vec![(
             s3.credentials_secret.clone(),

@@ -631,7 +631,14 @@ async fn s3_delete_runs_a_purge_job_and_holds_the_finalizer_until_it_ends() {
     let err = run(&ctx, &fake).await.unwrap_err();
     assert_eq!(err.pending(), Some(Duration::from_secs(10)), "{err}");
     let calls = fake.take_calls();
-    assert_eq!(writes(&calls), ["POST /apis/batch/v1/namespaces/team/jobs"]);
+    assert_eq!(
+        writes(&calls),
+        [
+            format!("DELETE {DEP}"),
+            "POST /apis/batch/v1/namespaces/team/jobs".to_owned()
+        ],
+        "the registry pods stop before the bucket is emptied"
+    );
     assert_eq!(event_reasons(&calls), ["Purging"]);
     assert!(finalizer_held(&fake));
     let job = fake.get(PURGE).unwrap();
