@@ -77,7 +77,7 @@ pub struct RegistrySpec {
     /// An Ingress for clients outside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
-    /// CPU and memory for each registry container.
+    /// CPU and memory for each registry container (and the gc and purge Jobs' containers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -108,6 +108,11 @@ fn pod_template(gc: &GarbageCollection, reg: &Registry, d: &Defaults) -> Result<
     if let Some(env) = super::registry::s3_credentials_env(reg) {
         spec["containers"][0]["env"] = env;
     }
+    // The Registry's own requests and limits: a namespace quota that admits the registry
+    // admits its jobs.
+    if let Some(r) = &reg.spec.resources {
+        spec["containers"][0]["resources"] = json!(r);
+    }
     spec["volumes"] = json!(volumes);
     Ok(json!({
         "metadata": { "labels": gc_labels(&gc_name, &reg_name) },
@@ -212,6 +217,15 @@ mod tests {
         let job = gc_job(&one_shot(), &minimal(), &defaults()).unwrap();
         assert_eq!(job.metadata.name.as_deref(), Some("nightly-2"));
         golden("gc-job.yaml", &job);
+        // The Registry's requests and limits apply to its gc runs too.
+        let mut reg = minimal();
+        reg.spec.resources =
+            serde_json::from_value(serde_json::json!({"requests": {"cpu": "100m"}})).unwrap();
+        let job = serde_json::to_value(gc_job(&one_shot(), &reg, &defaults()).unwrap()).unwrap();
+        assert_eq!(
+            job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
+            "100m"
+        );
     }
 
     #[test]

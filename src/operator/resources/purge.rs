@@ -32,6 +32,20 @@ pub fn purge_job(reg: &Registry, d: &Defaults) -> Result<Option<Job>, BuildError
     if let Some(serde_json::Value::Array(creds)) = super::registry::s3_credentials_env(reg) {
         env.extend(creds);
     }
+    let mut container = json!({
+        "name": PURGE_CONTAINER,
+        "image": image(reg, d),
+        "args": ["purge", "--yes"],
+        "env": env,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security_context(),
+        "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
+    });
+    // The Registry's own requests and limits: a namespace quota that admits the registry
+    // admits its purge.
+    if let Some(r) = &reg.spec.resources {
+        container["resources"] = json!(r);
+    }
     from_json(json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -50,15 +64,7 @@ pub fn purge_job(reg: &Registry, d: &Defaults) -> Result<Option<Job>, BuildError
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": false,
                     "securityContext": pod_security_context(),
-                    "containers": [{
-                        "name": PURGE_CONTAINER,
-                        "image": image(reg, d),
-                        "args": ["purge", "--yes"],
-                        "env": env,
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                        "securityContext": container_security_context(),
-                        "volumeMounts": [{ "name": "tmp", "mountPath": "/tmp" }],
-                    }],
+                    "containers": [container],
                     "volumes": [{ "name": "tmp", "emptyDir": {} }],
                 },
             },
@@ -116,5 +122,12 @@ mod tests {
             "{c}"
         );
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert!(c["resources"].is_null());
+        r.spec.resources = serde_json::from_value(json!({"limits": {"memory": "512Mi"}})).unwrap();
+        let v = serde_json::to_value(purge_job(&r, &defaults()).unwrap().unwrap()).unwrap();
+        assert_eq!(
+            v["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"],
+            "512Mi"
+        );
     }
 }
