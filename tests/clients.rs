@@ -690,7 +690,14 @@ mod oci {
             .await
             .expect("pull image");
         assert_eq!(image.layers.len(), 2);
-        for (got, want) in image.layers.iter().zip(&layers) {
+        // oci-client downloads layers concurrently and returns them in the order they finish:
+        // match them by digest.
+        for want in &layers {
+            let got = image
+                .layers
+                .iter()
+                .find(|l| l.sha256_digest() == want.sha256_digest())
+                .unwrap_or_else(|| panic!("layer {} not pulled", want.sha256_digest()));
             assert_eq!(got.media_type, want.media_type);
             assert!(got.data == want.data, "layer bytes differ");
         }
