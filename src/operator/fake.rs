@@ -399,9 +399,18 @@ pub fn writes(calls: &[Call]) -> Vec<String> {
 
 /// Reasons of the Events published.
 pub fn event_reasons(calls: &[Call]) -> Vec<String> {
+    event_field(calls, "reason")
+}
+
+/// Notes (messages) of the Events published.
+pub fn event_notes(calls: &[Call]) -> Vec<String> {
+    event_field(calls, "note")
+}
+
+fn event_field(calls: &[Call], field: &str) -> Vec<String> {
     calls
         .iter()
         .filter(|c| c.is_event() && c.method != "GET")
-        .map(|c| c.body["reason"].as_str().unwrap_or_default().to_owned())
+        .map(|c| c.body[field].as_str().unwrap_or_default().to_owned())
         .collect()
 }

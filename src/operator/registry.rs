@@ -222,21 +222,20 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
         let issuing = pending_certificate
             .as_ref()
             .filter(|c| msg.contains(&format!("Secret {ns}/{} ", c.spec.secret_name)));
-        let (conditions, wait) = match issuing {
+        let (conditions, wait) = match issuing.map(|c| (c, c.issuing_failure())) {
             // cert-manager gave up: the issuer or its configuration needs a human.
-            Some(cert) if cert.issuing_failure().is_some() => (
+            Some((cert, Some(failure))) => (
                 blocked(
                     "CertificateFailed",
                     &format!(
-                        "cert-manager failed to issue Certificate {ns}/{}: {}; check the issuer",
+                        "cert-manager failed to issue Certificate {ns}/{}: {failure}; check the issuer",
                         cert.name_any(),
-                        cert.issuing_failure().unwrap_or_default()
                     ),
                 ),
                 Duration::from_secs(300),
             ),
             // Issuing normally takes seconds: progress, not a fault.
-            Some(cert) => (
+            Some((cert, None)) => (
                 waiting(
                     "CertificatePending",
                     &format!(
@@ -252,15 +251,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
             ),
             None => (blocked("SecretMissing", &msg), Duration::from_secs(300)),
         };
-        if !applied.is_empty() {
-            ctx.event(
-                reg,
-                EventType::Normal,
-                "Applied",
-                format!("Applied {}", applied.join(", ")),
-            )
-            .await;
-        }
+        announce_applied(reg, ctx, &applied).await;
         stopped(conditions).await?;
         // The Secret watch brings us back as soon as it appears; this is the safety net.
         return Ok(Action::requeue(wait));
@@ -280,15 +271,7 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e),
     };
-    if !applied.is_empty() {
-        ctx.event(
-            reg,
-            EventType::Normal,
-            "Applied",
-            format!("Applied {}", applied.join(", ")),
-        )
-        .await;
-    }
+    announce_applied(reg, ctx, &applied).await;
 
     let (wanted, ready, want) = rollout_conditions(&dep.object);
     let all_ready = conditions_ready(&wanted);
@@ -309,7 +292,16 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-/// Applies every child that differs; returns the kinds written and the Deployment as stored.
+/// One Normal Event naming the kinds of child written, when any was.
+async fn announce_applied(reg: &Registry, ctx: &Context, applied: &[&str]) {
+    if !applied.is_empty() {
+        let note = format!("Applied {}", applied.join(", "));
+        ctx.event(reg, EventType::Normal, "Applied", note).await;
+    }
+}
+
+/// Applies every child that differs, recording the kinds written in `applied`; returns the
+/// Deployment as stored.
 async fn apply_children(
     reg: &Registry,
     client: &kube::Client,

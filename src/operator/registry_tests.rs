@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::Context;
 use super::crd::Registry;
-use super::fake::{Fake, event_reasons, writes};
+use super::fake::{Fake, event_notes, event_reasons, writes};
 use super::metrics::Metrics;
 use super::registry::{FINALIZER, reconcile, references_secret};
 use super::resources::{CONFIG_HASH_ANNOTATION, Defaults};
@@ -664,16 +664,9 @@ async fn s3_delete_runs_a_purge_job_and_holds_the_finalizer_until_it_ends() {
     assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
     let calls = fake.take_calls();
     assert_eq!(event_reasons(&calls), ["DataDeleted"]);
-    let note = calls
-        .iter()
-        .find(|c| c.is_event() && c.method != "GET")
-        .unwrap()
-        .body["note"]
-        .clone();
+    let note = &event_notes(&calls)[0];
     assert!(
-        note.as_str()
-            .unwrap()
-            .contains("42 objects (1048576 bytes) under s3://images/hub"),
+        note.contains("42 objects (1048576 bytes) under s3://images/hub"),
         "{note}"
     );
     assert_eq!(
@@ -697,13 +690,7 @@ async fn a_failed_purge_is_reported_and_deletion_goes_on() {
     assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
     let calls = fake.take_calls();
     assert_eq!(event_reasons(&calls), ["DataNotDeleted"]);
-    let note = calls
-        .iter()
-        .find(|c| c.is_event() && c.method != "GET")
-        .unwrap()
-        .body["note"]
-        .clone();
-    let note = note.as_str().unwrap();
+    let note = &event_notes(&calls)[0];
     assert!(
         note.contains("AccessDenied") && note.contains("s3://images/hub are kept"),
         "{note}"

@@ -1009,12 +1009,13 @@ impl S3Store {
 // `Store::purge`: what it empties, and how.
 impl S3Store {
     /// With a prefix, all of it (the prefix is the registry's); without one, only the layout's
-    /// top-level directories, since the bucket may hold other things.
-    fn purge_scopes(&self) -> Vec<Path> {
+    /// top-level directories, since the bucket may hold other things. Each scope is a key
+    /// prefix ending in `/`.
+    fn purge_scopes(&self) -> Vec<String> {
         if self.prefix.is_empty() {
-            layout::TOP_LEVEL.iter().map(|d| Path::from(*d)).collect()
+            layout::TOP_LEVEL.iter().map(|d| format!("{d}/")).collect()
         } else {
-            vec![Path::from(self.prefix.trim_end_matches('/'))]
+            vec![self.prefix.clone()]
         }
     }
 
@@ -1054,13 +1055,8 @@ impl S3Store {
         dry_run: bool,
         skip: &BTreeSet<String>,
     ) -> Result<u64> {
-        let prefixes: Vec<String> = if self.prefix.is_empty() {
-            layout::TOP_LEVEL.iter().map(|d| format!("{d}/")).collect()
-        } else {
-            vec![self.prefix.clone()]
-        };
         let mut aborted = 0;
-        for prefix in prefixes {
+        for prefix in self.purge_scopes() {
             let Some(uploads) = self.list_multipart_uploads(&prefix).await? else {
                 return Ok(aborted);
             };
@@ -1171,6 +1167,7 @@ impl S3Store {
         use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
         let mut report = PurgeReport::default();
         for scope in self.purge_scopes() {
+            let scope = Path::from(scope.trim_end_matches('/'));
             let listed_bytes = AtomicU64::new(0);
             let listing = self.s3.list(Some(&scope)).map_ok(|m| {
                 listed_bytes.fetch_add(m.size, Relaxed);
