@@ -68,7 +68,7 @@ fn parse_id(id: &str) -> Result<UploadId> {
 }
 
 /// `Content-Range: <start>-<end>` (inclusive; a `bytes ` prefix and `/<total>` are tolerated).
-fn parse_content_range(v: &str) -> Result<(u64, u64)> {
+pub fn parse_content_range(v: &str) -> Result<(u64, u64)> {
     let bad = || RegistryError::RangeNotSatisfiable {
         message: format!("malformed Content-Range {v:?}: expected <start>-<end>"),
         current: None,
