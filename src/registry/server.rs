@@ -63,8 +63,11 @@ impl Route {
         }
     }
 
-    /// Parses a request path. Each segment is percent-decoded on its own (so an encoded `/`
-    /// cannot create a segment), then the name is checked against the spec's grammar.
+    /// Parses a request path. The route's keywords and the repository name are read as they
+    /// were sent: a name containing any percent-encoded byte is NAME_INVALID, so `a%2fb` can
+    /// never become `a/b` (which would let a path-prefix ACL in front of Berth be bypassed)
+    /// and `manifest%73` is not `manifests`. Only the last segment (a tag, digest or upload
+    /// id, where clients do encode `:`) is percent-decoded, and its grammar is checked later.
     pub fn parse(path: &str) -> Result<Route> {
         let rest = match path.strip_prefix("/v2") {
             Some("") | Some("/") => return Ok(Route::Base),
@@ -74,15 +77,22 @@ impl Route {
         if rest == "_catalog" {
             return Ok(Route::Catalog);
         }
-        let segs: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let segs: Vec<&str> = rest.split('/').collect();
         let n = segs.len();
         let name = |upto: usize| -> Result<RepoName> {
             if upto == 0 {
                 return Err(RegistryError::NotFound("no such route".into()));
             }
-            Ok(segs[..upto].join("/").parse::<RepoName>()?)
+            let raw = segs[..upto].join("/");
+            if raw.contains('%') {
+                return Err(RegistryError::NameInvalid(format!(
+                    "invalid repository name {raw:?}: percent-encoded bytes are not allowed in names"
+                )));
+            }
+            Ok(raw.parse::<RepoName>()?)
         };
-        let seg = |i: usize| segs[i].as_str();
+        let seg = |i: usize| segs[i];
+        let last = || percent_decode(segs[n - 1]);
         if n >= 3 && seg(n - 2) == "tags" && seg(n - 1) == "list" {
             return Ok(Route::Tags(name(n - 2)?));
         }
@@ -93,14 +103,13 @@ impl Route {
             if seg(n - 1).is_empty() {
                 return Ok(Route::UploadStart(name(n - 3)?));
             }
-            return Ok(Route::Upload(name(n - 3)?, segs[n - 1].clone()));
+            return Ok(Route::Upload(name(n - 3)?, last()));
         }
         if n >= 3 {
-            let last = segs[n - 1].clone();
             match seg(n - 2) {
-                "manifests" => return Ok(Route::Manifest(name(n - 2)?, last)),
-                "blobs" => return Ok(Route::Blob(name(n - 2)?, last)),
-                "referrers" => return Ok(Route::Referrers(name(n - 2)?, last)),
+                "manifests" => return Ok(Route::Manifest(name(n - 2)?, last())),
+                "blobs" => return Ok(Route::Blob(name(n - 2)?, last())),
+                "referrers" => return Ok(Route::Referrers(name(n - 2)?, last())),
                 _ => {}
             }
         }
@@ -531,6 +540,11 @@ mod tests {
             "/v2/a%2f..%2f..%2fetc/manifests/x",
             "/v2/UPPER/tags/list",
             "/v2//manifests/x",
+            "/v2/team-a%2fapp/manifests/x",
+            "/v2/team-a%2Fapp/tags/list",
+            "/v2/a%2eb/manifests/x",
+            "/v2/%61/manifests/x",
+            "/v2/a/b%2fc/blobs/uploads/",
         ] {
             assert!(
                 matches!(Route::parse(p), Err(RegistryError::NameInvalid(_))),

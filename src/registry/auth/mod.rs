@@ -67,8 +67,9 @@ impl Subject {
 enum Base {
     /// The access rules, for this user (`None`: anonymous).
     Rules(Option<String>),
-    /// A robot's scopes (plus whatever the rules grant to anonymous).
-    Robot(Arc<Vec<ScopeGrant>>),
+    /// A robot's scopes (plus whatever the rules grant to anonymous), and the id of its
+    /// record (which the robot's tokens carry).
+    Robot(Arc<Vec<ScopeGrant>>, Option<String>),
     /// An external subject: only its token speaks for it.
     External,
 }
@@ -247,7 +248,7 @@ impl Auth {
                 .ok_or(BAD)?;
             return Ok(Identity {
                 subject: Subject::Robot(robot.name),
-                base: Base::Robot(Arc::new(robot.grants)),
+                base: Base::Robot(Arc::new(robot.grants), robot.id),
                 token: None,
             });
         }
@@ -280,9 +281,14 @@ impl Auth {
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or("the robot account of this token is revoked or expired")?;
+            // The same name may have been revoked and created again: the token speaks only
+            // for the record it was issued for.
+            if v.claims.robot != robot.id {
+                return Err("the robot account of this token was revoked and re-created".into());
+            }
             (
                 Subject::Robot(robot.name),
-                Base::Robot(Arc::new(robot.grants)),
+                Base::Robot(Arc::new(robot.grants), robot.id),
             )
         } else {
             (
@@ -301,7 +307,7 @@ impl Auth {
     pub fn base_allowed(&self, id: &Identity, repo: &str) -> Actions {
         match &id.base {
             Base::Rules(user) => self.rules.allowed(user.as_deref(), repo),
-            Base::Robot(grants) => grants
+            Base::Robot(grants, _) => grants
                 .iter()
                 .filter(|g| g.pattern.matches(repo))
                 .fold(self.rules.allowed(None, repo), |a, g| a.union(g.actions)),
@@ -327,8 +333,29 @@ impl Auth {
         }
     }
 
+    /// Whether the subject is one of the configured admins (robots and external subjects
+    /// never are), whatever the request carried.
     pub fn is_admin(&self, id: &Identity) -> bool {
         matches!(&id.subject, Subject::User(u) if self.admins.contains(u))
+    }
+
+    /// Whether this request may use the admin endpoints: an admin who sent the password
+    /// (Basic), or a token Berth issued to an admin for `registry:admin:*`. A token asked
+    /// for pulling one repository does not carry its holder's admin rights.
+    pub fn may_administer(&self, id: &Identity) -> bool {
+        self.is_admin(id)
+            && match &id.token {
+                None => true,
+                Some((claims, ours)) => *ours && claims.grants_admin(),
+            }
+    }
+
+    /// The id of the robot record behind this identity (for the tokens issued to it).
+    pub fn robot_id(id: &Identity) -> Option<&str> {
+        match &id.base {
+            Base::Robot(_, rid) => rid.as_deref(),
+            _ => None,
+        }
     }
 
     /// Checks a /v2/ request against the caller's rights. A cross-repository mount from a
@@ -416,6 +443,7 @@ impl Auth {
                 self.base_allowed(id, repo.as_str()).contains(acts)
             }
             Ok(rules::RequestedScope::Catalog) => true,
+            Ok(rules::RequestedScope::Admin) => self.is_admin(id),
             Err(_) => false,
         }
     }
