@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get};
 use tracing::Instrument;
 
-use super::auth::{Identity, endpoints, safe_host};
+use super::auth::{Auth, Identity, endpoints};
 use super::errors::{RegistryError, Result};
 use super::metrics::{self, RequestLabels, RouteLabels};
 use super::{Registry, blobs, catalog, manifests, referrers, tags, uploads};
@@ -274,9 +274,22 @@ fn base() -> Response {
         .into_response()
 }
 
-/// The client's address, when the server recorded it.
-pub fn client_ip(ext: &axum::http::Extensions) -> Option<IpAddr> {
+/// The peer's address, when the server recorded it.
+pub fn peer_ip(ext: &axum::http::Extensions) -> Option<IpAddr> {
     ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// The client's address: the peer's, or what a trusted proxy says in `X-Forwarded-For`.
+pub fn client_ip(
+    ext: &axum::http::Extensions,
+    headers: &HeaderMap,
+    auth: Option<&Auth>,
+) -> Option<IpAddr> {
+    let peer = peer_ip(ext)?;
+    Some(match auth {
+        Some(a) => a.proxies.client(peer, headers),
+        None => peer,
+    })
 }
 
 /// Authenticates and authorizes a /v2/ request (a no-op on an open registry).
@@ -285,11 +298,12 @@ async fn check_access(
     route: &Route,
     req: &mut Req,
     client: Option<IpAddr>,
+    peer: Option<IpAddr>,
 ) -> Result<Option<Identity>> {
     let Some(auth) = &reg.auth else {
         return Ok(None);
     };
-    let host = safe_host(&req.headers).map(str::to_owned);
+    let host = auth.proxies.origin(peer, &req.headers);
     let id = match auth.authenticate(&req.headers, client).await {
         Ok(id) => id,
         Err(RegistryError::Unauthorized {
@@ -334,7 +348,8 @@ fn audit_event(method: &Method, route: &Route) -> Option<AuditEvent> {
 
 async fn v2(State(reg): State<App>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let client = client_ip(&parts.extensions);
+    let peer = peer_ip(&parts.extensions);
+    let client = client_ip(&parts.extensions, &parts.headers, reg.auth.as_deref());
     let route = Route::parse(parts.uri.path());
     let info = match &route {
         Ok(r) => RouteInfo {
@@ -360,7 +375,7 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
             if reg.auth.is_some() {
                 audit = audit_event(&req.method, &route);
             }
-            match check_access(&reg, &route, &mut req, client).await {
+            match check_access(&reg, &route, &mut req, client, peer).await {
                 Ok(id) => {
                     who = id.map(|i| i.subject.name());
                     dispatch(&reg, route, req, body).await

@@ -28,7 +28,7 @@ fn auth_of(reg: &Registry) -> Result<&Arc<Auth>> {
 
 /// Authenticates a request to the token or admin endpoint: Basic credentials or anonymous.
 async fn caller(auth: &Auth, request: &Parts) -> Result<Identity> {
-    let client = client_ip(&request.extensions);
+    let client = client_ip(&request.extensions, &request.headers, Some(auth));
     match auth.authenticate(&request.headers, client).await {
         Err(RegistryError::Unauthorized { message, .. }) => Err(auth.unauthorized(&message)),
         other => other,

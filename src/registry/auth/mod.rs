@@ -6,6 +6,7 @@
 pub mod endpoints;
 pub mod htpasswd;
 pub mod limiter;
+pub mod proxies;
 pub mod robots;
 pub mod rules;
 pub mod token;
@@ -25,6 +26,7 @@ use crate::config::AuthConfig;
 use crate::store::Store;
 use htpasswd::{Htpasswd, HtpasswdError};
 use limiter::Limiter;
+use proxies::TrustedProxies;
 use robots::ROBOT_PREFIX;
 use rules::{Actions, RuleError, Rules, ScopeGrant};
 use token::{Claims, TokenError, Tokens};
@@ -37,6 +39,8 @@ pub enum AuthSetupError {
     Rules(#[from] RuleError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Proxy(#[from] proxies::ProxyError),
 }
 
 /// Who is calling.
@@ -101,6 +105,9 @@ pub struct Auth {
     store: Arc<dyn Store>,
     limiter: Limiter,
     https: bool,
+    pub proxies: TrustedProxies,
+    /// `host:port` the server listens on: the realm's host when nothing better is known.
+    listen: std::sync::OnceLock<String>,
 }
 
 impl Auth {
@@ -129,6 +136,7 @@ impl Auth {
             .map(|p| Htpasswd::load(p, ttl).map(Arc::new))
             .transpose()?;
         let rules = Rules::compile(&cfg.access, &cfg.groups)?;
+        let proxies = TrustedProxies::parse(&cfg.trusted_proxies)?;
         let tokens = match &cfg.token {
             Some(t) => {
                 let service = t.service.clone().unwrap_or_else(|| "berth".to_owned());
@@ -160,6 +168,8 @@ impl Auth {
                 Duration::from_secs(cfg.failed_login_window_seconds.unwrap_or(60)),
             ),
             https,
+            proxies,
+            listen: std::sync::OnceLock::new(),
         }))
     }
 
@@ -184,18 +194,22 @@ impl Auth {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Identity::anonymous());
         };
-        if let Some(ip) = client
-            && let Err(retry_after) = self.limiter.check(ip)
-        {
-            return Err(RegistryError::TooManyRequests { retry_after });
-        }
+        let who = basic_user(value.as_bytes()).unwrap_or_default();
+        // The slot is taken before the (slow) check, so parallel guesses cannot overrun it.
+        let attempt = match client {
+            Some(ip) => Some(
+                self.limiter
+                    .reserve(ip, &who)
+                    .map_err(|retry_after| RegistryError::TooManyRequests { retry_after })?,
+            ),
+            None => None,
+        };
         match self.credentials(value.as_bytes()).await {
             Ok(id) => Ok(id),
             Err(reason) => {
-                if let Some(ip) = client {
-                    self.limiter.fail(ip);
+                if let Some(a) = attempt {
+                    a.failed();
                 }
-                let who = basic_user(value.as_bytes()).unwrap_or_default();
                 tracing::warn!(
                     target: "audit",
                     event = "login",
@@ -448,18 +462,37 @@ impl Auth {
         }
     }
 
-    /// The `WWW-Authenticate` value for a 401.
-    pub fn challenge(&self, scope: Option<&str>, host: Option<&str>, insufficient: bool) -> String {
+    /// Records the address the server listens on (the default realm's host).
+    pub fn set_listen_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.listen.set(addr.to_string());
+    }
+
+    /// The token realm: `auth.token.realm`; else `/token` on the origin a trusted proxy
+    /// named (`origin`); else on the listen address. Never the request's own `Host`, which
+    /// any client writes as it likes.
+    pub fn realm(&self, origin: Option<&str>) -> String {
+        if let Some(r) = &self.realm {
+            return r.clone();
+        }
+        if let Some(o) = origin {
+            return format!("{o}/token");
+        }
+        let scheme = if self.https { "https" } else { "http" };
+        let host = self.listen.get().map(String::as_str).unwrap_or("localhost");
+        format!("{scheme}://{host}/token")
+    }
+
+    /// The `WWW-Authenticate` value for a 401; `origin` as for [`Auth::realm`].
+    pub fn challenge(
+        &self,
+        scope: Option<&str>,
+        origin: Option<&str>,
+        insufficient: bool,
+    ) -> String {
         let Some(t) = &self.tokens else {
             return "Basic realm=\"berth\"".to_owned();
         };
-        let realm = match &self.realm {
-            Some(r) => r.clone(),
-            None => {
-                let scheme = if self.https { "https" } else { "http" };
-                format!("{scheme}://{}/token", host.unwrap_or("localhost"))
-            }
-        };
+        let realm = self.realm(origin);
         let mut c = format!("Bearer realm=\"{realm}\",service=\"{}\"", t.service);
         if let Some(s) = scope {
             c.push_str(&format!(",scope=\"{s}\""));
@@ -499,12 +532,10 @@ fn basic_user(value: &[u8]) -> Option<String> {
     Some(user.chars().filter(|c| !c.is_control()).take(128).collect())
 }
 
-/// A `Host` header safe to put into a challenge.
-pub fn safe_host(headers: &HeaderMap) -> Option<&str> {
-    let h = headers.get(header::HOST)?.to_str().ok()?;
-    let ok = !h.is_empty()
+/// Whether a host (from a trusted proxy's header) is safe to put into a challenge.
+fn is_safe_host(h: &str) -> bool {
+    !h.is_empty()
         && h.len() <= 255
         && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-    ok.then_some(h)
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }

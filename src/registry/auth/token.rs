@@ -55,7 +55,11 @@ pub struct Claims {
     #[serde(default)]
     pub access: Vec<Access>,
     /// For a robot's token: the id of the robot record it was issued for.
-    #[serde(default, rename = "berth_robot", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "berth_robot",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub robot: Option<String>,
 }
 
@@ -79,9 +83,9 @@ impl Claims {
 
     /// Whether the token was issued for administration (`registry:admin:*`).
     pub fn grants_admin(&self) -> bool {
-        self.access
-            .iter()
-            .any(|a| a.kind == "registry" && a.name == "admin" && a.actions.iter().any(|x| x == "*"))
+        self.access.iter().any(|a| {
+            a.kind == "registry" && a.name == "admin" && a.actions.iter().any(|x| x == "*")
+        })
     }
 }
 
