@@ -58,7 +58,8 @@ impl TrustedProxies {
             if net.is_ipv4() != ip.is_ipv4() {
                 return false;
             }
-            let len = u32::from(len) + if net.is_ipv4() { 96 } else { 0 };
+            // IPv4 addresses sit in the top 32 bits, so the prefix counts from the top too.
+            let len = u32::from(len);
             let mask = if len == 0 {
                 0
             } else {
