@@ -32,9 +32,9 @@ fn main() {
         name: "bench/repo".into(),
         actions: vec!["pull".into(), "push".into()],
     }];
-    let (token, _) = tokens.issue("alice", access.clone()).expect("issue");
+    let (token, _) = tokens.issue("alice", access.clone(), None).expect("issue");
     let issue = per_op(2_000, || {
-        tokens.issue("alice", access.clone()).expect("issue");
+        tokens.issue("alice", access.clone(), None).expect("issue");
     });
     let uncached = per_op(2_000, || {
         tokens.verify_uncached(&token).expect("verify");

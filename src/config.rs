@@ -96,6 +96,12 @@ pub struct AuthConfig {
     /// Access rules: whatever no rule grants is denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessRule>,
+    /// Addresses or CIDRs of the proxies in front of Berth (an Ingress controller) whose
+    /// `X-Forwarded-For`, `-Proto` and `-Host` headers are believed: failed logins are then
+    /// counted per real client, and challenges name the host the client used. From any other
+    /// peer these headers are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// Docker token auth (`GET /token`, Bearer challenges, external issuers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenConfig>,
@@ -138,7 +144,8 @@ pub enum Action {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenConfig {
-    /// The token endpoint clients are sent to (default: `/token` on the host they asked).
+    /// The token endpoint clients are sent to, e.g. `https://registry.example.com/token`
+    /// (default: `/token` on the host a trusted proxy names, else on the listen address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub realm: Option<String>,
     /// The service name: the `service` of challenges and the audience of tokens (default berth).

@@ -235,6 +235,12 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             source,
         })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
+    if let Some(a) = &registry.auth {
+        a.set_listen_addr(local);
+        if a.tokens.is_some() {
+            tracing::info!(realm = %a.realm(None), trusted_proxies = !a.proxies.is_empty(), "token realm (set auth.token.realm when clients reach Berth by another name)");
+        }
+    }
     tracing::info!(addr = %local, storage = %settings.storage.describe(), tls = tls.is_some(), "listening");
     if let Some(tls) = tls {
         return crate::tls::serve(listener, tls, server::router(registry), shutdown_signal())

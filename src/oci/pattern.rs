@@ -62,32 +62,113 @@ impl Pattern {
         &self.text
     }
 
+    /// Matches without backtracking: one pass over the pattern's segments keeps the set of
+    /// name positions reachable so far, so the cost is at most (segments of the pattern) x
+    /// (characters of the name) x (pieces of a glob), never exponential.
     pub fn matches(&self, repo: &str) -> bool {
         let parts: Vec<&str> = repo.split('/').collect();
-        match_segments(&self.segments, &parts)
-    }
-}
-
-fn match_segments(pat: &[Segment], parts: &[&str]) -> bool {
-    match pat.split_first() {
-        None => parts.is_empty(),
-        Some((Segment::Deep, rest)) => {
-            (0..=parts.len()).any(|skip| match_segments(rest, &parts[skip..]))
-        }
-        Some((Segment::Glob(g), rest)) => match parts.split_first() {
-            Some((p, more)) => {
-                glob_segment(g.as_bytes(), p.as_bytes()) && match_segments(rest, more)
+        // reachable[j]: the pattern so far can consume exactly parts[..j].
+        let mut reachable = vec![false; parts.len() + 1];
+        reachable[0] = true;
+        for seg in &self.segments {
+            match seg {
+                Segment::Deep => {
+                    let mut any = false;
+                    for r in reachable.iter_mut() {
+                        any |= *r;
+                        *r = any;
+                    }
+                }
+                Segment::Glob(g) => {
+                    let mut next = vec![false; parts.len() + 1];
+                    for (j, part) in parts.iter().enumerate() {
+                        next[j + 1] = reachable[j] && glob_segment(g, part);
+                    }
+                    reachable = next;
+                }
             }
-            None => false,
-        },
+            if !reachable.contains(&true) {
+                return false;
+            }
+        }
+        reachable[parts.len()]
     }
 }
 
-/// `*` matches any run of characters within one segment.
-fn glob_segment(pat: &[u8], s: &[u8]) -> bool {
-    match pat.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_segment(rest, &s[i..])),
-        Some((c, rest)) => s.first() == Some(c) && glob_segment(rest, &s[1..]),
+/// `*` matches any run of characters within one segment. The glob is split at its stars: the
+/// first piece must be a prefix, the last a suffix, and the pieces between are found leftmost
+/// first, which is optimal for stars alone (an earlier match never leaves less room), so no
+/// choice is ever revisited.
+fn glob_segment(pat: &str, s: &str) -> bool {
+    let mut pieces = pat.split('*');
+    let first = pieces.next().unwrap_or("");
+    let Some(mut rest) = s.strip_prefix(first) else {
+        return false;
+    };
+    let mut middle: Vec<&str> = pieces.collect();
+    let Some(last) = middle.pop() else {
+        // No star at all: the whole segment is literal.
+        return rest.is_empty();
+    };
+    for piece in middle {
+        match rest.find(piece) {
+            Some(at) => rest = &rest[at + piece.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, name: &str) -> bool {
+        Pattern::parse(p).unwrap().matches(name)
+    }
+
+    #[test]
+    fn stars_stay_within_a_segment_and_deep_spans_segments() {
+        assert!(m("team-a/*", "team-a/app"));
+        assert!(!m("team-a/*", "team-a/app/x"));
+        assert!(!m("team-a/*", "team-a"));
+        assert!(m("team-a/**", "team-a"));
+        assert!(m("team-a/**", "team-a/x/y/z"));
+        assert!(m("**/app", "app"));
+        assert!(m("**/app", "a/b/app"));
+        assert!(!m("**/app", "a/b/app2"));
+        assert!(m("a/**/b/**/c", "a/b/c"));
+        assert!(m("a/**/b/**/c", "a/x/b/y/z/c"));
+        assert!(!m("a/**/b/**/c", "a/x/y/c"));
+        assert!(m("*-*-x", "a-b-x"));
+        assert!(m("*-*-x", "a-b-c-x"));
+        assert!(!m("*-*-x", "a-x"));
+        assert!(m("a*", "a"));
+        assert!(m("*a", "a"));
+        assert!(!m("a*a", "a"));
+        assert!(m("a*a", "aa"));
+        assert!(m("ab*ba", "ababa"));
+        assert!(!m("ab*ba", "aba"));
+        assert!(m("exact", "exact"));
+        assert!(!m("exact", "exac"));
+        assert!(m("*", "anything.at_all"));
+        assert!(m("**", "a/b/c"));
+    }
+
+    #[test]
+    fn worst_cases_are_fast() {
+        let name = "a".repeat(253);
+        let deep = vec!["a"; 127].join("/");
+        let cases = [
+            ("*-*-*-*-*-*-x", name.as_str()),
+            ("*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b", name.as_str()),
+            ("**/**/**/**/**/**/**/**/**/**/x", deep.as_str()),
+            ("**/a/**/a/**/a/**/a/**/a/**/a/**/b", deep.as_str()),
+        ];
+        let start = std::time::Instant::now();
+        for (p, n) in cases {
+            assert!(!m(p, n), "{p}");
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 }

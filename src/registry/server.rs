@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, delete, get};
 use tracing::Instrument;
 
-use super::auth::{Identity, endpoints, safe_host};
+use super::auth::{Auth, Identity, endpoints};
 use super::errors::{RegistryError, Result};
 use super::metrics::{self, RequestLabels, RouteLabels};
 use super::{Registry, blobs, catalog, manifests, referrers, tags, uploads};
@@ -63,8 +63,11 @@ impl Route {
         }
     }
 
-    /// Parses a request path. Each segment is percent-decoded on its own (so an encoded `/`
-    /// cannot create a segment), then the name is checked against the spec's grammar.
+    /// Parses a request path. The route's keywords and the repository name are read as they
+    /// were sent: a name containing any percent-encoded byte is NAME_INVALID, so `a%2fb` can
+    /// never become `a/b` (which would let a path-prefix ACL in front of Berth be bypassed)
+    /// and `manifest%73` is not `manifests`. Only the last segment (a tag, digest or upload
+    /// id, where clients do encode `:`) is percent-decoded, and its grammar is checked later.
     pub fn parse(path: &str) -> Result<Route> {
         let rest = match path.strip_prefix("/v2") {
             Some("") | Some("/") => return Ok(Route::Base),
@@ -74,15 +77,22 @@ impl Route {
         if rest == "_catalog" {
             return Ok(Route::Catalog);
         }
-        let segs: Vec<String> = rest.split('/').map(percent_decode).collect();
+        let segs: Vec<&str> = rest.split('/').collect();
         let n = segs.len();
         let name = |upto: usize| -> Result<RepoName> {
             if upto == 0 {
                 return Err(RegistryError::NotFound("no such route".into()));
             }
-            Ok(segs[..upto].join("/").parse::<RepoName>()?)
+            let raw = segs[..upto].join("/");
+            if raw.contains('%') {
+                return Err(RegistryError::NameInvalid(format!(
+                    "invalid repository name {raw:?}: percent-encoded bytes are not allowed in names"
+                )));
+            }
+            Ok(raw.parse::<RepoName>()?)
         };
-        let seg = |i: usize| segs[i].as_str();
+        let seg = |i: usize| segs[i];
+        let last = || percent_decode(segs[n - 1]);
         if n >= 3 && seg(n - 2) == "tags" && seg(n - 1) == "list" {
             return Ok(Route::Tags(name(n - 2)?));
         }
@@ -93,14 +103,13 @@ impl Route {
             if seg(n - 1).is_empty() {
                 return Ok(Route::UploadStart(name(n - 3)?));
             }
-            return Ok(Route::Upload(name(n - 3)?, segs[n - 1].clone()));
+            return Ok(Route::Upload(name(n - 3)?, last()));
         }
         if n >= 3 {
-            let last = segs[n - 1].clone();
             match seg(n - 2) {
-                "manifests" => return Ok(Route::Manifest(name(n - 2)?, last)),
-                "blobs" => return Ok(Route::Blob(name(n - 2)?, last)),
-                "referrers" => return Ok(Route::Referrers(name(n - 2)?, last)),
+                "manifests" => return Ok(Route::Manifest(name(n - 2)?, last())),
+                "blobs" => return Ok(Route::Blob(name(n - 2)?, last())),
+                "referrers" => return Ok(Route::Referrers(name(n - 2)?, last())),
                 _ => {}
             }
         }
@@ -265,9 +274,22 @@ fn base() -> Response {
         .into_response()
 }
 
-/// The client's address, when the server recorded it.
-pub fn client_ip(ext: &axum::http::Extensions) -> Option<IpAddr> {
+/// The peer's address, when the server recorded it.
+pub fn peer_ip(ext: &axum::http::Extensions) -> Option<IpAddr> {
     ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// The client's address: the peer's, or what a trusted proxy says in `X-Forwarded-For`.
+pub fn client_ip(
+    ext: &axum::http::Extensions,
+    headers: &HeaderMap,
+    auth: Option<&Auth>,
+) -> Option<IpAddr> {
+    let peer = peer_ip(ext)?;
+    Some(match auth {
+        Some(a) => a.proxies.client(peer, headers),
+        None => peer,
+    })
 }
 
 /// Authenticates and authorizes a /v2/ request (a no-op on an open registry).
@@ -276,11 +298,12 @@ async fn check_access(
     route: &Route,
     req: &mut Req,
     client: Option<IpAddr>,
+    peer: Option<IpAddr>,
 ) -> Result<Option<Identity>> {
     let Some(auth) = &reg.auth else {
         return Ok(None);
     };
-    let host = safe_host(&req.headers).map(str::to_owned);
+    let host = auth.proxies.origin(peer, &req.headers);
     let id = match auth.authenticate(&req.headers, client).await {
         Ok(id) => id,
         Err(RegistryError::Unauthorized {
@@ -325,7 +348,8 @@ fn audit_event(method: &Method, route: &Route) -> Option<AuditEvent> {
 
 async fn v2(State(reg): State<App>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let client = client_ip(&parts.extensions);
+    let peer = peer_ip(&parts.extensions);
+    let client = client_ip(&parts.extensions, &parts.headers, reg.auth.as_deref());
     let route = Route::parse(parts.uri.path());
     let info = match &route {
         Ok(r) => RouteInfo {
@@ -351,7 +375,7 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
             if reg.auth.is_some() {
                 audit = audit_event(&req.method, &route);
             }
-            match check_access(&reg, &route, &mut req, client).await {
+            match check_access(&reg, &route, &mut req, client, peer).await {
                 Ok(id) => {
                     who = id.map(|i| i.subject.name());
                     dispatch(&reg, route, req, body).await
@@ -531,6 +555,11 @@ mod tests {
             "/v2/a%2f..%2f..%2fetc/manifests/x",
             "/v2/UPPER/tags/list",
             "/v2//manifests/x",
+            "/v2/team-a%2fapp/manifests/x",
+            "/v2/team-a%2Fapp/tags/list",
+            "/v2/a%2eb/manifests/x",
+            "/v2/%61/manifests/x",
+            "/v2/a/b%2fc/blobs/uploads/",
         ] {
             assert!(
                 matches!(Route::parse(p), Err(RegistryError::NameInvalid(_))),

@@ -1,6 +1,7 @@
 //! The HTTP endpoints of auth itself: `GET /token` (the Docker registry token protocol) and
-//! `/admin/robots` (robot accounts, for admins). Both take Basic credentials and answer 404
-//! when the registry has no auth configured.
+//! `/admin/robots` (robot accounts, for admins). Both take Basic credentials (the admin
+//! endpoints also a token Berth issued to an admin for `registry:admin:*`, never a token
+//! asked for anything else) and answer 404 when the registry has no auth configured.
 
 use std::sync::Arc;
 
@@ -27,7 +28,7 @@ fn auth_of(reg: &Registry) -> Result<&Arc<Auth>> {
 
 /// Authenticates a request to the token or admin endpoint: Basic credentials or anonymous.
 async fn caller(auth: &Auth, request: &Parts) -> Result<Identity> {
-    let client = client_ip(&request.extensions);
+    let client = client_ip(&request.extensions, &request.headers, Some(auth));
     match auth.authenticate(&request.headers, client).await {
         Err(RegistryError::Unauthorized { message, .. }) => Err(auth.unauthorized(&message)),
         other => other,
@@ -89,8 +90,21 @@ async fn token_inner(reg: &Registry, request: Request) -> Result<Response> {
                     }),
                 }
             }
+            RequestedScope::Admin => {
+                // Only to an admin who sent the password; anyone else gets a token without it.
+                if auth.is_admin(&id) && !access.iter().any(|a| a.name == "admin") {
+                    access.push(Access {
+                        kind: "registry".into(),
+                        name: "admin".into(),
+                        actions: vec!["*".into()],
+                    });
+                }
+            }
             RequestedScope::Catalog => {
-                if !access.iter().any(|a| a.kind == "registry") {
+                if !access
+                    .iter()
+                    .any(|a| a.kind == "registry" && a.name == "catalog")
+                {
                     access.push(Access {
                         kind: "registry".into(),
                         name: "catalog".into(),
@@ -105,7 +119,7 @@ async fn token_inner(reg: &Registry, request: Request) -> Result<Response> {
         s => s.name(),
     };
     let (token, issued) = tokens
-        .issue(&sub, access)
+        .issue(&sub, access, Auth::robot_id(&id))
         .map_err(|e| RegistryError::Storage(e.to_string()))?;
     Ok(Json(json!({
         "token": token,
@@ -127,6 +141,11 @@ async fn admin(reg: &Registry, request: &Parts) -> Result<()> {
             "{} is not an administrator",
             id.subject.name()
         )));
+    }
+    if !auth.may_administer(&id) {
+        return Err(RegistryError::Denied(
+            "administration needs the admin's password (Basic) or a token issued for scope registry:admin:*".into(),
+        ));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 pub mod endpoints;
 pub mod htpasswd;
 pub mod limiter;
+pub mod proxies;
 pub mod robots;
 pub mod rules;
 pub mod token;
@@ -25,6 +26,7 @@ use crate::config::AuthConfig;
 use crate::store::Store;
 use htpasswd::{Htpasswd, HtpasswdError};
 use limiter::Limiter;
+use proxies::TrustedProxies;
 use robots::ROBOT_PREFIX;
 use rules::{Actions, RuleError, Rules, ScopeGrant};
 use token::{Claims, TokenError, Tokens};
@@ -37,6 +39,8 @@ pub enum AuthSetupError {
     Rules(#[from] RuleError),
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Proxy(#[from] proxies::ProxyError),
 }
 
 /// Who is calling.
@@ -67,8 +71,9 @@ impl Subject {
 enum Base {
     /// The access rules, for this user (`None`: anonymous).
     Rules(Option<String>),
-    /// A robot's scopes (plus whatever the rules grant to anonymous).
-    Robot(Arc<Vec<ScopeGrant>>),
+    /// A robot's scopes (plus whatever the rules grant to anonymous), and the id of its
+    /// record (which the robot's tokens carry).
+    Robot(Arc<Vec<ScopeGrant>>, Option<String>),
     /// An external subject: only its token speaks for it.
     External,
 }
@@ -100,6 +105,9 @@ pub struct Auth {
     store: Arc<dyn Store>,
     limiter: Limiter,
     https: bool,
+    pub proxies: TrustedProxies,
+    /// `host:port` the server listens on: the realm's host when nothing better is known.
+    listen: std::sync::OnceLock<String>,
 }
 
 impl Auth {
@@ -128,6 +136,7 @@ impl Auth {
             .map(|p| Htpasswd::load(p, ttl).map(Arc::new))
             .transpose()?;
         let rules = Rules::compile(&cfg.access, &cfg.groups)?;
+        let proxies = TrustedProxies::parse(&cfg.trusted_proxies)?;
         let tokens = match &cfg.token {
             Some(t) => {
                 let service = t.service.clone().unwrap_or_else(|| "berth".to_owned());
@@ -159,6 +168,8 @@ impl Auth {
                 Duration::from_secs(cfg.failed_login_window_seconds.unwrap_or(60)),
             ),
             https,
+            proxies,
+            listen: std::sync::OnceLock::new(),
         }))
     }
 
@@ -183,18 +194,22 @@ impl Auth {
         let Some(value) = headers.get(header::AUTHORIZATION) else {
             return Ok(Identity::anonymous());
         };
-        if let Some(ip) = client
-            && let Err(retry_after) = self.limiter.check(ip)
-        {
-            return Err(RegistryError::TooManyRequests { retry_after });
-        }
+        let who = basic_user(value.as_bytes()).unwrap_or_default();
+        // The slot is taken before the (slow) check, so parallel guesses cannot overrun it.
+        let attempt = match client {
+            Some(ip) => Some(
+                self.limiter
+                    .reserve(ip, &who)
+                    .map_err(|retry_after| RegistryError::TooManyRequests { retry_after })?,
+            ),
+            None => None,
+        };
         match self.credentials(value.as_bytes()).await {
             Ok(id) => Ok(id),
             Err(reason) => {
-                if let Some(ip) = client {
-                    self.limiter.fail(ip);
+                if let Some(a) = attempt {
+                    a.failed();
                 }
-                let who = basic_user(value.as_bytes()).unwrap_or_default();
                 tracing::warn!(
                     target: "audit",
                     event = "login",
@@ -247,7 +262,7 @@ impl Auth {
                 .ok_or(BAD)?;
             return Ok(Identity {
                 subject: Subject::Robot(robot.name),
-                base: Base::Robot(Arc::new(robot.grants)),
+                base: Base::Robot(Arc::new(robot.grants), robot.id),
                 token: None,
             });
         }
@@ -280,9 +295,14 @@ impl Auth {
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or("the robot account of this token is revoked or expired")?;
+            // The same name may have been revoked and created again: the token speaks only
+            // for the record it was issued for.
+            if v.claims.robot != robot.id {
+                return Err("the robot account of this token was revoked and re-created".into());
+            }
             (
                 Subject::Robot(robot.name),
-                Base::Robot(Arc::new(robot.grants)),
+                Base::Robot(Arc::new(robot.grants), robot.id),
             )
         } else {
             (
@@ -301,7 +321,7 @@ impl Auth {
     pub fn base_allowed(&self, id: &Identity, repo: &str) -> Actions {
         match &id.base {
             Base::Rules(user) => self.rules.allowed(user.as_deref(), repo),
-            Base::Robot(grants) => grants
+            Base::Robot(grants, _) => grants
                 .iter()
                 .filter(|g| g.pattern.matches(repo))
                 .fold(self.rules.allowed(None, repo), |a, g| a.union(g.actions)),
@@ -327,8 +347,29 @@ impl Auth {
         }
     }
 
+    /// Whether the subject is one of the configured admins (robots and external subjects
+    /// never are), whatever the request carried.
     pub fn is_admin(&self, id: &Identity) -> bool {
         matches!(&id.subject, Subject::User(u) if self.admins.contains(u))
+    }
+
+    /// Whether this request may use the admin endpoints: an admin who sent the password
+    /// (Basic), or a token Berth issued to an admin for `registry:admin:*`. A token asked
+    /// for pulling one repository does not carry its holder's admin rights.
+    pub fn may_administer(&self, id: &Identity) -> bool {
+        self.is_admin(id)
+            && match &id.token {
+                None => true,
+                Some((claims, ours)) => *ours && claims.grants_admin(),
+            }
+    }
+
+    /// The id of the robot record behind this identity (for the tokens issued to it).
+    pub fn robot_id(id: &Identity) -> Option<&str> {
+        match &id.base {
+            Base::Robot(_, rid) => rid.as_deref(),
+            _ => None,
+        }
     }
 
     /// Checks a /v2/ request against the caller's rights. A cross-repository mount from a
@@ -416,22 +457,42 @@ impl Auth {
                 self.base_allowed(id, repo.as_str()).contains(acts)
             }
             Ok(rules::RequestedScope::Catalog) => true,
+            Ok(rules::RequestedScope::Admin) => self.is_admin(id),
             Err(_) => false,
         }
     }
 
-    /// The `WWW-Authenticate` value for a 401.
-    pub fn challenge(&self, scope: Option<&str>, host: Option<&str>, insufficient: bool) -> String {
+    /// Records the address the server listens on (the default realm's host).
+    pub fn set_listen_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.listen.set(addr.to_string());
+    }
+
+    /// The token realm: `auth.token.realm`; else `/token` on the origin a trusted proxy
+    /// named (`origin`); else on the listen address. Never the request's own `Host`, which
+    /// any client writes as it likes.
+    pub fn realm(&self, origin: Option<&str>) -> String {
+        if let Some(r) = &self.realm {
+            return r.clone();
+        }
+        if let Some(o) = origin {
+            return format!("{o}/token");
+        }
+        let scheme = if self.https { "https" } else { "http" };
+        let host = self.listen.get().map(String::as_str).unwrap_or("localhost");
+        format!("{scheme}://{host}/token")
+    }
+
+    /// The `WWW-Authenticate` value for a 401; `origin` as for [`Auth::realm`].
+    pub fn challenge(
+        &self,
+        scope: Option<&str>,
+        origin: Option<&str>,
+        insufficient: bool,
+    ) -> String {
         let Some(t) = &self.tokens else {
             return "Basic realm=\"berth\"".to_owned();
         };
-        let realm = match &self.realm {
-            Some(r) => r.clone(),
-            None => {
-                let scheme = if self.https { "https" } else { "http" };
-                format!("{scheme}://{}/token", host.unwrap_or("localhost"))
-            }
-        };
+        let realm = self.realm(origin);
         let mut c = format!("Bearer realm=\"{realm}\",service=\"{}\"", t.service);
         if let Some(s) = scope {
             c.push_str(&format!(",scope=\"{s}\""));
@@ -471,12 +532,10 @@ fn basic_user(value: &[u8]) -> Option<String> {
     Some(user.chars().filter(|c| !c.is_control()).take(128).collect())
 }
 
-/// A `Host` header safe to put into a challenge.
-pub fn safe_host(headers: &HeaderMap) -> Option<&str> {
-    let h = headers.get(header::HOST)?.to_str().ok()?;
-    let ok = !h.is_empty()
+/// Whether a host (from a trusted proxy's header) is safe to put into a challenge.
+fn is_safe_host(h: &str) -> bool {
+    !h.is_empty()
         && h.len() <= 255
         && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-    ok.then_some(h)
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }

@@ -47,6 +47,11 @@ pub struct RobotRecord {
     pub expires: Option<u64>,
     /// Hex SHA-256 of the secret. The secret is 256 random bits, so a fast hash suffices.
     pub secret_sha256: String,
+    /// Random id of this record, written into the tokens issued to the robot: a robot revoked
+    /// and created again under the same name is a new record, and the old tokens die with the
+    /// old one. (Records written before ids existed have none; the first re-creation gives one.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// What `list` shows: everything but the hash.
@@ -64,6 +69,8 @@ pub struct RobotInfo {
 #[derive(Clone, Debug)]
 pub struct Robot {
     pub name: String,
+    /// The record's id, for the tokens issued to it.
+    pub id: Option<String>,
     pub grants: Vec<ScopeGrant>,
 }
 
@@ -142,6 +149,7 @@ pub async fn create(
         created: now,
         expires: expires_in.map(|s| now + s),
         secret_sha256: sha256_hex(&secret),
+        id: Some(format!("{:032x}", rand::random::<u128>())),
     };
     let json = serde_json::to_vec_pretty(&record)
         .map_err(|e| RobotError::Corrupt(name.to_owned(), e.to_string()))?;
@@ -218,6 +226,7 @@ pub async fn current(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Some(Robot {
         name: r.name,
+        id: r.id,
         grants,
     }))
 }

@@ -124,6 +124,8 @@ impl fmt::Display for ScopeGrant {
 pub enum RequestedScope {
     Repository(RepoName, Actions),
     Catalog,
+    /// `registry:admin:*`: the admin endpoints (`/admin/robots`), granted to admins only.
+    Admin,
 }
 
 impl RequestedScope {
@@ -135,6 +137,7 @@ impl RequestedScope {
         let (name, actions) = rest.rsplit_once(':').ok_or_else(bad)?;
         match kind {
             "registry" if name == "catalog" => Ok(RequestedScope::Catalog),
+            "registry" if name == "admin" && actions == "*" => Ok(RequestedScope::Admin),
             "repository" | "repository(plugin)" => {
                 let repo: RepoName = name.parse().map_err(|_| bad())?;
                 let mut acts = Actions::NONE;
@@ -295,7 +298,12 @@ mod tests {
             RequestedScope::parse("registry:catalog:*").unwrap(),
             RequestedScope::Catalog
         );
+        assert_eq!(
+            RequestedScope::parse("registry:admin:*").unwrap(),
+            RequestedScope::Admin
+        );
         for bad in [
+            "registry:admin:pull",
             "repository",
             "repository:a",
             "repository:A:pull",

@@ -54,6 +54,13 @@ pub struct Claims {
     pub jti: Option<String>,
     #[serde(default)]
     pub access: Vec<Access>,
+    /// For a robot's token: the id of the robot record it was issued for.
+    #[serde(
+        default,
+        rename = "berth_robot",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub robot: Option<String>,
 }
 
 impl Claims {
@@ -72,6 +79,13 @@ impl Claims {
         self.access
             .iter()
             .any(|a| a.kind == "registry" && a.name == "catalog")
+    }
+
+    /// Whether the token was issued for administration (`registry:admin:*`).
+    pub fn grants_admin(&self) -> bool {
+        self.access.iter().any(|a| {
+            a.kind == "registry" && a.name == "admin" && a.actions.iter().any(|x| x == "*")
+        })
     }
 }
 
@@ -187,8 +201,14 @@ impl Tokens {
         })
     }
 
-    /// Signs a token for `sub` (empty for anonymous) granting `access`.
-    pub fn issue(&self, sub: &str, access: Vec<Access>) -> Result<(String, u64), TokenError> {
+    /// Signs a token for `sub` (empty for anonymous) granting `access`; `robot` is the id of
+    /// the robot record when `sub` is a robot.
+    pub fn issue(
+        &self,
+        sub: &str,
+        access: Vec<Access>,
+        robot: Option<&str>,
+    ) -> Result<(String, u64), TokenError> {
         let now = now_secs();
         let claims = Claims {
             iss: self.issuer.clone(),
@@ -199,6 +219,7 @@ impl Tokens {
             iat: Some(now),
             jti: Some(format!("{:032x}", rand::random::<u128>())),
             access,
+            robot: robot.map(str::to_owned),
         };
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -372,7 +393,7 @@ mod tests {
             name: "a/b".into(),
             actions: vec!["pull".into()],
         }];
-        let (tok, _) = t.issue("alice", access).unwrap();
+        let (tok, _) = t.issue("alice", access, None).unwrap();
         let v = t.verify(&tok).unwrap();
         assert!(v.ours);
         assert_eq!(v.claims.sub, "alice");
@@ -401,7 +422,7 @@ mod tests {
         assert!(t.verify(&none).is_err());
         // Another key with the same issuer name.
         let other = tempfile::tempdir().unwrap();
-        let (foreign, _) = tokens(other.path()).issue("alice", vec![]).unwrap();
+        let (foreign, _) = tokens(other.path()).issue("alice", vec![], None).unwrap();
         assert!(t.verify(&foreign).is_err());
         // The generated key is reused on the next start.
         let again = tokens(dir.path());
