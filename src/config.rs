@@ -41,6 +41,41 @@ pub struct Config {
     /// HTTPS: PEM certificate chain and private key, re-read when the files change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// What one client may hold: connections, upload sessions, blob sizes, and how long a
+    /// connection may sit without sending.
+    #[serde(default, skip_serializing_if = "LimitsConfig::is_empty")]
+    pub limits: LimitsConfig,
+}
+
+/// Caps and timeouts that keep one client (careless or hostile) from exhausting the server.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest blob accepted, in bytes (default 34359738368, 32 GiB); a push past it is refused
+    /// with 413 SIZE_INVALID as soon as it is exceeded, and its session removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_blob_bytes: Option<u64>,
+    /// Open upload sessions per repository and per user on one replica (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_upload_sessions: Option<usize>,
+    /// Open client connections (default 4096, lowered to fit the file-descriptor limit);
+    /// past it new connections wait in the listen queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a request's headers, and to start the next request on a
+    /// kept-alive connection (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<String>,
+    /// A connection on which nothing moves either way for this long is closed, mid-request
+    /// too, which ends a request body that stalls (default `2m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}
+
+impl LimitsConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == LimitsConfig::default()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

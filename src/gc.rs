@@ -112,6 +112,8 @@ pub struct GcReport {
     pub blobs_deleted: usize,
     pub bytes_freed: u64,
     pub uploads_purged: usize,
+    /// Temporary files left by interrupted writes.
+    pub temporaries_removed: usize,
     pub duration_ms: u64,
     /// Every deletion, with its reason; filled on dry runs only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -403,30 +405,55 @@ pub async fn collect(
         }
     }
 
-    let upload_cutoff = start
-        .checked_sub(opts.upload_ttl)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    for upload in store.upload_list().await? {
-        if upload.modified < upload_cutoff {
-            report.uploads_purged += 1;
-            if opts.dry_run {
-                report.deletions.push(Deletion {
-                    kind: "upload",
-                    repository: None,
-                    name: upload.id.to_string(),
-                    size: None,
-                    reason: format!(
-                        "no activity for over {}",
-                        humantime::format_duration(opts.upload_ttl)
-                    ),
-                });
-            } else {
-                store.upload_delete(&upload.id).await?;
-            }
-        }
-    }
+    let deletions = opts.dry_run.then_some(&mut report.deletions);
+    report.uploads_purged = purge_uploads(store, opts.upload_ttl, opts.dry_run, deletions).await?;
+    report.temporaries_removed = store
+        .sweep_temporaries(
+            SystemTime::now()
+                .checked_sub(STALE_TEMPORARY)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            opts.dry_run,
+        )
+        .await?;
     report.duration_ms = began.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// Temporary files (a write's `.tmp-*` before its rename) older than this were left by a
+/// process that died mid-write: a live write takes milliseconds.
+pub const STALE_TEMPORARY: Duration = Duration::from_secs(15 * 60);
+
+/// Removes (or, on a dry run, lists into `deletions`) the upload sessions with no activity
+/// for longer than `ttl`; returns how many.
+pub async fn purge_uploads(
+    store: &dyn Store,
+    ttl: Duration,
+    dry_run: bool,
+    mut deletions: Option<&mut Vec<Deletion>>,
+) -> Result<usize, StoreError> {
+    let cutoff = SystemTime::now()
+        .checked_sub(ttl)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut purged = 0;
+    for upload in store.upload_list().await? {
+        if upload.modified >= cutoff {
+            continue;
+        }
+        purged += 1;
+        if let Some(d) = deletions.as_deref_mut() {
+            d.push(Deletion {
+                kind: "upload",
+                repository: None,
+                name: upload.id.to_string(),
+                size: None,
+                reason: format!("no activity for over {}", humantime::format_duration(ttl)),
+            });
+        }
+        if !dry_run {
+            store.upload_delete(&upload.id).await?;
+        }
+    }
+    Ok(purged)
 }
 
 /// Applies retention, marks what one repository keeps, and removes (or, on a dry run, lists)

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod gc;
 pub mod keys;
+pub mod listen;
 pub mod oci;
 pub mod operator;
 pub mod purge;

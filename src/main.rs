@@ -206,6 +206,21 @@ struct ServeArgs {
     /// PEM private key for --tls-cert
     #[arg(long, env = "BERTH_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Largest blob accepted, in bytes [default: 34359738368 (32 GiB)]
+    #[arg(long, env = "BERTH_MAX_BLOB_BYTES")]
+    max_blob_bytes: Option<u64>,
+    /// Open upload sessions per repository and per user [default: 100]
+    #[arg(long, env = "BERTH_MAX_UPLOAD_SESSIONS")]
+    max_upload_sessions: Option<usize>,
+    /// Open client connections; more wait in the listen queue [default: 4096, fitted to the fd limit]
+    #[arg(long, env = "BERTH_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Time a client has to send a request's headers (and to start the next one) [default: 30s]
+    #[arg(long, env = "BERTH_HEADER_READ_TIMEOUT")]
+    header_read_timeout: Option<String>,
+    /// Close a connection on which nothing moves for this long [default: 2m]
+    #[arg(long, env = "BERTH_IDLE_TIMEOUT")]
+    idle_timeout: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -252,6 +267,11 @@ fn main() -> ExitCode {
                     htpasswd: a.htpasswd,
                     tls_cert: a.tls_cert,
                     tls_key: a.tls_key,
+                    max_blob_bytes: a.max_blob_bytes,
+                    max_upload_sessions: a.max_upload_sessions,
+                    max_connections: a.max_connections,
+                    header_read_timeout: a.header_read_timeout,
+                    idle_timeout: a.idle_timeout,
                 },
             );
             let settings = match settings {
@@ -261,7 +281,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let _log_guard = serve::init_tracing(settings.log_format, &settings.log_level);
+            let _log_guard = match logging(settings.log_format, &settings.log_level) {
+                Ok(g) => g,
+                Err(c) => return c,
+            };
+            raise_fd_limit();
             limit_malloc_arenas();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -376,7 +400,10 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
 
 fn run_operator(a: OperatorArgs) -> ExitCode {
     use berth::operator::run;
-    let _log_guard = serve::init_tracing(a.log_format, "info");
+    let _log_guard = match logging(a.log_format, "info") {
+        Ok(g) => g,
+        Err(c) => return c,
+    };
     let identity = a
         .identity
         .unwrap_or_else(|| format!("berth-operator-{}", std::process::id()));
@@ -404,6 +431,41 @@ fn run_operator(a: OperatorArgs) -> ExitCode {
             tracing::error!("{e}");
             eprintln!("berth: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn logging(
+    format: LogFormat,
+    level: &str,
+) -> Result<tracing_appender::non_blocking::WorkerGuard, ExitCode> {
+    serve::init_tracing(format, level).map_err(|e| {
+        eprintln!("berth: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// Raises the soft open-file limit to the hard one: every connection is a descriptor, and the
+/// usual soft limit (1024) would otherwise be the real cap on clients.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(
+                    soft = lim.rlim_cur,
+                    hard = lim.rlim_max,
+                    "cannot raise the open-file limit"
+                );
+            }
         }
     }
 }
@@ -442,7 +504,10 @@ fn gc(a: GcArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _log_guard = serve::init_tracing(file.log.format.unwrap_or_default(), "warn");
+    let _log_guard = match logging(file.log.format.unwrap_or_default(), "warn") {
+        Ok(g) => g,
+        Err(c) => return c,
+    };
     let options = (|| {
         let mut o = berth::gc::GcOptions::from_config(&file.gc)?;
         o.dry_run = a.dry_run;
@@ -557,7 +622,10 @@ fn purge(a: PurgeArgs) -> ExitCode {
             return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };
-    let _log_guard = serve::init_tracing(plan.config.log.format.unwrap_or_default(), "info");
+    let _log_guard = match logging(plan.config.log.format.unwrap_or_default(), "info") {
+        Ok(g) => g,
+        Err(c) => return c,
+    };
     let rt = match runtime() {
         Ok(r) => r,
         Err(c) => return c,

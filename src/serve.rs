@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{self, AuthConfig, Config, LogFormat, TlsConfig};
 use crate::registry::auth::{Auth, AuthSetupError};
@@ -24,6 +25,25 @@ pub struct Settings {
     pub gc: crate::gc::GcOptions,
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+}
+
+/// The `limits` section, resolved: what one client may hold and for how long.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_blob_bytes: u64,
+    pub max_upload_sessions: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    pub const DEFAULT_MAX_BLOB_BYTES: u64 = 32 << 30;
+    pub const DEFAULT_MAX_UPLOAD_SESSIONS: usize = 100;
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 }
 
 /// Values given on the command line or in the environment; `None` means "not given".
@@ -39,6 +59,25 @@ pub struct Overrides {
     pub htpasswd: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub max_blob_bytes: Option<u64>,
+    pub max_upload_sessions: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+}
+
+fn duration_option(
+    what: &str,
+    v: Option<String>,
+    default: Duration,
+) -> Result<Duration, ServeError> {
+    let Some(v) = v else { return Ok(default) };
+    let d = humantime::parse_duration(&v)
+        .map_err(|e| ServeError::Option(format!("{what} {v:?}: {e}")))?;
+    if d.is_zero() {
+        return Err(ServeError::Option(format!("{what} must be more than 0s")));
+    }
+    Ok(d)
 }
 
 impl Settings {
@@ -53,9 +92,40 @@ impl Settings {
                     .map_err(|e| ServeError::Option(format!("gc interval {v:?}: {e}")))
             })
             .transpose()?;
+        let l = &file.limits;
+        let limits = Limits {
+            max_blob_bytes: o
+                .max_blob_bytes
+                .or(l.max_blob_bytes)
+                .unwrap_or(Limits::DEFAULT_MAX_BLOB_BYTES),
+            max_upload_sessions: o
+                .max_upload_sessions
+                .or(l.max_upload_sessions)
+                .unwrap_or(Limits::DEFAULT_MAX_UPLOAD_SESSIONS),
+            max_connections: o
+                .max_connections
+                .or(l.max_connections)
+                .unwrap_or(Limits::DEFAULT_MAX_CONNECTIONS),
+            header_read_timeout: duration_option(
+                "limits.headerReadTimeout",
+                o.header_read_timeout.or(l.header_read_timeout.clone()),
+                Limits::DEFAULT_HEADER_READ_TIMEOUT,
+            )?,
+            idle_timeout: duration_option(
+                "limits.idleTimeout",
+                o.idle_timeout.or(l.idle_timeout.clone()),
+                Limits::DEFAULT_IDLE_TIMEOUT,
+            )?,
+        };
+        if limits.max_connections == 0 || limits.max_upload_sessions == 0 {
+            return Err(ServeError::Option(
+                "limits.maxConnections and limits.maxUploadSessions must be at least 1".into(),
+            ));
+        }
         Ok(Settings {
             gc,
             gc_interval,
+            limits,
             addr: o
                 .addr
                 .or(file.addr.clone())
@@ -119,15 +189,38 @@ pub enum ServeError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// The log filter: RUST_LOG when set, else `level`. A filter that does not parse, or a bare
+/// word that is not a level (`loud` would otherwise be read as a target name and silence
+/// everything), refuses to start rather than run with no logs.
+pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, ServeError> {
+    let (source, text) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => ("RUST_LOG", v),
+        _ => ("log level", level.to_owned()),
+    };
+    let bad = |why: String| {
+        ServeError::Option(format!(
+            "{source} {text:?} is not a log filter ({why}); try info, debug, warn or berth=debug"
+        ))
+    };
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains('=') && !directive.contains('[');
+        if bare && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(bad(format!("{directive:?} is not a level")));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(&text).map_err(|e| bad(e.to_string()))
+}
+
 /// Sets up logging: plain or JSON lines on stderr, filtered before formatting. Lines are
 /// formatted on the thread that logs and written by a background thread in batches, so a
 /// request never waits for a write to stderr (audit lines are one per pull). Keep the guard
 /// until exit: dropping it flushes what is queued.
-pub fn init_tracing(format: LogFormat, level: &str) -> tracing_appender::non_blocking::WorkerGuard {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+pub fn init_tracing(
+    format: LogFormat,
+    level: &str,
+) -> Result<tracing_appender::non_blocking::WorkerGuard, ServeError> {
+    let filter = log_filter(level)?;
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("berth-log")
@@ -142,7 +235,7 @@ pub fn init_tracing(format: LogFormat, level: &str) -> tracing_appender::non_blo
         LogFormat::Json => builder.json().with_current_span(true).try_init(),
         LogFormat::Plain => builder.try_init(),
     };
-    guard
+    Ok(guard)
 }
 
 /// Where the token service's generated signing key is read from. On the filesystem it lives
@@ -199,6 +292,12 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     let token_key = token_key_path(&settings, store.as_ref()).await?;
     let mut registry = Registry::new(store.clone(), settings.manifest_cache_bytes);
     registry.automatic_cross_mount = settings.automatic_cross_mount;
+    registry.upload_limits = crate::registry::uploads::UploadLimits::new(
+        settings.limits.max_blob_bytes,
+        settings.limits.max_upload_sessions,
+        settings.gc.upload_ttl,
+    );
+    warn_careless_auth(&settings.auth);
     let auth = Auth::from_config(&settings.auth, &token_key, store, settings.tls.is_some())?;
     match &auth {
         Some(a) => {
@@ -216,6 +315,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     }
     registry.auth = auth.map(Arc::new);
     let registry = Arc::new(registry);
+    tokio::spawn(purge_idle_uploads(registry.clone(), settings.gc.upload_ttl));
     if let Some(every) = settings.gc_interval {
         tokio::spawn(collect_periodically(
             registry.clone(),
@@ -242,20 +342,25 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         }
     }
     tracing::info!(addr = %local, storage = %settings.storage.describe(), tls = tls.is_some(), "listening");
-    if let Some(tls) = tls {
-        return crate::tls::serve(listener, tls, server::router(registry), shutdown_signal())
-            .await
-            .map_err(ServeError::Serve);
+    let limits = crate::listen::ConnLimits {
+        max_connections: crate::listen::fit_to_fd_limit(settings.limits.max_connections),
+        header_read_timeout: settings.limits.header_read_timeout,
+        idle_timeout: settings.limits.idle_timeout,
+    };
+    if limits.max_connections < settings.limits.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            asked = settings.limits.max_connections,
+            "limits.maxConnections lowered to fit the open-file limit"
+        );
     }
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
+    crate::listen::serve(
         listener,
-        server::router(registry).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        tls,
+        server::router(registry),
+        limits,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(shutdown_signal())
     .await
     .map_err(ServeError::Serve)
 }
@@ -277,6 +382,66 @@ pub async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Says at start-up what in the auth settings is probably a mistake: anonymous push or
+/// delete, an htpasswd file with no users, or users with no rule granting them anything.
+fn warn_careless_auth(auth: &AuthConfig) {
+    use crate::config::Action;
+    for rule in &auth.access {
+        let anonymous = rule.users.iter().any(|u| u == "anonymous");
+        let writes: Vec<&str> = rule
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Push => Some("push"),
+                Action::Delete => Some("delete"),
+                Action::Pull => None,
+            })
+            .collect();
+        if anonymous && !writes.is_empty() {
+            tracing::warn!(
+                repository = %rule.repository,
+                actions = %writes.join(","),
+                "an access rule lets anonymous clients {} without signing in",
+                writes.join(" and ")
+            );
+        }
+    }
+    if let Some(path) = &auth.htpasswd {
+        let users = std::fs::read_to_string(path).map(|t| {
+            t.lines()
+                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .count()
+        });
+        if let Ok(0) = users {
+            tracing::warn!(file = %path.display(), "the htpasswd file holds no users: nobody can sign in");
+        }
+    }
+    let auth_on = auth.htpasswd.is_some() || auth.token.is_some();
+    if auth_on && auth.access.is_empty() {
+        tracing::warn!(
+            "authentication is on but auth.access has no rules: every request except an admin's is denied"
+        );
+    }
+}
+
+/// How often the server looks for upload sessions idle past their TTL.
+const UPLOAD_PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// Removes upload sessions idle for longer than `ttl`, in the background, whatever the store
+/// (`berth gc` does the same; several replicas doing it at once is harmless).
+async fn purge_idle_uploads(registry: Arc<Registry>, ttl: Duration) {
+    let mut tick = tokio::time::interval(UPLOAD_PURGE_EVERY.min(ttl));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match crate::gc::purge_uploads(registry.store.as_ref(), ttl, false, None).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "removed idle upload sessions"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge idle upload sessions"),
+        }
+    }
 }
 
 /// `serve --gc-interval`: collect garbage in the background while serving, and report it on

@@ -2,23 +2,16 @@
 //! connection arrives and re-read when either has changed, so a renewed certificate (say a
 //! Kubernetes Secret updated in place) is served from the next connection on, with no restart
 //! and without touching connections already open. A half-written pair that does not parse
-//! keeps the previous certificate in service.
+//! keeps the previous certificate in service. The accept loop is `crate::listen`'s.
 
-use std::future::Future;
-use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use axum::Router;
-use axum::extract::ConnectInfo;
-use hyper_util::rt::TokioIo;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -96,60 +89,4 @@ fn build(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
             .with_single_cert(chain, key_der)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Serves `router` over TLS until `shutdown` resolves, then lets open connections finish.
-pub async fn serve(
-    listener: TcpListener,
-    tls: ReloadingTls,
-    router: Router,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let tls = Arc::new(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(tls.config());
-        let router = router.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                    let mut r = router.clone();
-                    async move { tower::Service::call(&mut r, req).await }
-                },
-            );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }

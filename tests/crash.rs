@@ -783,3 +783,96 @@ async fn crash_safety_kill9_during_concurrent_pushes() {
         drop(s);
     }
 }
+
+/// kill -9 while a chunk is half received: the session must report the bytes before the
+/// chunk, never a Range that ends inside it (a chunk is all or nothing).
+#[tokio::test]
+async fn kill9_mid_chunk_leaves_the_range_before_the_chunk() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    let mut s = Server::start_on(&root, &[]);
+    let c = http();
+    let r = c.post(s.url("/v2/a/blobs/uploads/")).send().await.unwrap();
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
+    let r = c
+        .patch(s.url(&loc))
+        .header("content-type", "application/octet-stream")
+        .body(vec![1u8; 100])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Half of a 4 MiB chunk, enough to be written out before the kill.
+    let mut half = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        half,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n"
+    )
+    .unwrap();
+    half.write_all(&vec![2u8; 3 << 20]).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.kill9();
+    drop(half);
+    let s = Server::start_on(&root, &[]);
+    let r = c.get(s.url(&loc)).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["range"],
+        "0-99",
+        "range ends inside the torn chunk"
+    );
+    // And the session goes on from there.
+    let r = c
+        .patch(s.url(&loc))
+        .header("content-type", "application/octet-stream")
+        .header("content-range", "100-104")
+        .header("content-length", "5")
+        .body(vec![3u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.headers()["range"], "0-104");
+}
+
+/// Temporaries a crash left under blobs/ and repositories/ go with `berth gc`, once old
+/// enough that no live write can own them; fresh ones stay.
+#[test]
+fn gc_removes_stale_temporaries_and_keeps_fresh_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("data");
+    drop(Server::start_on(&root, &[]));
+    let old = [
+        root.join("blobs/sha256/ab/.abcd.tmp-0000000000000001"),
+        root.join("repositories/a/_tags/.latest.tmp-0000000000000002"),
+    ];
+    let fresh = root.join("repositories/a/_tags/.next.tmp-0000000000000003");
+    for p in old.iter().chain([&fresh]) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"torn").unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for p in &old {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["gc", "--grace", "0s", "--root"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for p in &old {
+        assert!(!p.exists(), "{} survived gc", p.display());
+    }
+    assert!(fresh.exists(), "a fresh temporary was removed");
+}

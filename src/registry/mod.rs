@@ -28,6 +28,8 @@ pub struct Registry {
     pub automatic_cross_mount: bool,
     /// Access control; `None` is an open registry.
     pub auth: Option<Arc<auth::Auth>>,
+    /// The largest blob and the open sessions one repository or user may have.
+    pub upload_limits: uploads::UploadLimits,
 }
 
 impl Registry {
@@ -39,6 +41,7 @@ impl Registry {
             tag_lists: tags::TagListCache::default(),
             automatic_cross_mount: true,
             auth: None,
+            upload_limits: uploads::UploadLimits::default(),
         }
     }
 }

@@ -198,6 +198,8 @@ pub struct Req {
     pub query: Query,
     /// With auth on, the repositories this caller may see in listings (`None`: all).
     pub repo_filter: Option<RepoFilter>,
+    /// The signed-in user (`None`: anonymous, or auth off).
+    pub user: Option<String>,
 }
 
 pub type RepoFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -366,6 +368,7 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
         headers: parts.headers,
         query: Query::parse(parts.uri.query()),
         repo_filter: None,
+        user: None,
     };
     let mut audit = None;
     let mut who = None;
@@ -378,6 +381,7 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
             match check_access(&reg, &route, &mut req, client, peer).await {
                 Ok(id) => {
                     who = id.map(|i| i.subject.name());
+                    req.user = who.clone();
                     dispatch(&reg, route, req, body).await
                 }
                 Err(e) => Err(e),

@@ -2,6 +2,11 @@
 //! PATCH chunks with `Content-Range`, GET status, PUT `?digest=` to finish, DELETE to cancel.
 //! Bytes are hashed as they arrive and become visible only after the digest checks out.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,6 +17,121 @@ use super::errors::{RegistryError, Result};
 use super::server::{Req, header_value};
 use crate::oci::{Digest, RepoName};
 use crate::store::{ByteStream, MetaKey, UploadId};
+
+/// The largest blob accepted and the upload sessions one repository or one user may hold
+/// open on this replica. Sessions are counted from their creation until they finish, are
+/// cancelled or sit idle for `session_ttl` (when the in-server purge removes them).
+pub struct UploadLimits {
+    pub max_blob_bytes: u64,
+    pub max_sessions: usize,
+    pub session_ttl: Duration,
+    open: Mutex<HashMap<UploadId, OpenSession>>,
+}
+
+struct OpenSession {
+    repo: String,
+    user: Option<String>,
+    last_active: Instant,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        UploadLimits::new(u64::MAX, usize::MAX, Duration::from_secs(24 * 3600))
+    }
+}
+
+impl UploadLimits {
+    pub fn new(max_blob_bytes: u64, max_sessions: usize, session_ttl: Duration) -> Self {
+        UploadLimits {
+            max_blob_bytes,
+            max_sessions,
+            session_ttl,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<UploadId, OpenSession>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses a new session when the repository or the user already holds the maximum.
+    fn admit(&self, repo: &RepoName, user: Option<&str>) -> Result<()> {
+        let mut open = self.sessions();
+        let ttl = self.session_ttl;
+        open.retain(|_, s| s.last_active.elapsed() < ttl);
+        let in_repo = open.values().filter(|s| s.repo == repo.as_str()).count();
+        if in_repo >= self.max_sessions {
+            return Err(RegistryError::Denied(format!(
+                "repository {repo} has {in_repo} open upload sessions, the most allowed \
+                 (limits.maxUploadSessions): finish or cancel one first"
+            )));
+        }
+        if let Some(u) = user {
+            let by_user = open
+                .values()
+                .filter(|s| s.user.as_deref() == Some(u))
+                .count();
+            if by_user >= self.max_sessions {
+                return Err(RegistryError::Denied(format!(
+                    "user {u} has {by_user} open upload sessions, the most allowed \
+                     (limits.maxUploadSessions): finish or cancel one first"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn opened(&self, id: &UploadId, repo: &RepoName, user: Option<&str>) {
+        self.sessions().insert(
+            id.clone(),
+            OpenSession {
+                repo: repo.as_str().to_owned(),
+                user: user.map(str::to_owned),
+                last_active: Instant::now(),
+            },
+        );
+    }
+
+    fn touched(&self, id: &UploadId) {
+        if let Some(s) = self.sessions().get_mut(id) {
+            s.last_active = Instant::now();
+        }
+    }
+
+    fn closed(&self, id: &UploadId) {
+        self.sessions().remove(id);
+    }
+}
+
+/// Caps a request body at `limit` bytes: past it the stream fails and `exceeded` is set, so
+/// the store drops what it received and the handler answers 413 rather than a body error.
+fn capped(body: ByteStream, limit: u64, exceeded: Arc<AtomicBool>) -> ByteStream {
+    let mut seen: u64 = 0;
+    body.map(move |chunk| {
+        let chunk = chunk?;
+        seen = seen.saturating_add(chunk.len() as u64);
+        if seen > limit {
+            exceeded.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("blob exceeds limits.maxBlobBytes"));
+        }
+        Ok(chunk)
+    })
+    .boxed()
+}
+
+fn too_large(max: u64) -> RegistryError {
+    RegistryError::PayloadTooLarge(format!(
+        "blob larger than {max} bytes, the most this registry accepts (limits.maxBlobBytes)"
+    ))
+}
+
+/// Refuses up front a body that says it will not fit in `room` bytes.
+fn check_declared(reg: &Registry, len: Option<u64>, room: u64) -> Result<()> {
+    match len {
+        Some(n) if n > room => Err(too_large(reg.upload_limits.max_blob_bytes)),
+        _ => Ok(()),
+    }
+}
 
 fn upload_location(repo: &RepoName, id: &UploadId) -> String {
     format!("/v2/{repo}/blobs/uploads/{id}")
@@ -171,13 +291,20 @@ pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Res
         let digest: Digest = d.parse()?;
         let _g = InProgress::new(reg);
         let len = req.content_length();
-        reg.store
-            .blob_receive(repo, &digest, len, body_stream(reg, body))
-            .await?;
+        let max = reg.upload_limits.max_blob_bytes;
+        check_declared(reg, len, max)?;
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = capped(body_stream(reg, body), max, exceeded.clone());
+        match reg.store.blob_receive(repo, &digest, len, body).await {
+            Err(_) if exceeded.load(Ordering::Relaxed) => return Err(too_large(max)),
+            r => r?,
+        };
         link_blob(reg, repo, &digest).await?;
         return created_blob(repo, &digest);
     }
+    reg.upload_limits.admit(repo, req.user.as_deref())?;
     let id = reg.store.upload_create(repo).await?;
+    reg.upload_limits.opened(&id, repo, req.user.as_deref());
     session_response(StatusCode::ACCEPTED, repo, &id, 0)
 }
 
@@ -197,11 +324,64 @@ pub async fn patch(
     let id = parse_id(id)?;
     let (offset, len) = declared_chunk(&req)?;
     let _g = InProgress::new(reg);
-    let size = reg
-        .store
-        .upload_append(repo, &id, offset, len, None, body_stream(reg, body))
-        .await?;
+    reg.upload_limits.touched(&id);
+    let size = append_capped(reg, repo, &id, offset, len, body).await?;
+    reg.upload_limits.touched(&id);
     session_response(StatusCode::ACCEPTED, repo, &id, size)
+}
+
+/// The room left in a session under `maxBlobBytes`: from the chunk's declared start when it
+/// gave one (checked by the store), else from the session's size.
+async fn room_left(
+    reg: &Registry,
+    repo: &RepoName,
+    id: &UploadId,
+    offset: Option<u64>,
+) -> Result<u64> {
+    let held = match offset {
+        Some(o) => o,
+        None => reg.store.upload_size(repo, id).await?,
+    };
+    Ok(reg.upload_limits.max_blob_bytes.saturating_sub(held))
+}
+
+/// Appends a chunk, refusing it (and removing the session's data) once the blob would pass
+/// `maxBlobBytes`.
+async fn append_capped(
+    reg: &Registry,
+    repo: &RepoName,
+    id: &UploadId,
+    offset: Option<u64>,
+    len: Option<u64>,
+    body: Body,
+) -> Result<u64> {
+    let max = reg.upload_limits.max_blob_bytes;
+    let room = room_left(reg, repo, id, offset).await?;
+    if check_declared(reg, len, room).is_err() {
+        discard(reg, repo, id).await;
+        return Err(too_large(max));
+    }
+    let exceeded = Arc::new(AtomicBool::new(false));
+    let body = capped(body_stream(reg, body), room, exceeded.clone());
+    match reg
+        .store
+        .upload_append(repo, id, offset, len, None, body)
+        .await
+    {
+        Err(_) if exceeded.load(Ordering::Relaxed) => {
+            discard(reg, repo, id).await;
+            Err(too_large(max))
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Removes an oversized upload's session and data; the client must start again anyway.
+async fn discard(reg: &Registry, repo: &RepoName, id: &UploadId) {
+    if let Err(e) = reg.store.upload_cancel(repo, id).await {
+        tracing::warn!(upload = %id, error = %e, "cannot remove an oversized upload");
+    }
+    reg.upload_limits.closed(id);
 }
 
 pub async fn finish(
@@ -222,12 +402,29 @@ pub async fn finish(
     if has_body(&req) {
         let (offset, len) = declared_chunk(&req)?;
         let _g = InProgress::new(reg);
-        reg.store
-            .upload_append_commit(repo, &id, offset, len, body_stream(reg, body), &digest)
-            .await?;
+        let max = reg.upload_limits.max_blob_bytes;
+        let room = room_left(reg, repo, &id, offset).await?;
+        if check_declared(reg, len, room).is_err() {
+            discard(reg, repo, &id).await;
+            return Err(too_large(max));
+        }
+        let exceeded = Arc::new(AtomicBool::new(false));
+        let body = capped(body_stream(reg, body), room, exceeded.clone());
+        match reg
+            .store
+            .upload_append_commit(repo, &id, offset, len, body, &digest)
+            .await
+        {
+            Err(_) if exceeded.load(Ordering::Relaxed) => {
+                discard(reg, repo, &id).await;
+                return Err(too_large(max));
+            }
+            r => r?,
+        };
     } else {
         reg.store.upload_commit(repo, &id, &digest).await?;
     }
+    reg.upload_limits.closed(&id);
     link_blob(reg, repo, &digest).await?;
     created_blob(repo, &digest)
 }
@@ -235,6 +432,7 @@ pub async fn finish(
 pub async fn cancel(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response> {
     let id = parse_id(id)?;
     reg.store.upload_cancel(repo, &id).await?;
+    reg.upload_limits.closed(&id);
     Ok((StatusCode::NO_CONTENT, [(header::CONTENT_LENGTH, "0")]).into_response())
 }
 

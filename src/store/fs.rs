@@ -72,6 +72,85 @@ fn not_found_as_none<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
+/// Stored files are readable by the process's group at most (a registry's content is not for
+/// every local user), directories likewise.
+const FILE_MODE: u32 = 0o640;
+const DIR_MODE: u32 = 0o750;
+
+/// Creates (truncating) a file with `FILE_MODE`.
+fn create_file(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
+/// Creates a directory and its missing parents with `DIR_MODE`.
+fn create_dirs(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(path)
+}
+
+/// The file under an upload's directory that holds how many of `data`'s bytes are committed:
+/// bytes past it belong to a chunk that never finished (the process died mid-chunk) and are
+/// cut off before the session is used again, so a chunk is all or nothing.
+const COMMITTED: &str = "committed";
+
+fn read_committed(dir: &Path) -> io::Result<Option<u64>> {
+    let Some(text) = not_found_as_none(fs::read_to_string(dir.join(COMMITTED)))? else {
+        return Ok(None);
+    };
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| io::Error::other(format!("{}: not a size", dir.join(COMMITTED).display())))
+}
+
+/// Removes `.tmp-*` files modified before `cutoff` under `dir`, recursively.
+fn sweep_tmp(
+    dir: &Path,
+    cutoff: std::time::SystemTime,
+    dry_run: bool,
+    n: &mut usize,
+) -> io::Result<()> {
+    let Some(entries) = not_found_as_none(fs::read_dir(dir))? else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(ft) = not_found_as_none(entry.file_type())? else {
+            continue;
+        };
+        if ft.is_dir() {
+            sweep_tmp(&entry.path(), cutoff, dry_run, n)?;
+            continue;
+        }
+        let name = entry.file_name();
+        let is_tmp = name
+            .to_str()
+            .is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+        if !is_tmp {
+            continue;
+        }
+        let Some(meta) = not_found_as_none(entry.metadata())? else {
+            continue;
+        };
+        if meta.modified()? < cutoff {
+            *n += 1;
+            if !dry_run {
+                not_found_as_none(fs::remove_file(entry.path()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -92,10 +171,10 @@ fn write_via_rename(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> 
         .and_then(|n| n.to_str())
         .ok_or_else(|| io::Error::other("key has no file name"))?;
     let tmp = parent.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()));
-    let mut f = match File::create(&tmp) {
+    let mut f = match create_file(&tmp) {
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            fs::create_dir_all(parent)?;
-            File::create(&tmp)?
+            create_dirs(parent)?;
+            create_file(&tmp)?
         }
         other => other?,
     };
@@ -372,7 +451,7 @@ impl FsStore {
     pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
         for d in [layout::BLOBS, layout::REPOSITORIES, layout::UPLOADS] {
-            fs::create_dir_all(root.join(d))?;
+            create_dirs(&root.join(d))?;
         }
         Ok(FsStore {
             root,
@@ -411,6 +490,18 @@ impl FsStore {
             _ => Err(StoreError::UploadUnknown),
         }
     }
+}
+
+/// How many bytes of an upload's `data` are committed: the `committed` file's count (capped
+/// by the file's length), or the file's length for a session written before that file existed.
+fn committed_size(data: &Path) -> io::Result<Option<u64>> {
+    let Some(len) = not_found_as_none(fs::metadata(data).map(|m| m.len()))? else {
+        return Ok(None);
+    };
+    let dir = data
+        .parent()
+        .ok_or_else(|| io::Error::other("upload data has no parent"))?;
+    Ok(Some(read_committed(dir)?.map_or(len, |c| c.min(len))))
 }
 
 /// Makes `st` cover exactly the first `size` bytes of `data` with algorithm `alg`.
@@ -538,9 +629,10 @@ impl Store for FsStore {
         // unknown and that gc's upload TTL purges, never one with a torn owner. Not fsynced:
         // a session lost to a power failure is simply started again by the client.
         blocking(move || {
-            fs::create_dir_all(&dir)?;
+            create_dirs(&dir)?;
             write_via_rename(&dir.join("repo"), owner.as_bytes(), false)?;
-            File::create(dir.join("data")).map(|_| ())
+            write_via_rename(&dir.join(COMMITTED), b"0", false)?;
+            create_file(&dir.join("data")).map(|_| ())
         })
         .await?;
         Ok(id)
@@ -548,7 +640,7 @@ impl Store for FsStore {
 
     async fn upload_size(&self, repo: &RepoName, id: &UploadId) -> Result<u64> {
         let data = self.upload_data(repo, id).await?;
-        let len = blocking(move || not_found_as_none(fs::metadata(data).map(|m| m.len()))).await?;
+        let len = blocking(move || committed_size(&data)).await?;
         len.ok_or(StoreError::UploadUnknown)
     }
 
@@ -566,10 +658,13 @@ impl Store for FsStore {
         let mut st = state.lock().await;
         let path = data.clone();
         let opened = blocking(move || {
-            let Some(f) = not_found_as_none(OpenOptions::new().append(true).open(path))? else {
+            let Some(size) = committed_size(&path)? else {
                 return Ok(None);
             };
-            let size = f.metadata()?.len();
+            let f = OpenOptions::new().append(true).open(&path)?;
+            if f.metadata()?.len() > size {
+                f.set_len(size)?; // the torn end of a chunk cut short by a crash
+            }
             Ok(Some((f, size)))
         })
         .await?;
@@ -677,9 +772,17 @@ impl Store for FsStore {
             return Err(err);
         }
         drop(file);
+        let end = start + received;
+        let dir = data.parent().map(Path::to_owned);
+        if let Some(dir) = dir {
+            blocking(move || {
+                write_via_rename(&dir.join(COMMITTED), end.to_string().as_bytes(), false)
+            })
+            .await?;
+        }
         st.hasher = Some(hasher);
-        st.hashed = start + received;
-        Ok(start + received)
+        st.hashed = end;
+        Ok(end)
     }
 
     async fn upload_commit(&self, repo: &RepoName, id: &UploadId, digest: &Digest) -> Result<u64> {
@@ -687,9 +790,17 @@ impl Store for FsStore {
         let state = self.upload_state(id);
         let mut st = state.lock().await;
         let path = data.clone();
-        let size = blocking(move || not_found_as_none(fs::metadata(path).map(|m| m.len())))
-            .await?
-            .ok_or(StoreError::UploadUnknown)?;
+        let size = blocking(move || {
+            let size = committed_size(&path)?;
+            if let Some(size) = size
+                && fs::metadata(&path)?.len() > size
+            {
+                OpenOptions::new().write(true).open(&path)?.set_len(size)?;
+            }
+            Ok(size)
+        })
+        .await?
+        .ok_or(StoreError::UploadUnknown)?;
         bring_up_to_date(&mut st, &data, size, digest.algorithm()).await?;
         let computed = st
             .hasher
@@ -712,7 +823,7 @@ impl Store for FsStore {
             let parent = blob
                 .parent()
                 .ok_or_else(|| io::Error::other("blob key has no parent"))?;
-            fs::create_dir_all(parent)?;
+            create_dirs(parent)?;
             fs::rename(&data, &blob)?;
             fsync_dir(parent)?;
             not_found_as_none(fs::remove_dir_all(upload_dir)).map(|_| ())
@@ -770,6 +881,22 @@ impl Store for FsStore {
                 });
             }
             Ok(out)
+        })
+        .await?)
+    }
+
+    async fn sweep_temporaries(
+        &self,
+        cutoff: std::time::SystemTime,
+        dry_run: bool,
+    ) -> Result<usize> {
+        let dirs = [self.path(layout::BLOBS), self.path(layout::REPOSITORIES)];
+        Ok(blocking(move || {
+            let mut n = 0;
+            for d in &dirs {
+                sweep_tmp(d, cutoff, dry_run, &mut n)?;
+            }
+            Ok(n)
         })
         .await?)
     }

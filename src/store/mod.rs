@@ -187,6 +187,12 @@ pub trait Store: Send + Sync + 'static {
     async fn upload_delete(&self, id: &UploadId) -> Result<()>;
     /// Every upload session with its last activity.
     async fn upload_list(&self) -> Result<Vec<UploadInfo>>;
+    /// Removes (or on a dry run counts) temporary files of writes that were interrupted, last
+    /// modified before `cutoff`; returns how many. Object stores write atomically and leave
+    /// none.
+    async fn sweep_temporaries(&self, _cutoff: SystemTime, _dry_run: bool) -> Result<usize> {
+        Ok(0)
+    }
 
     /// Writes a metadata document atomically (replacing any previous value).
     async fn meta_put(&self, key: &MetaKey, value: &[u8]) -> Result<()>;
