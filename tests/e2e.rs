@@ -77,7 +77,10 @@ async fn operator_end_to_end_on_a_real_cluster() {
     let pp = PatchParams::apply("berth-e2e").force();
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in [Registry::crd(), GarbageCollection::crd()] {
+    for crd in [
+        berth::operator::crd::registry_crd(),
+        GarbageCollection::crd(),
+    ] {
         let name = crd.metadata.name.clone().unwrap();
         crds.patch(&name, &pp, &Patch::Apply(&crd)).await.unwrap();
         wait_for("the CRD to be established", Duration::from_secs(60), || {

@@ -204,6 +204,8 @@ fn chart_objects(values_override: &str) -> Objects {
     let mut files: Vec<_> = std::fs::read_dir(dir.join("templates"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        // NOTES.txt is what helm prints after an install, not a manifest.
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
     for f in files {

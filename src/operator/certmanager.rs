@@ -97,7 +97,10 @@ impl Certificate {
 pub async fn served(client: &kube::Client) -> Result<bool, kube::Error> {
     match client.list_api_group_resources(API_VERSION).await {
         Ok(list) => Ok(list.resources.iter().any(|r| r.name == "certificates")),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(false),
+        // By status code, not reason: for a group nobody serves, a real API server answers a
+        // plain-text "404 page not found", which kube turns into an error without the
+        // NotFound reason.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(e),
     }
 }

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, ValidationRule,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars1 as schemars;
@@ -118,14 +121,17 @@ pub struct StorageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct PvcStorage {
     /// Requested size, a Kubernetes quantity such as `10Gi`.
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "isQuantity(self)", "message": "size must be a quantity such as 10Gi"}
-    ]))]
+    // A pattern, not CEL's isQuantity: the quantity library needs Kubernetes 1.29.
+    #[schemars(regex(
+        pattern = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([KMGTPE]i)|[numkMGTPE]|[eE][+-]?[0-9]+)?$"
+    ))]
     pub size: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
     /// Default `[ReadWriteOnce]`; use ReadWriteMany to run several replicas on several nodes.
+    // Bounded, so the API server's cost estimate of the rules that read it stays small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4))]
     pub access_modes: Option<Vec<String>>,
 }
 
@@ -310,7 +316,8 @@ pub struct PodDisruptionBudgetSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"}
+    {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"},
+    {"rule": "!has(self.targetCPUUtilizationPercentage)", "message": "spelled targetCpuUtilizationPercentage"}
 ]))]
 pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -322,6 +329,14 @@ pub struct AutoscalingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: Option<i32>,
+    /// The HPA's own spelling, in the schema only so that admission refuses it loudly
+    /// instead of pruning it in silence; the operator refuses it too.
+    #[serde(
+        default,
+        rename = "targetCPUUtilizationPercentage",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub target_cpu_utilization_percentage_misspelled: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -471,11 +486,71 @@ pub struct GarbageCollectionStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The longest suffix a child's name adds to the Registry's (`<name>-token-key`).
+pub const LONGEST_CHILD_SUFFIX: &str = "-token-key";
+
+/// The longest Registry name whose children's names still fit in 63 characters.
+pub const MAX_REGISTRY_NAME: usize = 63 - LONGEST_CHILD_SUFFIX.len();
+
+/// What every child's name needs of the Registry's: a DNS-1035 label (the Service is named
+/// after the Registry) short enough for the longest suffix.
+pub fn registry_name_problem(name: &str) -> Option<String> {
+    let label = name.len() <= MAX_REGISTRY_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    (!label).then(|| REGISTRY_NAME_MESSAGE.to_owned())
+}
+
+const REGISTRY_NAME_MESSAGE: &str = "a Registry's name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, ending with a letter or digit) of at most 53 characters, so that its Service and `<name>-token-key` are valid names";
+
+/// The Registry CRD with the rules on its root the derive cannot express: `metadata.name`
+/// (the one metadata field, with `generateName`, that CEL may read there) must suit every
+/// child, and several replicas need a volume that several nodes can mount.
+pub fn registry_crd() -> CustomResourceDefinition {
+    use kube::CustomResourceExt;
+    let mut crd = Registry::crd();
+    let name_rule = format!(
+        "self.metadata.name.size() <= {MAX_REGISTRY_NAME} && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    );
+    let rules = [
+        ValidationRule {
+            rule: name_rule,
+            message: Some(REGISTRY_NAME_MESSAGE.to_owned()),
+            ..ValidationRule::default()
+        },
+        ValidationRule {
+            rule: SINGLE_NODE_RULE.to_owned(),
+            message: Some(SINGLE_NODE_MESSAGE.to_owned()),
+            field_path: Some(".spec.replicas".to_owned()),
+            ..ValidationRule::default()
+        },
+    ];
+    for v in &mut crd.spec.versions {
+        if let Some(root) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            root.x_kubernetes_validations = Some(rules.to_vec());
+        }
+    }
+    crd
+}
+
+/// A ReadWriteOnce (or ReadWriteOncePod) claim is mounted by one node: more than one replica
+/// would leave pods Pending on other nodes, so only ReadWriteMany takes several.
+const SINGLE_NODE_RULE: &str = "!has(self.spec.storage.pvc) || (has(self.spec.storage.pvc.accessModes) && self.spec.storage.pvc.accessModes.exists(m, m == 'ReadWriteMany')) || (has(self.spec.autoscaling) ? self.spec.autoscaling.maxReplicas <= 1 : (!has(self.spec.replicas) || self.spec.replicas <= 1))";
+
+pub const SINGLE_NODE_MESSAGE: &str = "more than one replica needs storage.pvc.accessModes [ReadWriteMany] (a ReadWriteOnce volume is mounted by one node), or S3 storage";
+
 /// Both CRDs as one YAML stream, the text `berth crd` prints and `crds/` holds.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [Registry::crd(), GarbageCollection::crd()] {
+    for crd in [registry_crd(), GarbageCollection::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
@@ -506,6 +581,193 @@ mod tests {
                 "{rel} is stale: run `BERTH_BLESS=1 cargo test crds_in_the_repo` (or `berth crd > {rel}`)"
             );
         }
+    }
+
+    /// Every function and macro CEL offers CRD validation rules on Kubernetes 1.28, the oldest
+    /// version we support: the standard definitions, cel-go's strings extension (version 0),
+    /// and Kubernetes' lists, regex and URL libraries (all since 1.27 or before). Not here, as
+    /// they came later: the quantity library (`isQuantity`, `quantity`, 1.29 for CRDs), optional
+    /// types, sets, IP and CIDR, `format`, semver. The authorizer library exists only for
+    /// admission policies.
+    const CEL_ON_1_28: &[&str] = &[
+        // macros
+        "has",
+        "all",
+        "exists",
+        "exists_one",
+        "map",
+        "filter",
+        // standard
+        "size",
+        "matches",
+        "startsWith",
+        "endsWith",
+        "contains",
+        "int",
+        "uint",
+        "double",
+        "string",
+        "bytes",
+        "bool",
+        "type",
+        "dyn",
+        "duration",
+        "timestamp",
+        "getDate",
+        "getDayOfMonth",
+        "getDayOfWeek",
+        "getDayOfYear",
+        "getFullYear",
+        "getHours",
+        "getMilliseconds",
+        "getMinutes",
+        "getMonth",
+        "getSeconds",
+        // strings extension v0
+        "charAt",
+        "indexOf",
+        "lastIndexOf",
+        "lowerAscii",
+        "upperAscii",
+        "replace",
+        "split",
+        "substring",
+        "trim",
+        "join",
+        // Kubernetes lists
+        "isSorted",
+        "sum",
+        "min",
+        "max",
+        // Kubernetes regex
+        "find",
+        "findAll",
+        // Kubernetes URLs
+        "url",
+        "isURL",
+        "getScheme",
+        "getHost",
+        "getHostname",
+        "getPort",
+        "getEscapedPath",
+        "getQuery",
+    ];
+
+    /// Every `x-kubernetes-validations` rule anywhere in a CRD document.
+    fn cel_rules(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                if let Some(rules) = o.get("x-kubernetes-validations").and_then(|r| r.as_array()) {
+                    out.extend(
+                        rules
+                            .iter()
+                            .filter_map(|r| r["rule"].as_str().map(str::to_owned)),
+                    );
+                }
+                o.values().for_each(|v| cel_rules(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| cel_rules(v, out)),
+            _ => {}
+        }
+    }
+
+    /// The names called in a CEL expression (`f(` or `.f(`), string literals left out.
+    fn cel_calls(rule: &str) -> Vec<String> {
+        let mut code = String::new();
+        let mut quote = None;
+        for c in rule.chars() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None if c == '\'' || c == '"' => {
+                    quote = Some(c);
+                    code.push(' ');
+                }
+                None => code.push(c),
+            }
+        }
+        let mut calls = vec![];
+        let mut ident = String::new();
+        for c in code.chars() {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                ident.push(c);
+                continue;
+            }
+            if c == '(' && !ident.is_empty() {
+                calls.push(ident.clone());
+            }
+            if !c.is_whitespace() || ident.is_empty() {
+                ident.clear();
+            }
+        }
+        calls
+    }
+
+    fn unsupported_on_1_28(yaml: &str) -> Vec<String> {
+        let mut rules = vec![];
+        for doc in serde_yaml::Deserializer::from_str(yaml) {
+            let v: serde_json::Value = serde::Deserialize::deserialize(doc).unwrap();
+            cel_rules(&v, &mut rules);
+        }
+        assert!(!rules.is_empty(), "no CEL rules found");
+        rules
+            .iter()
+            .flat_map(|r| cel_calls(r).into_iter().map(move |f| (r, f)))
+            .filter(|(_, f)| !CEL_ON_1_28.contains(&f.as_str()))
+            .map(|(r, f)| format!("{f} in {r:?}"))
+            .collect()
+    }
+
+    #[test]
+    fn cel_calls_are_found_outside_string_literals() {
+        assert_eq!(
+            cel_calls("has(self.a) && self.b.matches('x(y)') && isQuantity (self.c)"),
+            ["has", "matches", "isQuantity"]
+        );
+        let old = "spec:\n  x-kubernetes-validations:\n  - rule: isQuantity(self)\n";
+        assert_eq!(
+            unsupported_on_1_28(old),
+            ["isQuantity in \"isQuantity(self)\""]
+        );
+    }
+
+    #[test]
+    fn every_cel_rule_runs_on_kubernetes_1_28() {
+        let generated = crds_yaml().unwrap();
+        assert_eq!(
+            unsupported_on_1_28(&generated),
+            Vec::<String>::new(),
+            "berth crd"
+        );
+        for rel in [
+            "crds/berth.dev.yaml",
+            "charts/berth/crds/berth.dev.yaml",
+            "deploy/kustomize/base/crds.yaml",
+        ] {
+            let path = format!("{}/{rel}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(unsupported_on_1_28(&text), Vec::<String>::new(), "{rel}");
+        }
+    }
+
+    #[test]
+    fn registry_names_must_suit_every_child() {
+        assert_eq!(registry_name_problem("hub"), None);
+        assert_eq!(registry_name_problem(&"a".repeat(MAX_REGISTRY_NAME)), None);
+        for bad in [
+            "a.b",
+            "Hub",
+            "1hub",
+            "hub-",
+            &"a".repeat(MAX_REGISTRY_NAME + 1),
+        ] {
+            assert!(registry_name_problem(bad).is_some(), "{bad}");
+        }
+        // The longest child name is still a valid name.
+        assert_eq!(
+            format!("{}{LONGEST_CHILD_SUFFIX}", "a".repeat(MAX_REGISTRY_NAME)).len(),
+            63
+        );
     }
 
     #[test]

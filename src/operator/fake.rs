@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use serde_json::{Value, json};
 
@@ -47,6 +47,9 @@ struct State {
 pub struct Fake {
     state: Arc<Mutex<State>>,
 }
+
+/// The body a real API server gives for a path no API group serves (`text/plain`).
+pub const PAGE_NOT_FOUND: &str = "404 page not found\n";
 
 fn status(code: u16, reason: &str, message: &str) -> (u16, Value) {
     (
@@ -170,7 +173,8 @@ impl State {
         // .../namespaces/{ns}/{plural}[/{name}[/{sub}]]
         let segs: Vec<&str> = call.path.trim_matches('/').split('/').collect();
         let Some(ns_at) = segs.iter().position(|s| *s == "namespaces") else {
-            return status(404, "NotFound", "only namespaced paths are served");
+            // As a real server answers a group or path it does not serve: no Status, plain text.
+            return (404, Value::String(PAGE_NOT_FOUND.to_owned()));
         };
         let rest = &segs[ns_at + 2..];
         let collection = segs[..ns_at + 3.min(segs.len() - ns_at)].join("/");
@@ -331,17 +335,14 @@ impl Fake {
                     st.log.push(call.clone());
                     out
                 };
-                let bytes = match body {
-                    Value::String(s)
-                        if parts.method == Method::GET && call.path.ends_with("/log") =>
-                    {
-                        s.into_bytes()
-                    }
-                    other => serde_json::to_vec(&other).unwrap(),
+                // Pod logs and unserved paths are plain text; everything else JSON.
+                let (bytes, content_type) = match body {
+                    Value::String(s) => (s.into_bytes(), "text/plain; charset=utf-8"),
+                    other => (serde_json::to_vec(&other).unwrap(), "application/json"),
                 };
                 let resp = Response::builder()
                     .status(StatusCode::from_u16(code).unwrap())
-                    .header("content-type", "application/json")
+                    .header("content-type", content_type)
                     .body(Body::from(bytes))
                     .unwrap();
                 send.send_response(resp);

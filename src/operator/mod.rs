@@ -15,6 +15,8 @@ pub mod resources;
 pub mod run;
 
 #[cfg(test)]
+mod cluster_tests;
+#[cfg(test)]
 pub(crate) mod fake;
 #[cfg(test)]
 mod gc_tests;

@@ -50,6 +50,7 @@ pub struct Desired {
 }
 
 pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
+    build::check_spec(reg)?;
     let config = build::render_config(reg)?;
     let text = serde_yaml::to_string(&config).map_err(|e| BuildError::Serialize(e.to_string()))?;
     let hash = build::config_hash(&text);

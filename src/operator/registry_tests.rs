@@ -208,7 +208,9 @@ async fn config_change_rolls_the_deployment() {
 
 #[tokio::test]
 async fn scale_changes_only_the_replica_count() {
-    let (ctx, fake) = setup(minimal());
+    // Several replicas need a volume several nodes mount.
+    let (ctx, fake) =
+        setup(json!({"storage": {"pvc": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}}}));
     run(&ctx, &fake).await.unwrap();
     pods_ready(&fake, 1);
     run(&ctx, &fake).await.unwrap();

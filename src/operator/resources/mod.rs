@@ -9,8 +9,8 @@ mod registry;
 pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
 pub use purge::{PURGE_CONTAINER, purge_job, purge_job_name};
 pub use registry::{
-    admin_secret, admin_username, auth_secret, certificate, config_hash, config_map, deployment,
-    generate_password, horizontal_pod_autoscaler, ingress, persistent_volume_claim,
+    admin_secret, admin_username, auth_secret, certificate, check_spec, config_hash, config_map,
+    deployment, generate_password, horizontal_pod_autoscaler, ingress, persistent_volume_claim,
     pod_disruption_budget, pod_tls_secret, render_config, service, service_dns_names,
     token_key_secret, trusted_issuers, wants_token_key,
 };

@@ -9,7 +9,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use rand::Rng;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -394,6 +394,39 @@ pub fn persistent_volume_claim(
         "spec": spec,
     }))
     .map(Some)
+}
+
+/// What admission refuses by CEL, checked again here: a CRD applied without its rules (or an
+/// older copy) must not lead to children the API server refuses one by one.
+pub fn check_spec(reg: &Registry) -> Result<(), BuildError> {
+    if let Some(reason) = crate::operator::crd::registry_name_problem(&reg.name_any()) {
+        return Err(BuildError::Invalid {
+            field: "metadata.name",
+            reason,
+        });
+    }
+    let spec = &reg.spec;
+    if spec
+        .autoscaling
+        .as_ref()
+        .is_some_and(|a| a.target_cpu_utilization_percentage_misspelled.is_some())
+    {
+        return Err(BuildError::Invalid {
+            field: "spec.autoscaling.targetCPUUtilizationPercentage",
+            reason: "spelled targetCpuUtilizationPercentage".into(),
+        });
+    }
+    let most = match &spec.autoscaling {
+        Some(a) => a.max_replicas,
+        None => spec.replicas.unwrap_or(1),
+    };
+    if most > 1 && single_node_volume(reg) {
+        return Err(BuildError::Invalid {
+            field: "spec.replicas",
+            reason: crate::operator::crd::SINGLE_NODE_MESSAGE.into(),
+        });
+    }
+    Ok(())
 }
 
 fn single_node_volume(reg: &Registry) -> bool {
