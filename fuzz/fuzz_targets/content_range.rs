@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
             format!("bytes {start}-{end}/*"),
             format!("bytes {start}-{end}/{}", end.saturating_add(1)),
         ] {
-            assert_eq!(parse_content_range(&form).ok(), Some((start, end)), "{form:?}");
+            assert_eq!(
+                parse_content_range(&form).ok(),
+                Some((start, end)),
+                "{form:?}"
+            );
         }
     }
 });

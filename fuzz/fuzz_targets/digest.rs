@@ -22,9 +22,17 @@ fuzz_target!(|data: &[u8]| {
         Algorithm::Sha512 => 128,
     };
     assert_eq!(d.hex().len(), want_len, "{s:?}");
-    assert!(d.hex().bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{s:?}");
+    assert!(
+        d.hex()
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{s:?}"
+    );
     assert_eq!(Algorithm::parse(d.algorithm().as_str()), Ok(d.algorithm()));
     assert_eq!(Digest::from_parts(d.algorithm(), d.hex()), Ok(d.clone()));
     assert_eq!(s.split_once(':'), Some((d.algorithm().as_str(), d.hex())));
-    assert_eq!(serde_json::to_value(&d).unwrap(), serde_json::Value::String(s.to_owned()));
+    assert_eq!(
+        serde_json::to_value(&d).unwrap(),
+        serde_json::Value::String(s.to_owned())
+    );
 });

@@ -23,13 +23,20 @@ fuzz_target!(|data: &[u8]| {
     };
     let parsed = s.parse::<RepoName>();
     let expected = !s.is_empty() && s.len() <= berth::oci::name::MAX_NAME_LEN && spec().is_match(s);
-    assert_eq!(parsed.is_ok(), expected, "{s:?}: parser {parsed:?}, spec says {expected}");
+    assert_eq!(
+        parsed.is_ok(),
+        expected,
+        "{s:?}: parser {parsed:?}, spec says {expected}"
+    );
     if let Ok(name) = parsed {
         assert_eq!(name.as_str(), s);
         assert_eq!(name.to_string(), s);
         assert_eq!(name.to_string().parse::<RepoName>().unwrap(), name);
         for c in name.components() {
-            assert!(!c.is_empty() && c != "." && c != "..", "{s:?}: component {c:?}");
+            assert!(
+                !c.is_empty() && c != "." && c != "..",
+                "{s:?}: component {c:?}"
+            );
             assert!(!c.starts_with(['_', '.', '-']), "{s:?}: component {c:?}");
         }
     }
