@@ -59,7 +59,9 @@ pub struct RegistrySpec {
     /// Container image running the registry (default: the operator's own image and tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Number of registry pods (default 1). Ignored while `autoscaling` is set.
+    /// Number of registry pods (default 1). Ignored while `autoscaling` is set, except 0:
+    /// `replicas: 0` always stops the registry, and with `autoscaling` it suspends the
+    /// autoscaler too (no HPA while at 0; remove `replicas` to hand the count back to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
@@ -89,7 +91,7 @@ pub struct RegistrySpec {
     /// A PodDisruptionBudget for the registry pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
-    /// A HorizontalPodAutoscaler on CPU; replaces `replicas`.
+    /// A HorizontalPodAutoscaler on CPU; replaces `replicas` (but `replicas: 0` suspends it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
     /// Registry log format (default plain).
