@@ -18,6 +18,10 @@ end
 if degraded ~= nil and degraded.status == "True" then
   hs.status = "Degraded"
   hs.message = degraded.reason .. ": " .. (degraded.message or "")
+elseif ready ~= nil and ready.reason == "ScaledToZero" then
+  -- replicas: 0 is a choice, not a wait: nothing is coming.
+  hs.status = "Suspended"
+  hs.message = ready.message or "Scaled to zero"
 elseif ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"
   hs.message = ready.message or "Ready"

@@ -62,7 +62,9 @@ pub struct RegistrySpec {
     /// Container image running the registry (default: the operator's own image and tag).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// Number of registry pods (default 1). Ignored while `autoscaling` is set.
+    /// Number of registry pods (default 1). Ignored while `autoscaling` is set, except 0:
+    /// `replicas: 0` always stops the registry, and with `autoscaling` it suspends the
+    /// autoscaler too (no HPA while at 0; remove `replicas` to hand the count back to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
@@ -92,7 +94,7 @@ pub struct RegistrySpec {
     /// A PodDisruptionBudget for the registry pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_disruption_budget: Option<PodDisruptionBudgetSpec>,
-    /// A HorizontalPodAutoscaler on CPU; replaces `replicas`.
+    /// A HorizontalPodAutoscaler on CPU; replaces `replicas` (but `replicas: 0` suspends it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
     /// Registry log format (default plain).
@@ -413,6 +415,11 @@ pub struct RegistryStatus {
     ),
     printcolumn(name = "Freed", type_ = "integer", json_path = ".status.bytesFreed"),
     printcolumn(
+        name = "Last",
+        type_ = "string",
+        json_path = ".status.lastResult.phase"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -434,6 +441,15 @@ pub struct GarbageCollectionSpec {
     /// A cron schedule (`0 3 * * *`): run as a CronJob. Absent: run one Job now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Keep unreferenced blobs and manifests touched within this long (`berth gc --grace`;
+    /// default the Registry's config, else 1h). `0s` sweeps at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|[smhd])$"))]
+    pub grace: Option<String>,
+    /// Remove upload sessions idle for longer than this (`berth gc --upload-ttl`; default 24h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|[smhd])$"))]
+    pub upload_ttl: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -449,7 +465,45 @@ pub struct RetentionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub keep_last: Option<u32>,
+    /// Keep tags matching this regular expression (`^v[0-9]`), however old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.contains(',')", "message": "keepTags cannot contain a comma (berth gc --rule separates conditions with commas)"}
+    ]))]
+    pub keep_tags: Option<String>,
     /// Expire tags older than this duration (`30d`, `12h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+[smhd]$"))]
+    pub older_than: Option<String>,
+    /// Rules for the repositories matching a pattern, as `berth gc --rule` and the config's
+    /// `gc.retention` take them. The first rule whose pattern matches a repository applies;
+    /// `keepLast`, `keepTags` and `olderThan` above form the last rule, for every repository
+    /// (`**`) no rule matched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RetentionRuleSpec>,
+}
+
+/// Retention for the repositories matching one pattern. A tag is kept if any condition keeps
+/// it; a rule with no conditions keeps every tag of its repositories.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionRuleSpec {
+    /// A repository glob: `*` matches within one path segment, a `**` segment any depth.
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.contains(':') && self != ''", "message": "repositories must be a non-empty glob without ':'"}
+    ]))]
+    pub repositories: String,
+    /// Keep the newest N tags (by when they were last pushed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub keep_last: Option<u32>,
+    /// Keep tags matching this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "!self.contains(',')", "message": "keepTags cannot contain a comma (berth gc --rule separates conditions with commas)"}
+    ]))]
+    pub keep_tags: Option<String>,
+    /// Expire tags pushed longer ago than this duration (`30d`, `12h`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]+[smhd]$"))]
     pub older_than: Option<String>,
@@ -478,12 +532,40 @@ pub struct GarbageCollectionStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// Of the last finished run (the DELETED column), which may be older than the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs_deleted: Option<u64>,
+    /// Of the last finished run (the FREED column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_freed: Option<u64>,
+    /// The last run that finished, succeeded or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<GcRunResult>,
+    /// The last run that succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_result: Option<GcRunResult>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
+/// What one finished `berth gc` Job reported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcRunResult {
+    pub job_name: String,
+    /// Succeeded or Failed.
+    pub phase: GcPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blobs_deleted: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_freed: Option<u64>,
-    #[serde(default)]
-    pub conditions: Vec<Condition>,
+    /// Why a failed run failed (its termination message or log tail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The longest suffix a child's name adds to the Registry's (`<name>-token-key`).

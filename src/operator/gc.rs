@@ -20,7 +20,7 @@ use tracing::instrument;
 
 use super::apply::{ensure, remove_owned};
 use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, wanted};
-use super::crd::{GarbageCollection, GarbageCollectionStatus, GcPhase, Registry};
+use super::crd::{GarbageCollection, GarbageCollectionStatus, GcPhase, GcRunResult, Registry};
 use super::resources::{self as build, BuildError, GC_LABEL};
 use super::{Context, Error, FIELD_MANAGER};
 
@@ -84,38 +84,58 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
         return Ok(Action::await_change());
     }
     let reg_name = &gc.spec.registry_ref.name;
-    let Some(reg) = Api::<Registry>::namespaced(client.clone(), &ns)
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let reg = Api::<Registry>::namespaced(client.clone(), &ns)
         .get_opt(reg_name)
         .await?
-    else {
-        let msg =
-            format!("Registry {ns}/{reg_name} does not exist; fix spec.registryRef or create it");
+        // A Registry being deleted is going: its ConfigMap and volume go with it.
+        .filter(|r| r.meta().deletion_timestamp.is_none());
+    let Some(reg) = reg else {
+        // A CronJob would start Jobs that mount the Registry's deleted ConfigMap: stop it
+        // until the Registry is back (the Registry watch brings us here at once then).
+        let suspended = suspend_cronjob(&cronjobs, &gc.name_any()).await?;
+        let msg = if suspended {
+            format!(
+                "Registry {ns}/{reg_name} does not exist; CronJob {} is suspended until it does",
+                gc.name_any()
+            )
+        } else {
+            format!("Registry {ns}/{reg_name} does not exist; fix spec.registryRef or create it")
+        };
         let mut next = old.clone();
         next.phase = Some(next.phase.unwrap_or_default());
         write_status(&gc, &ctx, blocked("RegistryNotFound", &msg), next).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        return Ok(Action::requeue(Duration::from_secs(300)));
     };
 
-    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
-    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let job = if gc.spec.schedule.is_some() {
         let cron =
             build_or_block(&gc, &ctx, &old, build::gc_cronjob(&gc, &reg, &ctx.defaults)).await?;
         let Some(cron) = cron else {
             return Ok(Action::await_change());
         };
+        let was_suspended = cronjobs
+            .get_opt(&cron.name_any())
+            .await?
+            .and_then(|c| c.spec?.suspend)
+            .unwrap_or(false);
         if ensure(&cronjobs, &cron).await?.changed {
-            ctx.event(
-                gc.as_ref(),
-                EventType::Normal,
-                "Scheduled",
+            let note = if was_suspended {
+                format!(
+                    "Registry {reg_name} is back: CronJob {} resumes `berth gc` on {:?}",
+                    cron.name_any(),
+                    gc.spec.schedule.clone().unwrap_or_default()
+                )
+            } else {
                 format!(
                     "CronJob {} runs `berth gc` on {:?}",
                     cron.name_any(),
                     gc.spec.schedule.clone().unwrap_or_default()
-                ),
-            )
-            .await;
+                )
+            };
+            ctx.event(gc.as_ref(), EventType::Normal, "Scheduled", note)
+                .await;
         }
         latest_job(&jobs, &gc.name_any()).await?
     } else {
@@ -152,40 +172,48 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
     };
 
     let mut next = old.clone();
-    let mut report = None;
-    let mut failure = None;
+    // Every finished Job is looked at, not only the current one: a CronJob may start the next
+    // run right after one ends, and that one's result must still be recorded.
+    let owned = owned_jobs(&jobs, &gc.name_any()).await?;
+    let mut recorded = vec![];
+    for finished in newest_finished(&owned) {
+        let already = [&old.last_result, &old.last_successful_result]
+            .into_iter()
+            .flatten()
+            .any(|r| r.job_name == finished.name_any());
+        if already {
+            continue;
+        }
+        let result = read_result(client, &ns, finished).await?;
+        if result.phase == GcPhase::Succeeded {
+            next.last_successful_result = Some(result.clone());
+        }
+        let newer = next.last_result.as_ref().is_none_or(|r| {
+            owned
+                .iter()
+                .find(|j| j.name_any() == r.job_name)
+                .is_none_or(|j| created(j) <= created(finished))
+        });
+        if newer {
+            next.blobs_deleted = result.blobs_deleted;
+            next.bytes_freed = result.bytes_freed;
+            next.last_result = Some(result.clone());
+        }
+        recorded.push(result);
+    }
     match &job {
         None => {
             next.phase = Some(GcPhase::Pending);
         }
         Some(j) => {
-            let phase = job_phase(j);
             let st = j.status.clone().unwrap_or_default();
+            next.phase = Some(job_phase(j));
             next.job_name = Some(j.name_any());
             next.start_time = st.start_time.clone();
-            next.completion_time = st.completion_time.clone();
-            let newly_finished =
-                next.phase != Some(phase) || old.job_name.as_deref() != Some(&j.name_any());
-            if matches!(phase, GcPhase::Succeeded | GcPhase::Failed) && newly_finished {
-                let msg = termination_message(client, &ns, &j.name_any(), "gc").await?;
-                match phase {
-                    GcPhase::Succeeded => {
-                        report = msg.as_deref().and_then(parse_report::<GcReport>)
-                    }
-                    _ => failure = Some(msg.unwrap_or_default()),
-                }
-                next.blobs_deleted = report.map(|r| r.blobs_deleted);
-                next.bytes_freed = report.map(|r| r.bytes_freed);
-                if phase == GcPhase::Failed {
-                    next.completion_time = st
-                        .conditions
-                        .iter()
-                        .flatten()
-                        .find(|c| c.type_ == "Failed")
-                        .and_then(|c| c.last_transition_time.clone());
-                }
-            }
-            next.phase = Some(phase);
+            next.completion_time = match next.last_result.as_ref() {
+                Some(r) if r.job_name == j.name_any() => r.completion_time.clone(),
+                _ => st.completion_time.clone(),
+            };
         }
     }
     let phase = next.phase.unwrap_or_default();
@@ -203,14 +231,11 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
             ]
         }
         GcPhase::Failed => {
-            let detail = failure
-                .clone()
-                .or_else(|| {
-                    old.conditions
-                        .iter()
-                        .find(|c| c.type_ == DEGRADED)
-                        .map(|c| c.message.clone())
-                })
+            let detail = next
+                .last_result
+                .as_ref()
+                .filter(|r| r.job_name == job_name)
+                .and_then(|r| r.message.clone())
                 .unwrap_or_default();
             let msg = format!(
                 "Job {job_name} failed: {}; see `kubectl logs job/{job_name}`",
@@ -231,7 +256,10 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
                 } else {
                     "Running"
                 },
-                "no run has finished yet",
+                match &next.last_result {
+                    Some(r) => format!("the last finished run, Job {}, {:?}", r.job_name, r.phase),
+                    None => "no run has finished yet".to_owned(),
+                },
             ),
             wanted(
                 PROGRESSING,
@@ -246,52 +274,143 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
             wanted(DEGRADED, false, "AsExpected", "no problems found"),
         ],
     };
-    let changed_phase = old.phase != next.phase || old.job_name != next.job_name;
+    let started =
+        phase == GcPhase::Running && (old.phase != next.phase || old.job_name != next.job_name);
     write_status(&gc, &ctx, wanted, next.clone()).await?;
-    if changed_phase {
-        match phase {
+    // One Event per recorded result, oldest first, each naming its Job.
+    for r in recorded.iter().rev() {
+        match r.phase {
             GcPhase::Succeeded => {
                 ctx.event(
                     gc.as_ref(),
                     EventType::Normal,
                     "Succeeded",
                     format!(
-                        "deleted {} blobs, freed {} bytes",
-                        next.blobs_deleted.unwrap_or(0),
-                        next.bytes_freed.unwrap_or(0)
+                        "Job {} deleted {} blobs, freed {} bytes",
+                        r.job_name,
+                        r.blobs_deleted.unwrap_or(0),
+                        r.bytes_freed.unwrap_or(0)
                     ),
                 )
                 .await
             }
-            GcPhase::Failed => {
+            _ => {
                 ctx.event(
                     gc.as_ref(),
                     EventType::Warning,
                     "Failed",
                     format!(
-                        "Job {job_name} failed: {}",
-                        failure.unwrap_or_default().trim()
+                        "Job {} failed: {}",
+                        r.job_name,
+                        r.message.clone().unwrap_or_default().trim()
                     ),
                 )
                 .await
             }
-            GcPhase::Running => {
-                ctx.event(
-                    gc.as_ref(),
-                    EventType::Normal,
-                    "Running",
-                    format!("Job {job_name} is running"),
-                )
-                .await
-            }
-            GcPhase::Pending => {}
         }
+    }
+    if started {
+        ctx.event(
+            gc.as_ref(),
+            EventType::Normal,
+            "Running",
+            format!("Job {job_name} is running"),
+        )
+        .await
     }
     Ok(match (phase, gc.spec.schedule.is_some()) {
         (GcPhase::Running | GcPhase::Pending, _) => Action::requeue(Duration::from_secs(30)),
         (_, true) => Action::requeue(Duration::from_secs(300)),
         _ => Action::await_change(),
     })
+}
+
+fn created(j: &Job) -> (Option<Timestamp>, String) {
+    (
+        j.metadata.creation_timestamp.clone().map(|t| t.0),
+        j.name_any(),
+    )
+}
+
+/// The newest finished Job and the newest succeeded one (the same Job when it succeeded),
+/// newest first.
+fn newest_finished(jobs: &[Job]) -> Vec<&Job> {
+    let newest = |want: &dyn Fn(GcPhase) -> bool| {
+        jobs.iter()
+            .filter(|j| want(job_phase(j)))
+            .max_by_key(|j| created(j))
+    };
+    let last = newest(&|p| matches!(p, GcPhase::Succeeded | GcPhase::Failed));
+    let good = newest(&|p| p == GcPhase::Succeeded);
+    let mut out: Vec<&Job> = last.into_iter().collect();
+    if let Some(g) = good
+        && out.iter().all(|j| j.name_any() != g.name_any())
+    {
+        out.push(g);
+    }
+    out
+}
+
+/// A finished Job's result, from its pod's termination message (or log).
+async fn read_result(client: &kube::Client, ns: &str, j: &Job) -> Result<GcRunResult, Error> {
+    let phase = job_phase(j);
+    let st = j.status.clone().unwrap_or_default();
+    let msg = termination_message(client, ns, &j.name_any(), "gc").await?;
+    let report = match phase {
+        GcPhase::Succeeded => msg.as_deref().and_then(parse_report::<GcReport>),
+        _ => None,
+    };
+    let completion_time = match phase {
+        GcPhase::Failed => st
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Failed")
+            .and_then(|c| c.last_transition_time.clone()),
+        _ => st.completion_time.clone(),
+    };
+    Ok(GcRunResult {
+        job_name: j.name_any(),
+        phase,
+        start_time: st.start_time.clone(),
+        completion_time,
+        blobs_deleted: report.map(|r| r.blobs_deleted),
+        bytes_freed: report.map(|r| r.bytes_freed),
+        message: match phase {
+            GcPhase::Failed => Some(msg.unwrap_or_default().trim().to_owned()),
+            _ => None,
+        },
+    })
+}
+
+/// Suspends the GarbageCollection's CronJob, if there is one and it runs; true when it exists.
+async fn suspend_cronjob(cronjobs: &Api<CronJob>, name: &str) -> Result<bool, Error> {
+    let Some(cron) = cronjobs.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if cron.spec.as_ref().and_then(|s| s.suspend) != Some(true) {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patch = json!({ "spec": { "suspend": true } });
+        cronjobs.patch(name, &pp, &Patch::Merge(&patch)).await?;
+    }
+    Ok(true)
+}
+
+/// The GarbageCollections a Registry event should wake: those in its namespace naming it.
+pub fn collections_for_registry(
+    collections: &[Arc<GarbageCollection>],
+    reg: &Registry,
+) -> Vec<kube::runtime::reflector::ObjectRef<GarbageCollection>> {
+    let name = reg.name_any();
+    let ns = reg.namespace();
+    collections
+        .iter()
+        .filter(|g| g.namespace() == ns && g.spec.registry_ref.name == name)
+        .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
+        .collect()
 }
 
 /// A builder's verdict on bad input becomes a condition; other errors propagate.
@@ -311,17 +430,17 @@ async fn build_or_block<T>(
     }
 }
 
-/// The most recent Job a GarbageCollection's CronJob made.
-async fn latest_job(jobs: &Api<Job>, gc: &str) -> Result<Option<Job>, Error> {
+/// Every Job of one GarbageCollection (its one-shot Jobs and its CronJob's).
+async fn owned_jobs(jobs: &Api<Job>, gc: &str) -> Result<Vec<Job>, Error> {
     let list = jobs
         .list(&ListParams::default().labels(&format!("{GC_LABEL}={gc}")))
         .await?;
-    Ok(list.items.into_iter().max_by_key(|j| {
-        (
-            j.metadata.creation_timestamp.clone().map(|t| t.0),
-            j.name_any(),
-        )
-    }))
+    Ok(list.items)
+}
+
+/// The most recent Job a GarbageCollection's CronJob made.
+async fn latest_job(jobs: &Api<Job>, gc: &str) -> Result<Option<Job>, Error> {
+    Ok(owned_jobs(jobs, gc).await?.into_iter().max_by_key(created))
 }
 
 /// A Job container's termination message, or the tail of its log when that is empty.

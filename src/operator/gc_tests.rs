@@ -265,7 +265,7 @@ async fn missing_registry_waits_with_a_reason() {
     let (ctx, fake) = setup(json!({"registryRef": {"name": "hub"}}), false);
     assert_eq!(
         run(&ctx, &fake).await,
-        Action::requeue(Duration::from_secs(60))
+        Action::requeue(Duration::from_secs(300))
     );
     let st = status(&fake);
     assert_eq!(st["phase"], "Pending");
@@ -283,5 +283,203 @@ async fn missing_registry_waits_with_a_reason() {
     assert!(
         writes(&fake.take_calls()).is_empty(),
         "no write while nothing changed"
+    );
+}
+
+/// Plays the CronJob controller: it made Job `job` at `created`.
+fn cron_made(fake: &Fake, job: &str, created: &str) {
+    fake.put(
+        &format!("/apis/batch/v1/namespaces/team/jobs/{job}"),
+        json!({"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": job, "namespace": "team", "creationTimestamp": created,
+                            "labels": {"berth.dev/garbage-collection": "sweep"}}}),
+    );
+}
+
+#[tokio::test]
+async fn a_run_that_ends_as_the_next_starts_still_has_its_result_recorded() {
+    let (ctx, fake) = setup(
+        json!({"registryRef": {"name": "hub"}, "schedule": "0 3 * * *"}),
+        true,
+    );
+    run(&ctx, &fake).await;
+    cron_made(&fake, "sweep-a", "2026-01-01T03:00:00Z");
+    fake.edit(
+        "/apis/batch/v1/namespaces/team/jobs/sweep-a",
+        json!({"status": {"active": 1}}),
+    );
+    run(&ctx, &fake).await;
+    assert_eq!(status(&fake)["phase"], "Running");
+    // Job A fails and the CronJob starts B (a missed run under Forbid) before we look again.
+    job_finished(&fake, "sweep-a", false, "error: store unreachable");
+    cron_made(&fake, "sweep-b", "2026-01-01T03:02:00Z");
+    fake.edit(
+        "/apis/batch/v1/namespaces/team/jobs/sweep-b",
+        json!({"status": {"active": 1}}),
+    );
+    fake.take_calls();
+    run(&ctx, &fake).await;
+    let st = status(&fake);
+    assert_eq!(
+        (st["phase"].clone(), st["jobName"].clone()),
+        (json!("Running"), json!("sweep-b"))
+    );
+    assert_eq!(st["lastResult"]["jobName"], "sweep-a");
+    assert_eq!(st["lastResult"]["phase"], "Failed");
+    assert!(
+        st["lastResult"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("store unreachable")
+    );
+    assert!(st["lastSuccessfulResult"].is_null());
+    assert!(event_reasons(&fake.take_calls()).contains(&"Failed".to_owned()));
+
+    // B succeeds: the last result and the last success are B; the columns show B's counts.
+    job_finished(
+        &fake,
+        "sweep-b",
+        true,
+        r#"{"blobsDeleted":4,"bytesFreed":40}"#,
+    );
+    run(&ctx, &fake).await;
+    let st = status(&fake);
+    assert_eq!(st["lastResult"]["jobName"], "sweep-b");
+    assert_eq!(st["lastSuccessfulResult"]["jobName"], "sweep-b");
+    assert_eq!(
+        (st["blobsDeleted"].clone(), st["bytesFreed"].clone()),
+        (json!(4), json!(40))
+    );
+
+    // C fails: B stays the last success, and the columns mean the last finished run (C).
+    cron_made(&fake, "sweep-c", "2026-01-02T03:00:00Z");
+    job_finished(&fake, "sweep-c", false, "error: disk full");
+    fake.take_calls();
+    run(&ctx, &fake).await;
+    let st = status(&fake);
+    assert_eq!(st["lastResult"]["jobName"], "sweep-c");
+    assert_eq!(st["lastSuccessfulResult"]["jobName"], "sweep-b");
+    assert_eq!(st["lastSuccessfulResult"]["blobsDeleted"], 4);
+    assert!(st["blobsDeleted"].is_null(), "C reported no counts: {st}");
+    let notes = super::fake::event_notes(&fake.take_calls());
+    assert_eq!(
+        notes.iter().filter(|n| n.contains("sweep-c")).count(),
+        1,
+        "{notes:?}"
+    );
+    run(&ctx, &fake).await;
+    assert!(writes(&fake.take_calls()).is_empty(), "steady state");
+}
+
+#[tokio::test]
+async fn a_deleted_registry_suspends_the_cronjob_until_it_returns() {
+    let (ctx, fake) = setup(
+        json!({"registryRef": {"name": "hub"}, "schedule": "0 3 * * *"}),
+        true,
+    );
+    run(&ctx, &fake).await;
+    assert_eq!(fake.get(CRON).unwrap()["spec"]["suspend"], false);
+    let registry = fake.get(REG).unwrap();
+    fake.remove(REG);
+    fake.take_calls();
+    run(&ctx, &fake).await;
+    assert_eq!(
+        fake.get(CRON).unwrap()["spec"]["suspend"],
+        true,
+        "no Job may mount the gone ConfigMap"
+    );
+    let st = status(&fake);
+    let degraded = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap()
+        .clone();
+    assert_eq!(degraded["reason"], "RegistryNotFound");
+    assert!(
+        degraded["message"].as_str().unwrap().contains("suspended"),
+        "{degraded}"
+    );
+    fake.take_calls();
+    run(&ctx, &fake).await;
+    assert!(writes(&fake.take_calls()).is_empty(), "suspended once");
+
+    // A Registry being deleted counts as gone too.
+    let mut going = registry.clone();
+    going["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    fake.put(REG, going);
+    run(&ctx, &fake).await;
+    assert_eq!(fake.get(CRON).unwrap()["spec"]["suspend"], true);
+
+    fake.put(REG, registry);
+    fake.take_calls();
+    run(&ctx, &fake).await;
+    assert_eq!(fake.get(CRON).unwrap()["spec"]["suspend"], false, "resumed");
+    let calls = fake.take_calls();
+    assert!(
+        super::fake::event_notes(&calls)
+            .iter()
+            .any(|n| n.contains("is back")),
+        "{:?}",
+        super::fake::event_notes(&calls)
+    );
+}
+
+#[test]
+fn a_registry_event_wakes_the_collections_that_name_it() {
+    let gc = |name: &str, ns: &str, reg: &str| {
+        let mut g = GarbageCollection::new(
+            name,
+            super::crd::GarbageCollectionSpec {
+                registry_ref: super::crd::RegistryRef { name: reg.into() },
+                ..Default::default()
+            },
+        );
+        g.metadata.namespace = Some(ns.into());
+        Arc::new(g)
+    };
+    let all = [
+        gc("a", "team", "hub"),
+        gc("b", "team", "other"),
+        gc("c", "elsewhere", "hub"),
+    ];
+    let mut reg = super::crd::Registry::new("hub", Default::default());
+    reg.metadata.namespace = Some("team".into());
+    let woken: Vec<String> = super::gc::collections_for_registry(&all, &reg)
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(woken, ["a"]);
+}
+
+#[tokio::test]
+async fn retention_rules_per_repository_reach_the_job() {
+    let (ctx, fake) = setup(
+        json!({"registryRef": {"name": "hub"}, "retention": {
+            "keepLast": 5,
+            "rules": [{"repositories": "team-a/**", "keepTags": "^v[0-9]", "olderThan": "30d"}]
+        }}),
+        true,
+    );
+    run(&ctx, &fake).await;
+    let args = fake.get(JOB).unwrap()["spec"]["template"]["spec"]["containers"][0]["args"].clone();
+    let args: Vec<&str> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    let rules: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--rule")
+        .map(|w| w[1])
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            "team-a/**:keep-tags=^v[0-9],older-than=30d",
+            "**:keep-last=5"
+        ]
     );
 }

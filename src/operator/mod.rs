@@ -40,7 +40,7 @@ pub const FIELD_MANAGER: &str = "berth-operator";
 #[derive(Clone)]
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    pub reporter: Reporter,
     pub defaults: Defaults,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -52,7 +52,7 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             defaults,
             metrics,
@@ -60,6 +60,11 @@ impl Context {
     }
 
     /// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+    ///
+    /// Each call makes its own Event object. kube's `Recorder` folds events with the same
+    /// type, reason and action into one series that keeps the *first* note ("1/1 replicas
+    /// ready" x3 when 2/2 were), so a shared Recorder would repeat stale messages; reconciles
+    /// only publish on transitions, so there is no flood to fold.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
@@ -74,7 +79,8 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, &obj.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "cannot publish event");
         }
     }

@@ -436,7 +436,10 @@ pub fn rollout_conditions(dep: &Deployment) -> (Vec<Wanted>, i32, i32) {
     let updated = st.updated_replicas.unwrap_or(0);
     let total = st.replicas.unwrap_or(0);
     let seen = st.observed_generation.unwrap_or(0) >= dep.metadata.generation.unwrap_or(0);
-    let rolled_out = seen && updated >= want && total == want;
+    let available = st.available_replicas.unwrap_or(0);
+    // Complete only when every wanted pod runs the current template and serves: a Deployment
+    // whose new pods are not ready yet, or whose old pods are still going, is still rolling.
+    let rolled_out = seen && updated >= want && total == want && ready >= want && available >= want;
     let stuck = st.conditions.unwrap_or_default().into_iter().find(|c| {
         c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     });
@@ -472,19 +475,45 @@ pub fn rollout_conditions(dep: &Deployment) -> (Vec<Wanted>, i32, i32) {
             format!("{ready}/{want} replicas ready; see `kubectl describe pods -l {label}={name}`"),
         ));
     }
+    let observed = st.observed_generation.unwrap_or(0);
+    let generation = dep.metadata.generation.unwrap_or(0);
     out.push(if rolled_out {
         wanted(
             PROGRESSING,
             false,
             "RolloutComplete",
-            "all replicas run the current spec",
+            format!("{want}/{want} replicas run the current spec and are available"),
+        )
+    } else if !seen {
+        wanted(
+            PROGRESSING,
+            true,
+            "DeploymentUpdating",
+            format!("the Deployment controller has seen generation {observed} of {generation}"),
+        )
+    } else if updated < want {
+        wanted(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{updated}/{want} replicas updated, {ready} ready"),
+        )
+    } else if total > want {
+        wanted(
+            PROGRESSING,
+            true,
+            "OldReplicasTerminating",
+            format!(
+                "{updated}/{want} replicas updated, {} old replica(s) still running",
+                total - want
+            ),
         )
     } else {
         wanted(
             PROGRESSING,
             true,
-            "RollingOut",
-            format!("{updated}/{want} replicas updated"),
+            "WaitingForReadiness",
+            format!("{ready}/{want} updated replicas ready, {available} available"),
         )
     });
     out.push(match stuck {

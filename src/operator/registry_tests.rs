@@ -56,7 +56,7 @@ fn pods_ready(fake: &Fake, n: i64) {
     let generation = fake.get(DEP).unwrap()["metadata"]["generation"].clone();
     fake.edit(
         DEP,
-        json!({"status": {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n}}),
+        json!({"status": {"observedGeneration": generation, "replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}}),
     );
 }
 
@@ -129,7 +129,7 @@ async fn create_applies_every_child_and_reports_progress() {
     );
     assert_eq!(
         condition(&fake, "Progressing"),
-        ("True".into(), "RollingOut".into())
+        ("True".into(), "DeploymentUpdating".into())
     );
     let status = &fake.get(REG).unwrap()["status"];
     assert_eq!(status["endpoint"], "http://hub.team.svc:5000");
@@ -201,7 +201,7 @@ async fn config_change_rolls_the_deployment() {
     );
     assert_eq!(
         condition(&fake, "Progressing"),
-        ("True".into(), "RollingOut".into())
+        ("True".into(), "DeploymentUpdating".into())
     );
     assert_eq!(fake.get(REG).unwrap()["status"]["observedGeneration"], 2);
 }
@@ -1050,5 +1050,114 @@ async fn s3_registry_waits_for_its_credentials_then_deploys_without_a_pvc() {
     assert_eq!(
         condition(&fake, "Degraded"),
         ("False".into(), "AsExpected".into())
+    );
+}
+
+#[tokio::test]
+async fn replicas_zero_with_autoscaling_suspends_the_autoscaler_and_resumes_it() {
+    const HPA: &str = "/apis/autoscaling/v2/namespaces/team/horizontalpodautoscalers/hub";
+    let (ctx, fake) = setup(json!({"storage": {"pvc": {"size": "10Gi"}},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}));
+    run(&ctx, &fake).await.unwrap();
+    run(&ctx, &fake).await.unwrap();
+    assert!(fake.get(HPA).is_some());
+    // Scale to zero: an HPA cannot scale up from 0 (ScalingDisabled), so it goes away and the
+    // Deployment is held at 0.
+    fake.edit(
+        REG,
+        json!({"spec": {"replicas": 0}, "metadata": {"generation": 2}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert!(fake.get(HPA).is_none(), "no autoscaler while suspended");
+    assert_eq!(fake.get(DEP).unwrap()["spec"]["replicas"], 0);
+    fake.edit(DEP, json!({"status": {"observedGeneration": fake.get(DEP).unwrap()["metadata"]["generation"], "replicas": 0}}));
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Ready"),
+        ("False".into(), "ScaledToZero".into())
+    );
+    // Back: the HPA returns and owns the count again.
+    let mut reg = fake.get(REG).unwrap();
+    reg["spec"].as_object_mut().unwrap().remove("replicas");
+    reg["metadata"]["generation"] = json!(3);
+    fake.put(REG, reg);
+    run(&ctx, &fake).await.unwrap();
+    assert!(fake.get(HPA).is_some(), "autoscaler resumed");
+}
+
+#[tokio::test]
+async fn a_read_write_once_volume_rolls_with_a_surge_beside_the_volume() {
+    let (ctx, fake) = setup(minimal());
+    run(&ctx, &fake).await.unwrap();
+    run(&ctx, &fake).await.unwrap();
+    let dep = fake.get(DEP).unwrap();
+    assert_eq!(
+        dep["spec"]["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}})
+    );
+    let term = &dep["spec"]["template"]["spec"]["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        [0];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "hub"
+    );
+    // ReadWriteOncePod admits one pod only: the old one must go first.
+    let (ctx, fake) =
+        setup(json!({"storage": {"pvc": {"size": "10Gi", "accessModes": ["ReadWriteOncePod"]}}}));
+    run(&ctx, &fake).await.unwrap();
+    run(&ctx, &fake).await.unwrap();
+    let dep = fake.get(DEP).unwrap();
+    assert_eq!(dep["spec"]["strategy"]["type"], "Recreate");
+    assert!(dep["spec"]["template"]["spec"]["affinity"].is_null());
+}
+
+#[tokio::test]
+async fn progressing_and_events_say_what_is_true_now() {
+    let (ctx, fake) = setup(json!({"storage": {"pvc": {"size": "10Gi"}}, "replicas": 2}));
+    run(&ctx, &fake).await.unwrap();
+    run(&ctx, &fake).await.unwrap();
+    // Every pod runs the new template but none is ready: not complete.
+    let generation = fake.get(DEP).unwrap()["metadata"]["generation"].clone();
+    fake.edit(
+        DEP,
+        json!({"status": {"observedGeneration": generation, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 0}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Progressing"),
+        ("True".into(), "WaitingForReadiness".into())
+    );
+    // A surge: the new pod is ready, the old one still runs.
+    fake.edit(
+        DEP,
+        json!({"status": {"replicas": 3, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Progressing"),
+        ("True".into(), "OldReplicasTerminating".into())
+    );
+    // One ready, then a drop, then both: each Ready Event quotes its own count.
+    fake.edit(
+        DEP,
+        json!({"status": {"replicas": 2, "readyReplicas": 1, "availableReplicas": 1}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    pods_ready(&fake, 2);
+    fake.take_calls();
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        condition(&fake, "Progressing"),
+        ("False".into(), "RolloutComplete".into())
+    );
+    let notes = event_notes(&fake.take_calls());
+    assert!(
+        notes.iter().any(|n| n.contains("2/2 replicas ready")),
+        "{notes:?}"
+    );
+    assert!(
+        !notes.iter().any(|n| n.contains("1/2")),
+        "a stale message repeated: {notes:?}"
     );
 }

@@ -120,9 +120,17 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
                 tracing::debug!(error = %e, "registry controller");
             }
         });
-    let collections = Controller::new(api::<GarbageCollection>(&client, ns), wc.clone())
+    let collections = Controller::new(api::<GarbageCollection>(&client, ns), wc.clone());
+    let gc_store = collections.store();
+    let collections = collections
         .owns(api::<Job>(&client, ns), owned.clone())
         .owns(api::<CronJob>(&client, ns), owned.clone())
+        // A Registry that goes (or comes back) changes what its GarbageCollections can run.
+        .watches(
+            api::<Registry>(&client, ns),
+            wc.clone(),
+            move |reg: Registry| gc::collections_for_registry(&gc_store.state(), &reg),
+        )
         .shutdown_on_signal()
         .run(gc::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {

@@ -38,20 +38,80 @@ impl GcArgs {
         if s.delete_untagged {
             args.push("--delete-untagged".into());
         }
+        if let Some(g) = &s.grace {
+            args.extend(["--grace".into(), g.clone()]);
+        }
+        if let Some(t) = &s.upload_ttl {
+            args.extend(["--upload-ttl".into(), t.clone()]);
+        }
         if let Some(r) = &s.retention {
-            // One `berth gc --rule` for every repository: PATTERN:key=value,...
-            let mut conditions = Vec::new();
-            if let Some(n) = r.keep_last {
-                conditions.push(format!("keep-last={n}"));
+            // One `berth gc --rule PATTERN:key=value,...` per rule, in order (the first match
+            // applies), then the top-level conditions for every other repository.
+            for rule in &r.rules {
+                let conditions = rule_conditions(rule.keep_last, &rule.keep_tags, &rule.older_than);
+                args.extend(["--rule".into(), rule_arg(&rule.repositories, &conditions)]);
             }
-            if let Some(d) = &r.older_than {
-                conditions.push(format!("older-than={d}"));
-            }
+            let conditions = rule_conditions(r.keep_last, &r.keep_tags, &r.older_than);
             if !conditions.is_empty() {
-                args.extend(["--rule".into(), format!("**:{}", conditions.join(","))]);
+                args.extend(["--rule".into(), rule_arg("**", &conditions)]);
             }
         }
         GcArgs(args)
+    }
+}
+
+/// `berth gc` refuses a rule whose regular expression does not compile; say so before a Job
+/// fails on it.
+fn check_retention(gc: &GarbageCollection) -> Result<(), BuildError> {
+    let Some(r) = &gc.spec.retention else {
+        return Ok(());
+    };
+    let patterns = r
+        .rules
+        .iter()
+        .filter_map(|rule| rule.keep_tags.as_ref())
+        .chain(r.keep_tags.as_ref());
+    for re in patterns {
+        if let Err(e) = regex::Regex::new(re) {
+            return Err(BuildError::Invalid {
+                field: "spec.retention.keepTags",
+                reason: format!("{re:?} is not a regular expression: {e}"),
+            });
+        }
+        if re.contains(',') {
+            return Err(BuildError::Invalid {
+                field: "spec.retention.keepTags",
+                reason: format!("{re:?} contains a comma, which `berth gc --rule` cannot carry"),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn rule_conditions(
+    keep_last: Option<u32>,
+    keep_tags: &Option<String>,
+    older_than: &Option<String>,
+) -> Vec<String> {
+    let mut conditions = Vec::new();
+    if let Some(n) = keep_last {
+        conditions.push(format!("keep-last={n}"));
+    }
+    if let Some(re) = keep_tags {
+        conditions.push(format!("keep-tags={re}"));
+    }
+    if let Some(d) = older_than {
+        conditions.push(format!("older-than={d}"));
+    }
+    conditions
+}
+
+fn rule_arg(pattern: &str, conditions: &[String]) -> String {
+    if conditions.is_empty() {
+        // A rule without conditions keeps every tag of its repositories.
+        pattern.to_owned()
+    } else {
+        format!("{pattern}:{}", conditions.join(","))
     }
 }
 
@@ -65,6 +125,7 @@ fn pod_template(gc: &GarbageCollection, reg: &Registry, d: &Defaults) -> Result<
     // The Job mounts the Registry's rendered config: a Registry that cannot have one (its spec
     // asks for what the schema lacks) cannot be collected either.
     super::render_config(reg)?;
+    check_retention(gc)?;
     let (gc_name, _) = name_ns(gc)?;
     let (reg_name, _) = name_ns(reg)?;
     let mut volumes = vec![
@@ -175,6 +236,9 @@ pub fn gc_cronjob(
         },
         "spec": {
             "schedule": schedule,
+            // Set while the Registry is gone (the operator suspends it); applied back to false
+            // when the Registry returns.
+            "suspend": false,
             "concurrencyPolicy": "Forbid",
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
@@ -201,8 +265,23 @@ mod tests {
                 delete_untagged: true,
                 retention: Some(RetentionSpec {
                     keep_last: Some(10),
+                    keep_tags: Some("^v[0-9]".into()),
                     older_than: Some("30d".into()),
+                    rules: vec![
+                        RetentionRuleSpec {
+                            repositories: "team-a/**".into(),
+                            keep_last: Some(3),
+                            keep_tags: Some("^release-".into()),
+                            older_than: Some("7d".into()),
+                        },
+                        RetentionRuleSpec {
+                            repositories: "base/*".into(),
+                            ..Default::default()
+                        },
+                    ],
                 }),
+                grace: Some("30m".into()),
+                upload_ttl: Some("12h".into()),
                 ..Default::default()
             },
         );
@@ -226,6 +305,55 @@ mod tests {
             job["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"],
             "100m"
         );
+    }
+
+    #[test]
+    fn every_retention_rule_reaches_berth_gc_as_its_parser_reads_it() {
+        let args = GcArgs::for_spec(&one_shot()).0;
+        let rules: Vec<crate::config::RetentionRule> = args
+            .windows(2)
+            .filter(|w| w[0] == "--rule")
+            .map(|w| crate::gc::parse_rule(&w[1]).unwrap())
+            .collect();
+        let rule =
+            |repositories: &str, keep_last, keep_tags: Option<&str>, older_than: Option<&str>| {
+                crate::config::RetentionRule {
+                    repositories: repositories.into(),
+                    keep_last,
+                    keep_tags: keep_tags.map(Into::into),
+                    older_than: older_than.map(Into::into),
+                }
+            };
+        assert_eq!(
+            rules,
+            [
+                rule("team-a/**", Some(3), Some("^release-"), Some("7d")),
+                rule("base/*", None, None, None),
+                rule("**", Some(10), Some("^v[0-9]"), Some("30d")),
+            ]
+        );
+        let at = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| args[i + 1].clone())
+        };
+        assert_eq!(at("--grace").as_deref(), Some("30m"));
+        assert_eq!(at("--upload-ttl").as_deref(), Some("12h"));
+    }
+
+    #[test]
+    fn a_bad_keep_tags_expression_is_an_invalid_spec() {
+        let mut gc = one_shot();
+        if let Some(r) = gc.spec.retention.as_mut() {
+            r.rules[0].keep_tags = Some("(unclosed".into());
+        }
+        assert!(matches!(
+            gc_job(&gc, &minimal(), &defaults()),
+            Err(BuildError::Invalid {
+                field: "spec.retention.keepTags",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -437,6 +437,21 @@ fn single_node_volume(reg: &Registry) -> bool {
     })
 }
 
+fn one_pod_volume(reg: &Registry) -> bool {
+    reg.spec.storage.pvc.as_ref().is_some_and(|p| {
+        p.access_modes
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|m| m == "ReadWriteOncePod"))
+    })
+}
+
+/// `replicas: 0` with `autoscaling` suspends the registry: no HPA (an HPA cannot scale a
+/// Deployment up from 0, it reports ScalingDisabled), the Deployment at 0, status
+/// ScaledToZero. Setting replicas back (or removing it) hands the count to the HPA again.
+pub fn autoscaling_suspended(reg: &Registry) -> bool {
+    reg.spec.autoscaling.is_some() && reg.spec.replicas == Some(0)
+}
+
 /// The S3 credentials as `AWS_*` variables read from the Registry's credentials Secret (keys
 /// `accessKeyId`, `secretAccessKey`, and optionally `sessionToken`), so they never land in the
 /// ConfigMap.
@@ -571,9 +586,22 @@ pub fn deployment(
     if let Some(v) = &spec.affinity {
         pod_spec["affinity"] = json!(v);
     }
-    // A ReadWriteOnce volume cannot be attached to a second node while the old pod holds it:
-    // replace pods instead of surging.
-    let strategy = if single_node_volume(reg) {
+    // A ReadWriteOnce volume is attached to one node, but every pod on that node may mount it:
+    // the surged pod must land beside the pod holding it (the first pod, matching its own
+    // term with no peer yet, may go anywhere). Only ReadWriteOncePod, one pod at a time,
+    // needs the old pod gone first.
+    if single_node_volume(reg) && !one_pod_volume(reg) {
+        let term = json!({
+            "labelSelector": { "matchLabels": selector(&name) },
+            "topologyKey": "kubernetes.io/hostname",
+        });
+        let terms = &mut pod_spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"];
+        match terms.as_array_mut() {
+            Some(list) => list.push(term),
+            None => *terms = json!([term]),
+        }
+    }
+    let strategy = if one_pod_volume(reg) {
         json!({ "type": "Recreate" })
     } else {
         json!({ "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } })
@@ -589,8 +617,9 @@ pub fn deployment(
             "spec": pod_spec,
         },
     });
-    // Under an autoscaler the replica count is the HPA's field, not ours.
-    if spec.autoscaling.is_none() {
+    // Under an autoscaler the replica count is the HPA's field, not ours (unless the
+    // registry is suspended at 0, when there is no HPA).
+    if spec.autoscaling.is_none() || autoscaling_suspended(reg) {
         dep_spec["replicas"] = json!(spec.replicas.unwrap_or(1));
     }
     from_json(json!({
@@ -735,6 +764,9 @@ pub fn horizontal_pod_autoscaler(
     let Some(a) = &reg.spec.autoscaling else {
         return Ok(None);
     };
+    if autoscaling_suspended(reg) {
+        return Ok(None);
+    }
     let (name, ns) = name_ns(reg)?;
     from_json(json!({
         "apiVersion": "autoscaling/v2",
