@@ -1056,8 +1056,10 @@ async fn s3_registry_waits_for_its_credentials_then_deploys_without_a_pvc() {
 #[tokio::test]
 async fn replicas_zero_with_autoscaling_suspends_the_autoscaler_and_resumes_it() {
     const HPA: &str = "/apis/autoscaling/v2/namespaces/team/horizontalpodautoscalers/hub";
-    let (ctx, fake) = setup(json!({"storage": {"pvc": {"size": "10Gi"}},
-        "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}));
+    let (ctx, fake) = setup(
+        json!({"storage": {"pvc": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}},
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}),
+    );
     run(&ctx, &fake).await.unwrap();
     run(&ctx, &fake).await.unwrap();
     assert!(fake.get(HPA).is_some());
@@ -1114,7 +1116,9 @@ async fn a_read_write_once_volume_rolls_with_a_surge_beside_the_volume() {
 
 #[tokio::test]
 async fn progressing_and_events_say_what_is_true_now() {
-    let (ctx, fake) = setup(json!({"storage": {"pvc": {"size": "10Gi"}}, "replicas": 2}));
+    let (ctx, fake) = setup(
+        json!({"storage": {"pvc": {"size": "10Gi", "accessModes": ["ReadWriteMany"]}}, "replicas": 2}),
+    );
     run(&ctx, &fake).await.unwrap();
     run(&ctx, &fake).await.unwrap();
     // Every pod runs the new template but none is ready: not complete.
