@@ -461,20 +461,9 @@ pub struct RegistryRef {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
-    /// Keep this many most recent tags per repository.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub keep_last: Option<u32>,
-    /// Keep tags matching this regular expression (`^v[0-9]`), however old.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "!self.contains(',')", "message": "keepTags cannot contain a comma (berth gc --rule separates conditions with commas)"}
-    ]))]
-    pub keep_tags: Option<String>,
-    /// Expire tags older than this duration (`30d`, `12h`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+[smhd]$"))]
-    pub older_than: Option<String>,
+    /// The conditions for every repository (`**`) that no rule below matched.
+    #[serde(flatten)]
+    pub conditions: RetentionConditions,
     /// Rules for the repositories matching a pattern, as `berth gc --rule` and the config's
     /// `gc.retention` take them. The first rule whose pattern matches a repository applies;
     /// `keepLast`, `keepTags` and `olderThan` above form the last rule, for every repository
@@ -493,11 +482,19 @@ pub struct RetentionRuleSpec {
         {"rule": "!self.contains(':') && self != ''", "message": "repositories must be a non-empty glob without ':'"}
     ]))]
     pub repositories: String,
-    /// Keep the newest N tags (by when they were last pushed).
+    #[serde(flatten)]
+    pub conditions: RetentionConditions,
+}
+
+/// What keeps or expires a tag, the same for a rule and for the top-level retention.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionConditions {
+    /// Keep the newest N tags per repository (by when they were last pushed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub keep_last: Option<u32>,
-    /// Keep tags matching this regular expression.
+    /// Keep tags matching this regular expression (`^v[0-9]`), however old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-kubernetes-validations" = [
         {"rule": "!self.contains(',')", "message": "keepTags cannot contain a comma (berth gc --rule separates conditions with commas)"}

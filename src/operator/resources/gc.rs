@@ -9,7 +9,7 @@ use super::{
     BuildError, CONFIG_DIR, CONFIG_FILE, DATA_DIR, Defaults, container_security_context, from_json,
     image, name_ns, names, owner_ref, pod_security_context, selector,
 };
-use crate::operator::crd::{GarbageCollection, Registry};
+use crate::operator::crd::{GarbageCollection, Registry, RetentionConditions};
 
 /// Label on every Job (and pod) of one GarbageCollection.
 pub const GC_LABEL: &str = "berth.dev/garbage-collection";
@@ -48,10 +48,10 @@ impl GcArgs {
             // One `berth gc --rule PATTERN:key=value,...` per rule, in order (the first match
             // applies), then the top-level conditions for every other repository.
             for rule in &r.rules {
-                let conditions = rule_conditions(rule.keep_last, &rule.keep_tags, &rule.older_than);
+                let conditions = rule_conditions(&rule.conditions);
                 args.extend(["--rule".into(), rule_arg(&rule.repositories, &conditions)]);
             }
-            let conditions = rule_conditions(r.keep_last, &r.keep_tags, &r.older_than);
+            let conditions = rule_conditions(&r.conditions);
             if !conditions.is_empty() {
                 args.extend(["--rule".into(), rule_arg("**", &conditions)]);
             }
@@ -69,8 +69,8 @@ fn check_retention(gc: &GarbageCollection) -> Result<(), BuildError> {
     let patterns = r
         .rules
         .iter()
-        .filter_map(|rule| rule.keep_tags.as_ref())
-        .chain(r.keep_tags.as_ref());
+        .filter_map(|rule| rule.conditions.keep_tags.as_ref())
+        .chain(r.conditions.keep_tags.as_ref());
     for re in patterns {
         if let Err(e) = regex::Regex::new(re) {
             return Err(BuildError::Invalid {
@@ -88,19 +88,15 @@ fn check_retention(gc: &GarbageCollection) -> Result<(), BuildError> {
     Ok(())
 }
 
-fn rule_conditions(
-    keep_last: Option<u32>,
-    keep_tags: &Option<String>,
-    older_than: &Option<String>,
-) -> Vec<String> {
+fn rule_conditions(c: &RetentionConditions) -> Vec<String> {
     let mut conditions = Vec::new();
-    if let Some(n) = keep_last {
+    if let Some(n) = c.keep_last {
         conditions.push(format!("keep-last={n}"));
     }
-    if let Some(re) = keep_tags {
+    if let Some(re) = &c.keep_tags {
         conditions.push(format!("keep-tags={re}"));
     }
-    if let Some(d) = older_than {
+    if let Some(d) = &c.older_than {
         conditions.push(format!("older-than={d}"));
     }
     conditions
@@ -264,15 +260,19 @@ mod tests {
                 registry_ref: RegistryRef { name: "hub".into() },
                 delete_untagged: true,
                 retention: Some(RetentionSpec {
-                    keep_last: Some(10),
-                    keep_tags: Some("^v[0-9]".into()),
-                    older_than: Some("30d".into()),
+                    conditions: RetentionConditions {
+                        keep_last: Some(10),
+                        keep_tags: Some("^v[0-9]".into()),
+                        older_than: Some("30d".into()),
+                    },
                     rules: vec![
                         RetentionRuleSpec {
                             repositories: "team-a/**".into(),
-                            keep_last: Some(3),
-                            keep_tags: Some("^release-".into()),
-                            older_than: Some("7d".into()),
+                            conditions: RetentionConditions {
+                                keep_last: Some(3),
+                                keep_tags: Some("^release-".into()),
+                                older_than: Some("7d".into()),
+                            },
                         },
                         RetentionRuleSpec {
                             repositories: "base/*".into(),
@@ -345,7 +345,7 @@ mod tests {
     fn a_bad_keep_tags_expression_is_an_invalid_spec() {
         let mut gc = one_shot();
         if let Some(r) = gc.spec.retention.as_mut() {
-            r.rules[0].keep_tags = Some("(unclosed".into());
+            r.rules[0].conditions.keep_tags = Some("(unclosed".into());
         }
         assert!(matches!(
             gc_job(&gc, &minimal(), &defaults()),
