@@ -8,19 +8,10 @@ use serde_json::{Value, json};
 use super::Context;
 use super::crd::Registry;
 use super::fake::{Fake, writes};
-use super::metrics::Metrics;
 use super::registry::reconcile;
-use super::resources::Defaults;
 
 fn registry_at(name: &str, spec: Value) -> (Arc<Context>, Fake, String) {
-    let (client, fake) = Fake::start();
-    let ctx = Context::new(
-        client,
-        Defaults {
-            image: "ghcr.io/berth-dev/berth:test".into(),
-        },
-        Arc::new(Metrics::default()),
-    );
+    let (ctx, fake) = Fake::context();
     let key = format!("/apis/berth.dev/v1alpha1/namespaces/team/registries/{name}");
     fake.put(
         &key,
@@ -32,7 +23,7 @@ fn registry_at(name: &str, spec: Value) -> (Arc<Context>, Fake, String) {
             "spec": spec,
         }),
     );
-    (Arc::new(ctx), fake, key)
+    (ctx, fake, key)
 }
 
 async fn reconcile_once(ctx: &Arc<Context>, fake: &Fake, key: &str) {

@@ -306,6 +306,20 @@ impl State {
 }
 
 impl Fake {
+    /// An operator `Context` whose client talks to a fresh fake API server, with the test
+    /// image as the default registry image.
+    pub fn context() -> (Arc<super::Context>, Fake) {
+        let (client, fake) = Fake::start();
+        let ctx = super::Context::new(
+            client,
+            super::resources::Defaults {
+                image: "ghcr.io/berth-dev/berth:test".into(),
+            },
+            Arc::new(super::metrics::Metrics::default()),
+        );
+        (Arc::new(ctx), fake)
+    }
+
     /// A client talking to a fresh fake API server.
     pub fn start() -> (kube::Client, Fake) {
         let (mock, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

@@ -10,8 +10,6 @@ use super::Context;
 use super::crd::GarbageCollection;
 use super::fake::{Fake, event_reasons, writes};
 use super::gc::reconcile;
-use super::metrics::Metrics;
-use super::resources::Defaults;
 
 const GC: &str = "/apis/berth.dev/v1alpha1/namespaces/team/garbagecollections/sweep";
 const REG: &str = "/apis/berth.dev/v1alpha1/namespaces/team/registries/hub";
@@ -20,14 +18,7 @@ const CRON: &str = "/apis/batch/v1/namespaces/team/cronjobs/sweep";
 const POD: &str = "/api/v1/namespaces/team/pods/sweep-1-abcde";
 
 fn setup(spec: Value, with_registry: bool) -> (Arc<Context>, Fake) {
-    let (client, fake) = Fake::start();
-    let ctx = Context::new(
-        client,
-        Defaults {
-            image: "ghcr.io/berth-dev/berth:test".into(),
-        },
-        Arc::new(Metrics::default()),
-    );
+    let (ctx, fake) = Fake::context();
     fake.put(
         GC,
         json!({
@@ -46,7 +37,7 @@ fn setup(spec: Value, with_registry: bool) -> (Arc<Context>, Fake) {
             }),
         );
     }
-    (Arc::new(ctx), fake)
+    (ctx, fake)
 }
 
 async fn run(ctx: &Arc<Context>, fake: &Fake) -> Action {

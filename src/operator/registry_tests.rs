@@ -9,9 +9,8 @@ use serde_json::{Value, json};
 use super::Context;
 use super::crd::Registry;
 use super::fake::{Fake, event_notes, event_reasons, writes};
-use super::metrics::Metrics;
 use super::registry::{FINALIZER, reconcile, references_secret};
-use super::resources::{CONFIG_HASH_ANNOTATION, Defaults};
+use super::resources::CONFIG_HASH_ANNOTATION;
 
 const REG: &str = "/apis/berth.dev/v1alpha1/namespaces/team/registries/hub";
 const CM: &str = "/api/v1/namespaces/team/configmaps/hub-config";
@@ -21,14 +20,7 @@ const DEP: &str = "/apis/apps/v1/namespaces/team/deployments/hub";
 const ING: &str = "/apis/networking.k8s.io/v1/namespaces/team/ingresses/hub";
 
 fn setup(spec: Value) -> (Arc<Context>, Fake) {
-    let (client, fake) = Fake::start();
-    let ctx = Context::new(
-        client,
-        Defaults {
-            image: "ghcr.io/berth-dev/berth:test".into(),
-        },
-        Arc::new(Metrics::default()),
-    );
+    let (ctx, fake) = Fake::context();
     fake.put(
         REG,
         json!({
@@ -39,7 +31,7 @@ fn setup(spec: Value) -> (Arc<Context>, Fake) {
             "spec": spec,
         }),
     );
-    (Arc::new(ctx), fake)
+    (ctx, fake)
 }
 
 fn minimal() -> Value {
