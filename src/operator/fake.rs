@@ -143,10 +143,216 @@ fn query_param(query: &str, key: &str) -> Option<String> {
     })
 }
 
+/// What admission says of a new object's name, in the API server's words: Services need a
+/// DNS-1035 label, everything else here a DNS-1123 subdomain; label values at most 63.
+fn admit(collection: &str, obj: &Value) -> Option<(u16, Value)> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or("Object");
+    let group = obj["apiVersion"]
+        .as_str()
+        .and_then(|v| v.split_once('/'))
+        .map(|(g, _)| g)
+        .unwrap_or_default();
+    let label = |s: &str, first_alpha: bool| {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= 63
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && (b[0].is_ascii_lowercase() || (!first_alpha && b[0].is_ascii_digit()))
+            && b[b.len() - 1] != b'-'
+    };
+    let mut causes = vec![];
+    if collection.ends_with("/services") {
+        if name.len() > 63 {
+            causes.push((
+                "metadata.name",
+                name.to_owned(),
+                "must be no more than 63 characters".to_owned(),
+            ));
+        } else if !label(name, true) {
+            causes.push(("metadata.name", name.to_owned(), "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')".to_owned()));
+        }
+    } else if name.len() > 253 {
+        causes.push((
+            "metadata.name",
+            name.to_owned(),
+            "must be no more than 253 characters".to_owned(),
+        ));
+    } else if !name.split('.').all(|l| label(l, false)) {
+        causes.push(("metadata.name", name.to_owned(), "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_owned()));
+    }
+    if let Some(labels) = obj["metadata"]["labels"].as_object() {
+        for v in labels.values().filter_map(Value::as_str) {
+            if v.len() > 63 {
+                causes.push((
+                    "metadata.labels",
+                    v.to_owned(),
+                    "must be no more than 63 characters".to_owned(),
+                ));
+            }
+        }
+    }
+    if causes.is_empty() {
+        return None;
+    }
+    let what = if group.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}.{group}")
+    };
+    let details: Vec<String> = causes
+        .iter()
+        .map(|(field, value, why)| format!("{field}: Invalid value: {value:?}: {why}"))
+        .collect();
+    let message = format!("{what} {name:?} is invalid: {}", details.join(", "));
+    let (code, mut body) = status(422, "Invalid", &message);
+    body["details"] = json!({"name": name, "group": group, "kind": kind.to_lowercase(),
+        "causes": causes.iter().map(|(field, value, why)| json!({"reason": "FieldValueInvalid",
+            "message": format!("Invalid value: {value:?}: {why}"), "field": field})).collect::<Vec<_>>()});
+    Some((code, body))
+}
+
+/// A uid unique per object (kind and name), as the owner-reference garbage collector needs.
+fn uid_for(key: &str) -> String {
+    let mut segs = key.rsplit('/');
+    let name = segs.next().unwrap_or_default();
+    let plural = segs.next().unwrap_or_default();
+    format!("uid-{plural}-{name}")
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    obj["metadata"]["finalizers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl State {
     fn next_rv(&mut self) -> String {
         self.rv += 1;
         self.rv.to_string()
+    }
+
+    /// Stores a write as a real server does. A write to the main resource keeps the stored
+    /// status and a `/status` write changes nothing but status (the status subresource); the
+    /// server's metadata stays; a changed spec bumps `generation`; an object being deleted
+    /// takes no new finalizer, and goes once its last finalizer is removed.
+    fn store(
+        &mut self,
+        key: &str,
+        old: Option<&Value>,
+        mut obj: Value,
+        sub: Option<&str>,
+    ) -> (u16, Value) {
+        let name = key.rsplit('/').next().unwrap_or_default().to_owned();
+        if let Some(old) = old {
+            if sub == Some("status") {
+                let status = obj["status"].clone();
+                obj = old.clone();
+                obj["status"] = status;
+            } else {
+                for f in ["uid", "creationTimestamp", "deletionTimestamp"] {
+                    if !old["metadata"][f].is_null() {
+                        obj["metadata"][f] = old["metadata"][f].clone();
+                    }
+                }
+                match old.get("status") {
+                    Some(s) => obj["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = obj.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+                let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                let bump = i64::from(old["spec"] != obj["spec"]);
+                obj["metadata"]["generation"] = json!(generation + bump);
+            }
+            if !old["metadata"]["deletionTimestamp"].is_null() {
+                let had = finalizers(old);
+                let added: Vec<String> = finalizers(&obj)
+                    .into_iter()
+                    .filter(|f| !had.contains(f))
+                    .collect();
+                if !added.is_empty() {
+                    return status(
+                        422,
+                        "Invalid",
+                        &format!(
+                            "{} {name:?} is invalid: metadata.finalizers: Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers {added:?}",
+                            obj["kind"].as_str().unwrap_or("Object")
+                        ),
+                    );
+                }
+            }
+        } else {
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+            obj["metadata"]["generation"] = json!(1);
+        }
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(uid_for(key));
+        }
+        obj["metadata"]["resourceVersion"] = json!(self.next_rv());
+        self.objects.insert(key.to_owned(), obj.clone());
+        if !obj["metadata"]["deletionTimestamp"].is_null() && finalizers(&obj).is_empty() {
+            self.delete(key);
+        }
+        (200, obj)
+    }
+
+    /// DELETE as a real server does it: an object with finalizers only gets a
+    /// deletionTimestamp; one without goes, and the garbage collector then takes (in the
+    /// background) every object whose owners are all gone.
+    fn delete(&mut self, key: &str) {
+        let Some(obj) = self.objects.get(key).cloned() else {
+            return;
+        };
+        if !finalizers(&obj).is_empty() {
+            if obj["metadata"]["deletionTimestamp"].is_null() {
+                let rv = self.next_rv();
+                if let Some(o) = self.objects.get_mut(key) {
+                    o["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+                    o["metadata"]["resourceVersion"] = json!(rv);
+                }
+            }
+            return;
+        }
+        self.objects.remove(key);
+        self.collect_garbage();
+    }
+
+    fn collect_garbage(&mut self) {
+        let uids: std::collections::BTreeSet<String> = self
+            .objects
+            .values()
+            .filter_map(|o| o["metadata"]["uid"].as_str().map(str::to_owned))
+            .collect();
+        let orphans: Vec<String> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| o["metadata"]["deletionTimestamp"].is_null())
+            .filter(|(_, o)| {
+                o["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| {
+                        !refs.is_empty()
+                            && refs
+                                .iter()
+                                .all(|r| !r["uid"].as_str().is_some_and(|u| uids.contains(u)))
+                    })
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in orphans {
+            self.delete(&key);
+        }
     }
 
     fn handle(&mut self, call: &Call) -> (u16, Value) {
@@ -215,77 +421,63 @@ impl State {
                     .as_str()
                     .unwrap_or_default()
                     .to_owned();
+                if let Some(refused) = admit(&collection, &obj) {
+                    return refused;
+                }
                 let key = format!("{collection}/{name}");
                 if self.objects.contains_key(&key) {
                     return status(409, "AlreadyExists", "already exists");
                 }
-                obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+                obj["metadata"]["uid"] = json!(uid_for(&key));
                 obj["metadata"]["resourceVersion"] = json!(self.next_rv());
                 obj["metadata"]["generation"] = json!(1);
+                // The status subresource: a create sets no status.
+                if let Some(o) = obj.as_object_mut() {
+                    o.remove("status");
+                }
                 self.objects.insert(key, obj.clone());
                 (201, obj)
             }
-            ("PUT", Some(key), _) => {
+            ("PUT", Some(key), sub) => {
                 let Some(old) = self.objects.get(&key).cloned() else {
                     return status(404, "NotFound", "not found");
                 };
                 if call.body["metadata"]["resourceVersion"] != old["metadata"]["resourceVersion"] {
                     return status(409, "Conflict", "the object has been modified");
                 }
-                let mut obj = call.body.clone();
-                obj["metadata"]["resourceVersion"] = json!(self.next_rv());
-                self.objects.insert(key, obj.clone());
-                (200, obj)
+                self.store(&key, Some(&old), call.body.clone(), sub)
             }
-            ("DELETE", Some(key), _) => match self.objects.remove(&key) {
-                Some(v) => (200, v),
+            ("DELETE", Some(key), _) => match self.objects.get(&key).cloned() {
+                Some(v) => {
+                    self.delete(&key);
+                    (200, self.objects.get(&key).cloned().unwrap_or(v))
+                }
                 None => status(404, "NotFound", "not found"),
             },
             ("PATCH", Some(key), sub) => {
                 let existing = self.objects.get(&key).cloned();
                 let mut obj = match (&existing, call.content_type.as_str()) {
-                    (None, ct) if !ct.contains("apply-patch") => {
+                    (None, ct) if !ct.contains("apply-patch") || sub == Some("status") => {
                         return status(404, "NotFound", "not found");
                     }
                     (None, _) => json!({}),
                     (Some(o), _) => o.clone(),
                 };
                 if call.content_type.contains("apply-patch") {
+                    if existing.is_none()
+                        && let Some(refused) = admit(&collection, &call.body)
+                    {
+                        return refused;
+                    }
                     if sub == Some("status") {
-                        if existing.is_none() {
-                            return status(404, "NotFound", "not found");
-                        }
                         obj["status"] = call.body["status"].clone();
                     } else {
-                        // Applied fields replace ours; server-owned metadata and status stay.
-                        let mut next = call.body.clone();
-                        let old_meta = obj["metadata"].clone();
-                        for f in [
-                            "uid",
-                            "creationTimestamp",
-                            "finalizers",
-                            "deletionTimestamp",
-                            "generation",
-                        ] {
-                            if !old_meta[f].is_null() {
-                                next["metadata"][f] = old_meta[f].clone();
-                            }
+                        // Applied fields replace ours (finalizers other managers set stay).
+                        let finalizers = obj["metadata"]["finalizers"].clone();
+                        obj = call.body.clone();
+                        if !finalizers.is_null() && obj["metadata"]["finalizers"].is_null() {
+                            obj["metadata"]["finalizers"] = finalizers;
                         }
-                        if !obj["status"].is_null() {
-                            next["status"] = obj["status"].clone();
-                        }
-                        let name = key.rsplit('/').next().unwrap_or_default();
-                        if next["metadata"]["uid"].is_null() {
-                            next["metadata"]["uid"] = json!(format!("uid-{name}"));
-                        }
-                        let generation = old_meta["generation"].as_i64().unwrap_or(0);
-                        let spec_changed = existing.is_none() || obj["spec"] != next["spec"];
-                        next["metadata"]["generation"] = json!(if spec_changed {
-                            generation + 1
-                        } else {
-                            generation
-                        });
-                        obj = next;
                     }
                 } else if call.content_type.contains("merge-patch") {
                     merge(&mut obj, &call.body);
@@ -296,9 +488,7 @@ impl State {
                 } else {
                     return status(415, "UnsupportedMediaType", &call.content_type);
                 }
-                obj["metadata"]["resourceVersion"] = json!(self.next_rv());
-                self.objects.insert(key, obj.clone());
-                (200, obj)
+                self.store(&key, existing.as_ref(), obj, sub)
             }
             _ => status(405, "MethodNotAllowed", "unsupported"),
         }

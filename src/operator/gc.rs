@@ -72,6 +72,7 @@ pub fn job_phase(job: &Job) -> GcPhase {
 
 #[instrument(skip(gc, ctx), fields(gc = %gc.name_any(), namespace = gc.namespace().unwrap_or_default()))]
 pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.check_leader()?;
     ctx.metrics.reconciled("GarbageCollection");
     let ns = gc.namespace().unwrap_or_default();
     let client = &ctx.client;

@@ -43,6 +43,8 @@ pub struct Context {
     pub reporter: Reporter,
     pub defaults: Defaults,
     pub metrics: Arc<metrics::Metrics>,
+    /// Whether this replica may act now (see [`leader::Leadership`]).
+    pub leadership: Arc<leader::Leadership>,
 }
 
 impl Context {
@@ -56,6 +58,23 @@ impl Context {
             client,
             defaults,
             metrics,
+            leadership: Arc::new(leader::Leadership::unconditional()),
+        }
+    }
+
+    /// The same context, acting only while `leadership` is valid.
+    pub fn with_leadership(mut self, leadership: Arc<leader::Leadership>) -> Context {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Refuses to act when this replica is not (or may no longer be) the leader: every
+    /// reconcile starts here, before any read that could lead to a write.
+    pub fn check_leader(&self) -> Result<(), Error> {
+        if self.leadership.is_valid() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
         }
     }
 
@@ -100,6 +119,10 @@ pub enum Error {
     /// only because the finalizer helper releases the finalizer when cleanup returns Ok.
     #[error("waiting: {what}")]
     Pending { what: String, retry: Duration },
+    /// Not a failure either: the leader Lease has not been confirmed lately (after a pause,
+    /// say), so nothing is done until the renew loop has read it again.
+    #[error("not the confirmed leader; waiting for the Lease to be renewed")]
+    NotLeader,
 }
 
 impl Error {
@@ -107,6 +130,7 @@ impl Error {
     pub fn pending(&self) -> Option<Duration> {
         match self {
             Error::Pending { retry, .. } => Some(*retry),
+            Error::NotLeader => Some(NOT_LEADER_RETRY),
             Error::Finalizer(f) => match f.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.pending(),
@@ -141,6 +165,10 @@ impl Error {
         }
     }
 }
+
+/// How soon a reconcile refused for want of a confirmed Lease looks again (the renew loop
+/// reads the Lease every few seconds).
+const NOT_LEADER_RETRY: Duration = Duration::from_secs(2);
 
 /// Shared by both controllers: log, count, and requeue after a delay that suits the error.
 pub fn error_policy<K: Resource<DynamicType = ()>>(

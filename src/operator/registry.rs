@@ -117,17 +117,63 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
 
 #[instrument(skip(reg, ctx), fields(registry = %reg.name_any(), namespace = reg.namespace().unwrap_or_default()))]
 pub async fn reconcile(reg: Arc<Registry>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.check_leader()?;
     ctx.metrics.reconciled("Registry");
     let ns = reg.namespace().unwrap_or_default();
     let api: Api<Registry> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, reg, |event| async {
-        match event {
-            Finalizer::Apply(r) => apply(&r, &ctx).await,
-            Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
+    let holds = reg.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = reg.meta().deletion_timestamp.is_some();
+    match (needs_finalizer(&reg), holds, deleting) {
+        // Outside work at deletion (an S3 purge), or a finalizer an older operator added:
+        // the helper adds it, runs cleanup on deletion and then releases it.
+        (true, _, _) | (false, true, true) => finalizer(&api, FINALIZER, reg, |event| async {
+            match event {
+                Finalizer::Apply(r) => apply(&r, &ctx).await,
+                Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e))),
+        // Nothing outside the cluster to undo: owner references take the children.
+        (false, false, true) => {
+            keep_retained_volume(&reg, &ctx).await?;
+            Ok(Action::await_change())
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+        (false, true, false) => {
+            release_finalizer(&api, &reg).await?;
+            apply(&reg, &ctx).await
+        }
+        (false, false, false) => apply(&reg, &ctx).await,
+    }
+}
+
+/// Whether deleting `reg` needs work only the operator can do. Only emptying an S3 bucket
+/// does: a PVC goes with its owner reference (Delete) or stays without one (Retain). Every
+/// other Registry carries no finalizer, so an uninstall that removes the operator together
+/// with its Registries never leaves one stuck Terminating.
+pub fn needs_finalizer(reg: &Registry) -> bool {
+    reg.spec.storage.s3.is_some() && reg.spec.deletion_policy == DeletionPolicy::Delete
+}
+
+/// Takes off a finalizer the spec no longer needs (storage or policy changed, or an older
+/// operator added it), as the finalizer helper does: a JSON patch that tests it is there.
+async fn release_finalizer(api: &Api<Registry>, reg: &Registry) -> Result<(), Error> {
+    let Some(i) = reg.finalizers().iter().position(|f| f == FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{i}");
+    let ops = json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(ops)?;
+    api.patch(
+        &reg.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Which referenced Secret is missing or incomplete, in words a human can act on.
@@ -317,12 +363,16 @@ async fn apply_children(
     {
         applied.push("ConfigMap");
     }
-    if let Some(pvc) = &plan.pvc
-        && ensure(&Api::namespaced(client.clone(), &ns), pvc)
-            .await?
-            .changed
-    {
-        applied.push("PersistentVolumeClaim");
+    if let Some(pvc) = &plan.pvc {
+        let api = Api::namespaced(client.clone(), &ns);
+        let stored = ensure(&api, pvc).await?;
+        // Retain must hold while the Registry lives: with no finalizer, an owner reference
+        // left from an earlier Delete would let the garbage collector take the data.
+        let disowned = reg.spec.deletion_policy == DeletionPolicy::Retain
+            && disown_volume(&api, &stored.object, &uid).await?;
+        if stored.changed || disowned {
+            applied.push("PersistentVolumeClaim");
+        }
     }
     if ensure(&Api::namespaced(client.clone(), &ns), &plan.service)
         .await?
@@ -605,6 +655,46 @@ async fn write_status(
     Ok(())
 }
 
+/// A Registry we see being deleted with no finalizer of ours is held by someone else's; if
+/// its policy became Retain meanwhile, its volume must not go with it.
+async fn keep_retained_volume(reg: &Registry, ctx: &Context) -> Result<(), Error> {
+    if reg.spec.storage.pvc.is_none() || reg.spec.deletion_policy != DeletionPolicy::Retain {
+        return Ok(());
+    }
+    let ns = reg.namespace().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(pvc) = api.get_opt(&names::data_pvc(&reg.name_any())).await? {
+        disown_volume(&api, &pvc, &reg.uid().unwrap_or_default()).await?;
+    }
+    Ok(())
+}
+
+/// Takes the Registry's owner reference off its PVC, so the garbage collector keeps it.
+/// Returns true when a patch was sent.
+async fn disown_volume(
+    api: &Api<PersistentVolumeClaim>,
+    pvc: &PersistentVolumeClaim,
+    owner_uid: &str,
+) -> Result<bool, Error> {
+    let owners: Vec<_> = pvc
+        .owner_references()
+        .iter()
+        .filter(|o| o.uid != owner_uid)
+        .cloned()
+        .collect();
+    if owners.len() == pvc.owner_references().len() {
+        return Ok(false);
+    }
+    let patch = json!({ "metadata": { "ownerReferences": owners } });
+    api.patch(
+        &pvc.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
 /// Deletion: the owner references take the children; the PVC stays or goes by policy.
 async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     if reg.spec.storage.s3.is_some() {
@@ -618,19 +708,7 @@ async fn cleanup(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     };
     match reg.spec.deletion_policy {
         DeletionPolicy::Retain => {
-            let uid = reg.uid().unwrap_or_default();
-            let owners: Vec<_> = pvc
-                .owner_references()
-                .iter()
-                .filter(|o| o.uid != uid)
-                .cloned()
-                .collect();
-            if owners.len() != pvc.owner_references().len() {
-                // The policy was Delete earlier: take our owner reference off so GC keeps it.
-                let patch = json!({ "metadata": { "ownerReferences": owners } });
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await?;
-            }
+            disown_volume(&api, &pvc, &reg.uid().unwrap_or_default()).await?;
             ctx.event(
                 reg,
                 EventType::Normal,

@@ -19,15 +19,22 @@ const SVC: &str = "/api/v1/namespaces/team/services/hub";
 const DEP: &str = "/apis/apps/v1/namespaces/team/deployments/hub";
 const ING: &str = "/apis/networking.k8s.io/v1/namespaces/team/ingresses/hub";
 
+/// A Registry with `spec`, as an earlier reconcile left it: with the finalizer only where
+/// deletion needs the operator (S3 with Delete).
 fn setup(spec: Value) -> (Arc<Context>, Fake) {
     let (ctx, fake) = Fake::context();
+    let finalizers = if spec["storage"]["s3"].is_object() && spec["deletionPolicy"] == "Delete" {
+        json!([FINALIZER])
+    } else {
+        json!(null)
+    };
     fake.put(
         REG,
         json!({
             "apiVersion": "berth.dev/v1alpha1",
             "kind": "Registry",
             "metadata": {"name": "hub", "namespace": "team", "uid": "uid-hub", "generation": 1,
-                         "resourceVersion": "1", "finalizers": [FINALIZER]},
+                         "resourceVersion": "1", "finalizers": finalizers},
             "spec": spec,
         }),
     );
@@ -74,9 +81,15 @@ fn config_hash(fake: &Fake) -> String {
         .to_owned()
 }
 
+const S3_DELETE: fn() -> Value = || {
+    json!({"storage": {"s3": {"bucket": "images", "prefix": "hub", "endpoint": "http://garage:3900",
+                              "region": "garage", "credentialsSecret": "hub-s3"}},
+           "deletionPolicy": "Delete"})
+};
+
 #[tokio::test]
-async fn first_sight_adds_the_finalizer_and_nothing_else() {
-    let (ctx, fake) = setup(minimal());
+async fn first_sight_of_an_s3_delete_registry_adds_the_finalizer_and_nothing_else() {
+    let (ctx, fake) = setup(S3_DELETE());
     fake.edit(REG, json!({"metadata": {"finalizers": null}}));
     assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
     assert_eq!(writes(&fake.take_calls()), [format!("PATCH {REG}")]);
@@ -84,6 +97,90 @@ async fn first_sight_adds_the_finalizer_and_nothing_else() {
         fake.get(REG).unwrap()["metadata"]["finalizers"],
         json!([FINALIZER])
     );
+}
+
+#[tokio::test]
+async fn only_s3_with_delete_carries_a_finalizer() {
+    for policy in ["Retain", "Delete"] {
+        let (ctx, fake) =
+            setup(json!({"storage": {"pvc": {"size": "1Gi"}}, "deletionPolicy": policy}));
+        run(&ctx, &fake).await.unwrap();
+        assert!(
+            fake.get(REG).unwrap()["metadata"]["finalizers"].is_null(),
+            "{policy}"
+        );
+    }
+    let (ctx, fake) = setup(json!({"storage": {"s3": {"bucket": "b", "credentialsSecret": "s"}}}));
+    run(&ctx, &fake).await.unwrap();
+    assert!(
+        fake.get(REG).unwrap()["metadata"]["finalizers"].is_null(),
+        "S3 Retain"
+    );
+    // A finalizer an older operator added (or from an earlier Delete) is taken off, and the
+    // reconcile goes on to apply.
+    let (ctx, fake) = setup(minimal());
+    fake.edit(
+        REG,
+        json!({"metadata": {"finalizers": [FINALIZER, "example.com/other"]}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    let calls = writes(&fake.take_calls());
+    assert_eq!(calls[0], format!("PATCH {REG}"), "{calls:?}");
+    assert!(calls.contains(&format!("PATCH {DEP}")), "{calls:?}");
+    assert_eq!(
+        fake.get(REG).unwrap()["metadata"]["finalizers"],
+        json!(["example.com/other"])
+    );
+}
+
+/// The uninstall the issue saw: the operator is gone (nothing reconciles) and the
+/// Registries are deleted. Without a finalizer the API server removes them at once and the
+/// garbage collector takes the children; the data goes by policy.
+#[tokio::test]
+async fn with_the_operator_gone_deleting_a_registry_never_wedges() {
+    for (policy, volume_kept) in [("Retain", true), ("Delete", false)] {
+        let (ctx, fake) =
+            setup(json!({"storage": {"pvc": {"size": "1Gi"}}, "deletionPolicy": policy}));
+        run(&ctx, &fake).await.unwrap();
+        assert!(fake.get(DEP).is_some());
+        // Only the API server and its garbage collector act from here on.
+        let api: kube::Api<Registry> = kube::Api::namespaced(ctx.client.clone(), "team");
+        api.delete("hub", &Default::default()).await.unwrap();
+        assert!(
+            fake.get(REG).is_none(),
+            "{policy}: gone at once, not Terminating"
+        );
+        for child in [CM, SVC, DEP] {
+            assert!(fake.get(child).is_none(), "{policy}: {child} collected");
+        }
+        assert_eq!(fake.get(PVC).is_some(), volume_kept, "{policy}");
+    }
+}
+
+/// Retain must hold while the Registry lives: a switch from Delete takes the owner
+/// reference off the volume at once, so deleting later (with no finalizer) keeps it.
+#[tokio::test]
+async fn switching_to_retain_disowns_the_volume_before_any_delete() {
+    let (ctx, fake) =
+        setup(json!({"storage": {"pvc": {"size": "1Gi"}}, "deletionPolicy": "Delete"}));
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        fake.get(PVC).unwrap()["metadata"]["ownerReferences"][0]["uid"],
+        "uid-hub"
+    );
+    fake.edit(
+        REG,
+        json!({"metadata": {"generation": 2}, "spec": {"deletionPolicy": "Retain"}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        fake.get(PVC).unwrap()["metadata"]["ownerReferences"],
+        json!([])
+    );
+    let api: kube::Api<Registry> = kube::Api::namespaced(ctx.client.clone(), "team");
+    api.delete("hub", &Default::default()).await.unwrap();
+    assert!(fake.get(DEP).is_none());
+    assert!(fake.get(PVC).is_some(), "the data outlives the Registry");
 }
 
 #[tokio::test]
@@ -530,26 +627,24 @@ async fn removed_ingress_is_deleted() {
     assert!(fake.get(ING).is_none());
 }
 
+/// A PVC Registry that still carries the finalizer an older operator added, deleted: the
+/// cleanup runs once more, the finalizer goes, and with it the Registry.
 async fn delete_with(policy: &str) -> (Fake, Vec<super::fake::Call>) {
     let (ctx, fake) = setup(json!({"storage": {"pvc": {"size": "1Gi"}}, "deletionPolicy": policy}));
     run(&ctx, &fake).await.unwrap();
     fake.edit(
         REG,
-        json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        json!({"metadata": {"finalizers": [FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
     );
     fake.take_calls();
     assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
     let calls = fake.take_calls();
-    assert_eq!(
-        fake.get(REG).unwrap()["metadata"]["finalizers"],
-        json!([]),
-        "finalizer released"
-    );
+    assert!(fake.get(REG).is_none(), "finalizer released, Registry gone");
     (fake, calls)
 }
 
 #[tokio::test]
-async fn delete_with_retain_keeps_the_volume() {
+async fn an_old_finalizer_with_retain_keeps_the_volume() {
     let (fake, calls) = delete_with("Retain").await;
     assert!(fake.get(PVC).is_some());
     assert!(
@@ -561,7 +656,7 @@ async fn delete_with_retain_keeps_the_volume() {
 }
 
 #[tokio::test]
-async fn delete_with_delete_removes_the_volume() {
+async fn an_old_finalizer_with_delete_removes_the_volume() {
     let (fake, calls) = delete_with("Delete").await;
     assert!(fake.get(PVC).is_none());
     assert_eq!(
@@ -668,7 +763,7 @@ async fn s3_delete_runs_a_purge_job_and_holds_the_finalizer_until_it_ends() {
         [format!("DELETE {PURGE}"), format!("PATCH {REG}")]
     );
     assert!(fake.get(PURGE).is_none());
-    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+    assert!(fake.get(REG).is_none(), "released: the Registry is gone");
 }
 
 #[tokio::test]
@@ -690,7 +785,7 @@ async fn a_failed_purge_is_reported_and_deletion_goes_on() {
         "{note}"
     );
     assert!(fake.get(PURGE).is_none());
-    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+    assert!(fake.get(REG).is_none(), "released: the Registry is gone");
 }
 
 #[tokio::test]
@@ -701,23 +796,26 @@ async fn a_purge_that_cannot_start_never_wedges_deletion() {
     let calls = fake.take_calls();
     assert_eq!(event_reasons(&calls), ["DataNotDeleted"]);
     assert!(fake.get(PURGE).is_none());
-    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+    assert!(fake.get(REG).is_none(), "released: the Registry is gone");
 
     // A terminating namespace refuses the Job.
     let (ctx, fake) = s3_registry_being_deleted("Delete", true).await;
     fake.fail_once("POST", "/jobs", 403);
     assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
     assert_eq!(event_reasons(&fake.take_calls()), ["DataNotDeleted"]);
-    assert_eq!(fake.get(REG).unwrap()["metadata"]["finalizers"], json!([]));
+    assert!(fake.get(REG).is_none(), "released: the Registry is gone");
 }
 
 #[tokio::test]
 async fn s3_retain_keeps_the_bucket_without_a_job() {
     let (ctx, fake) = s3_registry_being_deleted("Retain", true).await;
+    assert!(
+        fake.get(REG).unwrap()["metadata"]["finalizers"].is_null(),
+        "none to hold it"
+    );
     assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
     let calls = fake.take_calls();
-    assert_eq!(event_reasons(&calls), ["DataRetained"]);
-    assert_eq!(writes(&calls), [format!("PATCH {REG}")]);
+    assert!(writes(&calls).is_empty(), "{calls:?}");
     assert!(fake.get(PURGE).is_none());
 }
 
@@ -730,7 +828,12 @@ async fn retain_after_delete_takes_the_owner_reference_off() {
         fake.get(PVC).unwrap()["metadata"]["ownerReferences"][0]["uid"],
         "uid-hub"
     );
-    fake.edit(REG, json!({"spec": {"deletionPolicy": "Retain"}, "metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+    // Another controller's finalizer holds the Registry while it is deleted.
+    fake.edit(
+        REG,
+        json!({"spec": {"deletionPolicy": "Retain"}, "metadata": {
+        "finalizers": ["example.com/backup"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+    );
     run(&ctx, &fake).await.unwrap();
     assert_eq!(
         fake.get(PVC).unwrap()["metadata"]["ownerReferences"],

@@ -20,7 +20,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 
 use super::crd::{GarbageCollection, Registry};
-use super::leader::{self, LeaseConfig};
+use super::leader::{self, Leadership, LeaseConfig};
 use super::metrics::Metrics;
 use super::resources::Defaults;
 use super::{Context, error_policy, gc, registry};
@@ -81,18 +81,25 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
             l.clone(),
         )
     });
+    let leadership = Arc::new(match &lease_api {
+        Some(_) => Leadership::elected(),
+        None => Leadership::unconditional(),
+    });
     if let Some((api, cfg)) = &lease_api {
-        leader::acquire(api, cfg).await;
+        leader::acquire(api, cfg, &leadership).await;
     }
     metrics.set_leader(true);
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Defaults {
-            image: opts.image.clone(),
-        },
-        metrics.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Defaults {
+                image: opts.image.clone(),
+            },
+            metrics.clone(),
+        )
+        .with_leadership(leadership.clone()),
+    );
     let ns = opts.namespace.as_deref();
     let wc = watcher::Config::default().any_semantic();
     // Children carry this label, so the owned-object watches skip everything else.
@@ -142,8 +149,13 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     match lease_api {
         Some((api, cfg)) => {
             tokio::select! {
-                _ = controllers => Ok(()),
-                _ = leader::keep(&api, &cfg) => {
+                // A signal stopped the controllers: hand the Lease to the next replica now.
+                _ = controllers => {
+                    metrics.set_leader(false);
+                    leader::release(&api, &cfg, &leadership).await;
+                    Ok(())
+                }
+                _ = leader::keep(&api, &cfg, &leadership) => {
                     metrics.set_leader(false);
                     Err(RunError::LostLease)
                 }
