@@ -352,3 +352,124 @@ fn examples_parse_as_kubernetes_objects() {
         }
     }
 }
+
+/// A JSON value as a Lua table constructor, the way Argo CD hands `obj` to a health script.
+fn lua(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "nil".into(),
+        serde_json::Value::Bool(b) => b.to_string(),
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => format!("{s:?}"),
+        serde_json::Value::Array(a) => {
+            format!("{{{}}}", a.iter().map(lua).collect::<Vec<_>>().join(", "))
+        }
+        serde_json::Value::Object(o) => format!(
+            "{{{}}}",
+            o.iter()
+                .map(|(k, v)| format!("[{k:?}] = {}", lua(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Runs examples/argocd/health.lua with Lua 5.1 (the dialect of Argo CD's gopher-lua).
+fn argocd_health(obj: serde_json::Value) -> (String, String) {
+    let script = Path::new(ROOT).join("examples/argocd/health.lua");
+    let out = Command::new("lua5.1")
+        .arg("-e")
+        .arg(format!("obj = {}", lua(&obj)))
+        .arg("-e")
+        .arg(format!(
+            "local hs = dofile({:?}) io.write(hs.status, \"\\t\", hs.message)",
+            script.display()
+        ))
+        .output()
+        .expect("lua5.1 (apt-get install lua5.1; .ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, message) = text.split_once('\t').unwrap();
+    (status.to_owned(), message.to_owned())
+}
+
+#[test]
+fn argocd_health_check_says_what_the_conditions_say() {
+    let cond = |t: &str, s: &str, r: &str| serde_json::json!({"type": t, "status": s, "reason": r, "message": format!("{r} now")});
+    let reg = |generation: i64, observed: i64, conditions: serde_json::Value| {
+        serde_json::json!({"metadata": {"generation": generation},
+                           "status": {"observedGeneration": observed, "conditions": conditions}})
+    };
+    let cases = [
+        (
+            serde_json::json!({"metadata": {"generation": 1}}),
+            "Progressing",
+        ),
+        (
+            reg(
+                2,
+                1,
+                serde_json::json!([cond("Ready", "True", "Available")]),
+            ),
+            "Progressing",
+        ),
+        (
+            reg(
+                1,
+                1,
+                serde_json::json!([cond("Ready", "True", "Available")]),
+            ),
+            "Healthy",
+        ),
+        (
+            reg(
+                1,
+                1,
+                serde_json::json!([cond("Ready", "False", "ReplicasNotReady")]),
+            ),
+            "Progressing",
+        ),
+        (
+            reg(
+                1,
+                1,
+                serde_json::json!([cond("Ready", "False", "ScaledToZero")]),
+            ),
+            "Suspended",
+        ),
+        (
+            reg(
+                1,
+                1,
+                serde_json::json!([
+                    cond("Ready", "True", "Available"),
+                    cond("Degraded", "True", "InvalidSpec")
+                ]),
+            ),
+            "Degraded",
+        ),
+    ];
+    for (obj, want) in cases {
+        let (status, message) = argocd_health(obj.clone());
+        assert_eq!(status, want, "{obj} -> {message}");
+        assert!(!message.is_empty(), "{obj}");
+    }
+}
+
+#[test]
+fn argocd_cm_embeds_the_same_health_check() {
+    let script =
+        std::fs::read_to_string(Path::new(ROOT).join("examples/argocd/health.lua")).unwrap();
+    let cm = objects(
+        &std::fs::read_to_string(Path::new(ROOT).join("examples/argocd/argocd-cm.yaml")).unwrap(),
+    );
+    let embedded =
+        cm.values().next().unwrap()["data"]["resource.customizations.health.berth.dev_Registry"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    assert_eq!(embedded.trim(), script.trim());
+}
