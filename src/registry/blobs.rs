@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
-use super::server::{Req, header_value};
+use super::request::{Req, header_value};
 use crate::oci::{Digest, RepoName};
 use crate::store::MetaKey;
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::Registry;
 use super::errors::Result;
-use super::server::Req;
+use super::request::Req;
 use super::tags::{json_page, paginate};
 
 #[derive(Serialize)]

@@ -12,7 +12,7 @@ use futures::future::try_join_all;
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
-use super::server::{Req, header_value};
+use super::request::{Req, header_value};
 use crate::oci::manifest::{MAX_MANIFEST_BYTES, kind_of_media_type};
 use crate::oci::{Algorithm, Descriptor, Digest, Manifest, ManifestKind, Reference, RepoName, Tag};
 use crate::store::{MetaDir, MetaKey};

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::Registry;
 use super::errors::Result;
-use super::server::Req;
+use super::request::Req;
 use crate::oci::manifest::OCI_INDEX;
 use crate::oci::{Descriptor, Digest, RepoName};
 use crate::store::layout::referrer_entry_digest;

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
-use super::server::Req;
+use super::request::Req;
 use crate::oci::RepoName;
 use crate::store::MetaDir;
 

@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
-use super::server::{Req, header_value};
+use super::request::{Req, header_value};
 use crate::oci::{Digest, RepoName};
 use crate::store::{ByteStream, MetaKey, UploadId};
 

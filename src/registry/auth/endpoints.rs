@@ -18,7 +18,7 @@ use super::token::{Access, rfc3339};
 use super::{Auth, Identity, Subject, robots};
 use crate::registry::Registry;
 use crate::registry::errors::{RegistryError, Result};
-use crate::registry::server::{Query, client_ip};
+use crate::registry::request::{Query, client_ip};
 
 fn auth_of(reg: &Registry) -> Result<&Arc<Auth>> {
     reg.auth
@@ -28,7 +28,7 @@ fn auth_of(reg: &Registry) -> Result<&Arc<Auth>> {
 
 /// Authenticates a request to the token or admin endpoint: Basic credentials or anonymous.
 async fn caller(auth: &Auth, request: &Parts) -> Result<Identity> {
-    let client = client_ip(&request.extensions, &request.headers, Some(auth));
+    let client = client_ip(&request.extensions, &request.headers, Some(&auth.proxies));
     match auth.authenticate(&request.headers, client).await {
         Err(RegistryError::Unauthorized { message, .. }) => Err(auth.unauthorized(&message)),
         other => other,

@@ -6,7 +6,6 @@
 pub mod endpoints;
 pub mod htpasswd;
 pub mod limiter;
-pub mod proxies;
 pub mod robots;
 pub mod rules;
 pub mod token;
@@ -21,12 +20,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::errors::RegistryError;
-use super::server::{Req, Route};
+use super::request::{Req, Route};
 use crate::config::AuthConfig;
 use crate::store::Store;
 use htpasswd::{Htpasswd, HtpasswdError};
 use limiter::Limiter;
-use proxies::TrustedProxies;
+use super::proxies::{self, TrustedProxies};
 use robots::ROBOT_PREFIX;
 use rules::{Actions, RuleError, Rules, ScopeGrant};
 use token::{Claims, TokenError, Tokens};
@@ -532,10 +531,3 @@ fn basic_user(value: &[u8]) -> Option<String> {
     Some(user.chars().filter(|c| !c.is_control()).take(128).collect())
 }
 
-/// Whether a host (from a trusted proxy's header) is safe to put into a challenge.
-fn is_safe_host(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 255
-        && h.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
-}

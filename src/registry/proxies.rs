@@ -109,7 +109,7 @@ impl TrustedProxies {
                 .and_then(|v| v.split(',').next())
                 .map(str::trim)
         };
-        let host = first("x-forwarded-host").filter(|h| super::is_safe_host(h))?;
+        let host = first("x-forwarded-host").filter(|h| is_safe_host(h))?;
         let proto = match first("x-forwarded-proto") {
             Some(p) if p.eq_ignore_ascii_case("https") => "https",
             Some(p) if p.eq_ignore_ascii_case("http") => "http",
@@ -117,6 +117,14 @@ impl TrustedProxies {
         };
         Some(format!("{proto}://{host}"))
     }
+}
+
+/// Whether a host (from a trusted proxy's header) is safe to put into a challenge.
+fn is_safe_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
 }
 
 #[cfg(test)]
