@@ -46,8 +46,9 @@ use serde::Serialize;
 
 pub use crate::config::RetentionRule;
 use crate::oci::pattern::Pattern;
-use crate::oci::{Algorithm, Digest, Manifest, RepoName, Tag};
-use crate::store::{MetaDir, MetaKey, Store, StoreError, layout};
+use crate::oci::{Digest, Manifest, RepoName, Tag};
+use crate::repo::{RepoError, Repository};
+use crate::store::{Store, StoreError};
 
 /// Subtracted from every cutoff, beyond the grace period: covers the kernel's coarse file
 /// timestamps and small clock adjustments. (Touches themselves set precise times.)
@@ -82,10 +83,22 @@ impl Default for GcOptions {
 pub enum GcError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A repository document is not in the format the repository layer writes.
+    #[error(transparent)]
+    Repo(RepoError),
     #[error("invalid retention rule for {pattern:?}: {reason}")]
     Rule { pattern: String, reason: String },
     #[error("invalid gc option {what}: {reason}")]
     Option { what: String, reason: String },
+}
+
+impl From<RepoError> for GcError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::Store(e) => GcError::Store(e),
+            other => GcError::Repo(other),
+        }
+    }
 }
 
 /// One deletion (reported with `--dry-run --json`).
@@ -288,18 +301,6 @@ fn tags_to_remove(rule: &CompiledRule, tags: &[(Tag, SystemTime)], now: SystemTi
         .collect()
 }
 
-async fn manifests_in(store: &dyn Store, repo: &RepoName) -> Result<Vec<Digest>, GcError> {
-    let mut out = Vec::new();
-    for alg in [Algorithm::Sha256, Algorithm::Sha512] {
-        for name in store.meta_list(&MetaDir::repo_manifests(repo, alg)).await? {
-            if let Ok(d) = Digest::from_parts(alg, &name) {
-                out.push(d);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Runs one collection. `progress` receives a line now and then for long runs.
 pub async fn collect(
     store: &dyn Store,
@@ -389,17 +390,11 @@ pub async fn collect(
 
     if !deleted.is_empty() {
         progress("removing repository links to deleted blobs");
-        for repo in &repos {
-            for alg in [Algorithm::Sha256, Algorithm::Sha512] {
-                for name in store.meta_list(&MetaDir::repo_blobs(repo, alg)).await? {
-                    let Ok(d) = Digest::from_parts(alg, &name) else {
-                        continue;
-                    };
-                    if deleted.contains(&d) {
-                        store
-                            .meta_delete_if_stale(&MetaKey::blob_link(repo, &d), cutoff)
-                            .await?;
-                    }
+        for name in &repos {
+            let repo = Repository::new(store, name);
+            for d in repo.blob_links().await? {
+                if deleted.contains(&d) {
+                    repo.unlink_blob_if_stale(&d, cutoff).await?;
                 }
             }
         }
@@ -469,46 +464,30 @@ async fn mark_repository(
     marked: &mut HashSet<Digest>,
     report: &mut GcReport,
 ) -> Result<(), GcError> {
+    let name = repo;
+    let repo = Repository::new(store, name);
     // Tags, and what retention removes.
     let mut tags: Vec<(Tag, Digest, SystemTime)> = Vec::new();
-    for name in store.meta_list(&MetaDir::tags(repo)).await? {
-        let Ok(tag) = name.parse::<Tag>() else {
-            continue;
-        };
-        let key = MetaKey::tag(repo, &tag);
-        let (Some(raw), Some(when)) = (
-            store.meta_get(&key).await?,
-            store.meta_modified(&key).await?,
-        ) else {
-            continue;
-        };
-        let Some(d) = std::str::from_utf8(&raw)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-        else {
-            tracing::warn!(%repo, %tag, "tag holds an invalid digest; left alone");
-            continue;
-        };
-        tags.push((tag, d, when));
+    for tag in repo.tags().await? {
+        match repo.tag_pushed(&tag).await {
+            Ok(Some((d, when))) => tags.push((tag, d, when)),
+            Ok(None) => {}
+            Err(RepoError::Corrupt(e)) => tracing::warn!(error = %e, "left alone"),
+            Err(e) => return Err(e.into()),
+        }
     }
     report.tags_examined += tags.len();
     let mut removed: HashSet<Tag> = HashSet::new();
-    if let Some(rule) = rules.iter().find(|r| r.repositories.matches(repo.as_str())) {
+    if let Some(rule) = rules.iter().find(|r| r.repositories.matches(name.as_str())) {
         let pushed: Vec<(Tag, SystemTime)> = tags.iter().map(|(t, _, w)| (t.clone(), *w)).collect();
         for tag in tags_to_remove(rule, &pushed, start) {
-            let gone = if opts.dry_run {
-                true
-            } else {
-                store
-                    .meta_delete_if_stale(&MetaKey::tag(repo, &tag), cutoff)
-                    .await?
-            };
+            let gone = opts.dry_run || repo.delete_tag_if_stale(&tag, cutoff).await?;
             if gone {
                 report.tags_deleted += 1;
                 if opts.dry_run {
                     report.deletions.push(Deletion {
                         kind: "tag",
-                        repository: Some(repo.to_string()),
+                        repository: Some(name.to_string()),
                         name: tag.to_string(),
                         size: None,
                         reason: format!("retention rule for {:?}", rule.repositories.as_str()),
@@ -519,7 +498,7 @@ async fn mark_repository(
         }
     }
 
-    let all = manifests_in(store, repo).await?;
+    let all = repo.manifest_revisions().await?;
     report.manifests_examined += all.len();
     let roots: Vec<Digest> = if opts.delete_untagged {
         tags.iter()
@@ -539,14 +518,14 @@ async fn mark_repository(
             continue;
         }
         marked.insert(d.clone());
-        let Some(media) = store.meta_get(&MetaKey::manifest_link(repo, &d)).await? else {
+        let Some(media) = repo.recorded_media_type(&d).await? else {
             continue; // a tag pointing at a deleted manifest
         };
         let Some(bytes) = store.blob_read(&d).await? else {
-            tracing::warn!(%repo, digest = %d, "manifest bytes missing");
+            tracing::warn!(repo = %name, digest = %d, "manifest bytes missing");
             continue;
         };
-        match Manifest::parse(&bytes, std::str::from_utf8(&media).ok()) {
+        match Manifest::parse(&bytes, Some(&media)) {
             Ok(m) => {
                 marked.extend(m.required_blobs().map(|b| b.digest.clone()));
                 queue.extend(m.manifests.iter().map(|c| c.digest.clone()));
@@ -555,29 +534,24 @@ async fn mark_repository(
                 }
             }
             Err(e) => {
-                tracing::warn!(%repo, digest = %d, error = %e, "unreadable manifest kept as is")
+                tracing::warn!(repo = %name, digest = %d, error = %e, "unreadable manifest kept as is")
             }
         }
-        for name in store.meta_list(&MetaDir::referrers(repo, &d)).await? {
-            if let Some(r) = layout::referrer_entry_digest(&name) {
-                queue.push(r);
-            }
-        }
+        queue.extend(repo.referrer_digests(&d).await?);
     }
 
     // Manifests nothing keeps (only possible with delete_untagged).
     for d in all.iter().filter(|d| !kept.contains(*d)) {
-        let link = MetaKey::manifest_link(repo, d);
         if opts.dry_run {
-            if store
-                .meta_modified(&link)
+            if repo
+                .manifest_touched_at(d)
                 .await?
                 .is_some_and(|t| t < cutoff)
             {
                 report.manifests_deleted += 1;
                 report.deletions.push(Deletion {
                     kind: "manifest",
-                    repository: Some(repo.to_string()),
+                    repository: Some(name.to_string()),
                     name: d.to_string(),
                     size: None,
                     reason: "untagged and not referenced by a kept index or subject".into(),
@@ -597,11 +571,11 @@ async fn mark_repository(
                 None => None,
             },
         };
-        if store.meta_delete_if_stale(&link, cutoff).await? {
+        if repo
+            .retire_manifest_if_stale(d, subject.as_ref(), cutoff)
+            .await?
+        {
             report.manifests_deleted += 1;
-            if let Some(s) = subject {
-                store.meta_delete(&MetaKey::referrer(repo, &s, d)).await?;
-            }
         } else {
             // Recent: keep it and what it references, this time.
             marked.insert(d.clone());

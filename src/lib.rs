@@ -9,6 +9,7 @@ pub mod oci;
 pub mod operator;
 pub mod purge;
 pub mod registry;
+pub mod repo;
 pub mod serve;
 pub mod store;
 pub mod tls;

@@ -9,7 +9,7 @@ use super::Registry;
 use super::errors::{RegistryError, Result};
 use super::request::{Req, header_value};
 use crate::oci::{Digest, RepoName};
-use crate::store::MetaKey;
+use crate::repo::Repository;
 
 /// What a `Range` header asks of a blob of `size` bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,21 +71,12 @@ pub fn parse_range(h: &str, size: u64) -> RangeAsk {
     }
 }
 
-/// Whether `repo` may serve `digest` as a blob.
-pub async fn repo_has_blob(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<bool> {
-    Ok(reg
-        .store
-        .meta_exists(&MetaKey::blob_link(repo, digest))
-        .await?
-        || reg
-            .store
-            .meta_exists(&MetaKey::manifest_link(repo, digest))
-            .await?)
-}
-
 pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Result<Response> {
     let digest: Digest = digest.parse()?;
-    if !repo_has_blob(reg, repo, &digest).await? {
+    if !Repository::new(&*reg.store, repo)
+        .serves_blob(&digest)
+        .await?
+    {
         return Err(RegistryError::BlobUnknown);
     }
     if req.method == Method::GET
@@ -185,9 +176,8 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
 
 pub async fn delete(reg: &Registry, repo: &RepoName, digest: &str) -> Result<Response> {
     let digest: Digest = digest.parse()?;
-    if !reg
-        .store
-        .meta_delete(&MetaKey::blob_link(repo, &digest))
+    if !Repository::new(&*reg.store, repo)
+        .unlink_blob(&digest)
         .await?
     {
         return Err(RegistryError::BlobUnknown);

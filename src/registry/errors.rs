@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::oci::ManifestError;
 use crate::oci::digest::DigestError;
 use crate::oci::name::{NameError, ReferenceError, TagError};
+use crate::repo::RepoError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +191,17 @@ impl From<StoreError> for RegistryError {
             StoreError::Body(_) => RegistryError::BlobUploadInvalid(e.to_string()),
             StoreError::Io(_) => RegistryError::Storage(e.to_string()),
             StoreError::Unavailable(_) => RegistryError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<RepoError> for RegistryError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::Store(e) => e.into(),
+            RepoError::Corrupt(m) => RegistryError::Storage(m),
+            RepoError::Missing(d) => RegistryError::ManifestBlobUnknown(d.to_string()),
+            e @ RepoError::SizeMismatch { .. } => RegistryError::ManifestInvalid(e.to_string()),
         }
     }
 }

@@ -1,21 +1,18 @@
-//! Manifest PUT/GET/HEAD/DELETE by tag or digest. A PUT is validated (shape, media type,
-//! every referenced blob and child manifest present in the repository) before anything is
-//! written; then the bytes are stored by digest, linked into the repository, the referrers
-//! index of its subject updated, and the tag moved, in that order, so a reader never sees a tag
-//! that points at something missing.
+//! Manifest PUT/GET/HEAD/DELETE by tag or digest: parse and validate the request (size, digest,
+//! shape, tags), call the repository layer (`crate::repo`, where a PUT's record order and gc's
+//! touch protocol live), and answer.
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures::future::try_join_all;
 
 use super::Registry;
 use super::errors::{RegistryError, Result};
 use super::request::{Req, header_value};
 use crate::oci::manifest::{MAX_MANIFEST_BYTES, kind_of_media_type};
-use crate::oci::{Algorithm, Descriptor, Digest, Manifest, ManifestKind, Reference, RepoName, Tag};
-use crate::store::{MetaDir, MetaKey};
+use crate::oci::{Algorithm, Digest, Manifest, ManifestKind, Reference, RepoName, Tag};
+use crate::repo::Repository;
 
 fn too_large() -> RegistryError {
     RegistryError::PayloadTooLarge(format!(
@@ -62,32 +59,16 @@ pub async fn resolve(
     repo: &RepoName,
     reference: &Reference,
 ) -> Result<(Digest, String)> {
+    let repo = Repository::new(&*reg.store, repo);
     let digest = match reference {
         Reference::Digest(d) => d.clone(),
-        Reference::Tag(t) => {
-            let raw = reg
-                .store
-                .meta_get(&MetaKey::tag(repo, t))
-                .await?
-                .ok_or(RegistryError::ManifestUnknown)?;
-            std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| RegistryError::Storage(format!("tag {t} holds an invalid digest")))?
-        }
+        Reference::Tag(t) => repo.tag(t).await?.ok_or(RegistryError::ManifestUnknown)?,
     };
-    let link = MetaKey::manifest_link(repo, &digest);
-    let media = match reg.store.meta_get(&link).await? {
-        Some(m) => m,
-        // A collection may have staged it an instant ago: a touch brings it back.
-        None if reg.store.meta_touch(&link).await? => reg
-            .store
-            .meta_get(&link)
-            .await?
-            .ok_or(RegistryError::ManifestUnknown)?,
-        None => return Err(RegistryError::ManifestUnknown),
-    };
-    Ok((digest, String::from_utf8_lossy(&media).into_owned()))
+    let media = repo
+        .manifest_media_type(&digest)
+        .await?
+        .ok_or(RegistryError::ManifestUnknown)?;
+    Ok((digest, media))
 }
 
 /// The manifest bytes for a digest, from the cache or the store.
@@ -169,47 +150,6 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &str, req: &Req) ->
     Ok(resp)
 }
 
-/// Checks that every blob and child manifest `m` references is in `repo`, touching each so
-/// that garbage collection's grace period restarts for it (see `crate::gc`): a collection that
-/// raced this check either sees the touch and keeps the item, or has already removed it and
-/// the check fails.
-async fn touch_references(reg: &Registry, repo: &RepoName, m: &Manifest) -> Result<()> {
-    let blob_checks = m.required_blobs().map(|d: &Descriptor| async move {
-        let linked = reg
-            .store
-            .meta_exists(&MetaKey::blob_link(repo, &d.digest))
-            .await?;
-        let size = if linked {
-            reg.store.blob_touch(&d.digest).await?
-        } else {
-            None
-        };
-        match size {
-            None => Err(RegistryError::ManifestBlobUnknown(d.digest.to_string())),
-            Some(s) if s != d.size => Err(RegistryError::ManifestInvalid(format!(
-                "descriptor for {} says {} bytes, the blob has {s}",
-                d.digest, d.size
-            ))),
-            Some(_) => Ok(()),
-        }
-    });
-    try_join_all(blob_checks).await?;
-    let child_checks = m.manifests.iter().map(|d| async move {
-        if reg
-            .store
-            .meta_touch(&MetaKey::manifest_link(repo, &d.digest))
-            .await?
-            && reg.store.blob_touch(&d.digest).await?.is_some()
-        {
-            Ok(())
-        } else {
-            Err(RegistryError::ManifestBlobUnknown(d.digest.to_string()))
-        }
-    });
-    try_join_all(child_checks).await?;
-    Ok(())
-}
-
 pub async fn put(
     reg: &Registry,
     repo: &RepoName,
@@ -240,60 +180,13 @@ pub async fn put(
         .map(|t| t.parse::<Tag>())
         .collect::<Result<_, _>>()?;
     let manifest = Manifest::parse(&bytes, content_type.as_deref())?;
-    touch_references(reg, repo, &manifest).await?;
-
-    let link = MetaKey::manifest_link(repo, &digest);
-    let existed = reg.store.meta_exists(&link).await?;
-    reg.store.blob_put(&digest, bytes.clone()).await?;
-    reg.store
-        .meta_put(&link, manifest.media_type.as_bytes())
-        .await?;
-    if let Some(subject) = &manifest.subject {
-        let entry = Descriptor {
-            media_type: manifest.media_type.clone(),
-            digest: digest.clone(),
-            size: bytes.len() as u64,
-            urls: None,
-            artifact_type: manifest.referrer_artifact_type(),
-            annotations: manifest.annotations.clone(),
-            platform: None,
-        };
-        let json = serde_json::to_vec(&entry).map_err(|e| RegistryError::Storage(e.to_string()))?;
-        reg.store
-            .meta_put(&MetaKey::referrer(repo, &subject.digest, &digest), &json)
-            .await?;
-    }
-    // Now that the manifest is recorded, touch everything again. If a collection removed
-    // something between the first touch and the record, this is where it shows: undo the
-    // record and fail, so a 201 never points at anything missing.
-    let recheck = async {
-        touch_references(reg, repo, &manifest).await?;
-        if reg.store.blob_touch(&digest).await?.is_none() {
-            return Err(RegistryError::ManifestBlobUnknown(digest.to_string()));
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(e) = recheck {
-        if !existed {
-            reg.store.meta_delete(&link).await?;
-            if let Some(subject) = &manifest.subject {
-                reg.store
-                    .meta_delete(&MetaKey::referrer(repo, &subject.digest, &digest))
-                    .await?;
-            }
-        }
-        return Err(e);
-    }
     let mut tags: Vec<&Tag> = extra_tags.iter().collect();
     if let Reference::Tag(tag) = &reference {
         tags.insert(0, tag);
     }
-    for tag in &tags {
-        reg.store
-            .meta_put(&MetaKey::tag(repo, tag), digest.to_string().as_bytes())
-            .await?;
-    }
+    Repository::new(&*reg.store, repo)
+        .publish(&digest, &bytes, &manifest, &tags)
+        .await?;
     reg.manifests.insert(digest.clone(), bytes);
 
     let mut resp = (
@@ -323,49 +216,18 @@ pub async fn put(
     Ok(resp)
 }
 
-/// Tags in `repo` that point at `digest`.
-async fn tags_pointing_at(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<Vec<Tag>> {
-    let names = reg.store.meta_list(&MetaDir::tags(repo)).await?;
-    let want = digest.to_string();
-    let mut out = Vec::new();
-    for n in names {
-        let Ok(tag) = n.parse::<Tag>() else { continue };
-        if let Some(v) = reg.store.meta_get(&MetaKey::tag(repo, &tag)).await?
-            && v.as_ref() == want.as_bytes()
-        {
-            out.push(tag);
-        }
-    }
-    Ok(out)
-}
-
 pub async fn delete(reg: &Registry, repo: &RepoName, reference: &str) -> Result<Response> {
     let reference: Reference = reference.parse()?;
-    match reference {
-        Reference::Tag(tag) => {
-            if !reg.store.meta_delete(&MetaKey::tag(repo, &tag)).await? {
-                return Err(RegistryError::ManifestUnknown);
-            }
-        }
+    let repo = Repository::new(&*reg.store, repo);
+    let deleted = match reference {
+        Reference::Tag(tag) => repo.delete_tag(&tag).await?,
         Reference::Digest(digest) => {
-            let link = MetaKey::manifest_link(repo, &digest);
-            if !reg.store.meta_exists(&link).await? {
-                return Err(RegistryError::ManifestUnknown);
-            }
-            // Drop its entry in its subject's referrers list, and the tags that point at it.
-            if let Ok(bytes) = bytes_of(reg, &digest).await
-                && let Ok(m) = Manifest::parse(&bytes, None)
-                && let Some(subject) = m.subject
-            {
-                reg.store
-                    .meta_delete(&MetaKey::referrer(repo, &subject.digest, &digest))
-                    .await?;
-            }
-            for tag in tags_pointing_at(reg, repo, &digest).await? {
-                reg.store.meta_delete(&MetaKey::tag(repo, &tag)).await?;
-            }
-            reg.store.meta_delete(&link).await?;
+            let bytes = bytes_of(reg, &digest).await.ok();
+            repo.delete_manifest(&digest, bytes.as_ref()).await?
         }
+    };
+    if !deleted {
+        return Err(RegistryError::ManifestUnknown);
     }
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

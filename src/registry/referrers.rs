@@ -10,44 +10,17 @@ use super::errors::Result;
 use super::request::Req;
 use crate::oci::manifest::OCI_INDEX;
 use crate::oci::{Descriptor, Digest, RepoName};
-use crate::store::layout::referrer_entry_digest;
-use crate::store::{MetaDir, MetaKey};
+use crate::repo::Repository;
 
 pub async fn list(reg: &Registry, repo: &RepoName, subject: &str, req: &Req) -> Result<Response> {
     let subject: Digest = subject.parse()?;
     let filter = req.query.get("artifactType").filter(|f| !f.is_empty());
-    let mut manifests: Vec<Descriptor> = Vec::new();
-    for name in reg
-        .store
-        .meta_list(&MetaDir::referrers(repo, &subject))
+    let manifests: Vec<Descriptor> = Repository::new(&*reg.store, repo)
+        .referrers(&subject)
         .await?
-    {
-        let Some(referrer) = referrer_entry_digest(&name) else {
-            continue;
-        };
-        // An entry whose manifest was deleted since is skipped (and left for gc).
-        if !reg
-            .store
-            .meta_exists(&MetaKey::manifest_link(repo, &referrer))
-            .await?
-        {
-            continue;
-        }
-        let Some(raw) = reg
-            .store
-            .meta_get(&MetaKey::referrer(repo, &subject, &referrer))
-            .await?
-        else {
-            continue;
-        };
-        let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) else {
-            tracing::warn!(%repo, %subject, %referrer, "unreadable referrer entry skipped");
-            continue;
-        };
-        if filter.is_none_or(|f| desc.artifact_type.as_deref() == Some(f)) {
-            manifests.push(desc);
-        }
-    }
+        .into_iter()
+        .filter(|d| filter.is_none_or(|f| d.artifact_type.as_deref() == Some(f)))
+        .collect();
     let body = json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests});
     let mut resp = (
         StatusCode::OK,

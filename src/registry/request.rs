@@ -9,8 +9,8 @@ use std::sync::Arc;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 
-use super::proxies::TrustedProxies;
 use super::errors::{RegistryError, Result};
+use super::proxies::TrustedProxies;
 use crate::oci::RepoName;
 
 /// A /v2/ route with its repository name already validated.

@@ -143,7 +143,11 @@ fn audit_event(method: &Method, route: &Route) -> Option<AuditEvent> {
 async fn v2(State(reg): State<App>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let peer = peer_ip(&parts.extensions);
-    let client = client_ip(&parts.extensions, &parts.headers, reg.auth.as_deref().map(|a| &a.proxies));
+    let client = client_ip(
+        &parts.extensions,
+        &parts.headers,
+        reg.auth.as_deref().map(|a| &a.proxies),
+    );
     let route = Route::parse(parts.uri.path());
     let info = match &route {
         Ok(r) => RouteInfo {
@@ -294,4 +298,3 @@ async fn observe(State(reg): State<App>, request: Request, next: Next) -> Respon
     }
     resp
 }
-

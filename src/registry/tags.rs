@@ -15,7 +15,7 @@ use super::Registry;
 use super::errors::{RegistryError, Result};
 use super::request::Req;
 use crate::oci::RepoName;
-use crate::store::MetaDir;
+use crate::repo::Repository;
 
 /// The most entries one page returns when the client asks for more (or does not say).
 pub const MAX_PAGE: usize = 10_000;
@@ -104,8 +104,8 @@ struct TagList<'a> {
 }
 
 pub async fn list(reg: &Registry, repo: &RepoName, req: &Req) -> Result<Response> {
-    let dir = MetaDir::tags(repo);
-    let stamp = reg.store.meta_dir_stamp(&dir).await?;
+    let tags = Repository::new(&*reg.store, repo);
+    let stamp = tags.tags_stamp().await?;
     let cached = stamp.and_then(|s| reg.tag_lists.get(repo, s));
     let all = match cached {
         Some(list) => list,
@@ -113,7 +113,7 @@ pub async fn list(reg: &Registry, repo: &RepoName, req: &Req) -> Result<Response
             if stamp.is_none() && !reg.store.repository_exists(repo).await? {
                 return Err(RegistryError::NameUnknown);
             }
-            let list = Arc::new(reg.store.meta_list(&dir).await?);
+            let list = Arc::new(tags.tag_names().await?);
             if let Some(s) = stamp {
                 reg.tag_lists.put(repo.clone(), s, list.clone());
             }

@@ -16,7 +16,8 @@ use super::Registry;
 use super::errors::{RegistryError, Result};
 use super::request::{Req, header_value};
 use crate::oci::{Digest, RepoName};
-use crate::store::{ByteStream, MetaKey, UploadId};
+use crate::repo::Repository;
+use crate::store::{ByteStream, UploadId};
 
 /// The largest blob accepted and the upload sessions one repository or one user may hold
 /// open on this replica. Sessions are counted from their creation until they finish, are
@@ -262,28 +263,23 @@ impl Drop for InProgress {
 }
 
 async fn link_blob(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<()> {
-    reg.store
-        .meta_put(&MetaKey::blob_link(repo, digest), b"")
-        .await?;
-    Ok(())
+    Ok(Repository::new(&*reg.store, repo).link_blob(digest).await?)
 }
 
 pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Result<Response> {
     if let Some(mount) = req.query.get("mount") {
         let digest: Digest = mount.parse()?;
-        let mountable = match req.query.get("from") {
+        let target = Repository::new(&*reg.store, repo);
+        let mounted = match req.query.get("from") {
             Some(from) => {
                 let from: RepoName = from.parse()?;
-                reg.store
-                    .meta_exists(&MetaKey::blob_link(&from, &digest))
-                    .await?
-                    && reg.store.blob_touch(&digest).await?.is_some()
+                let from = Repository::new(&*reg.store, &from);
+                target.mount_blob(&digest, Some(&from)).await?
             }
             // No `from`: mount when the registry already holds the bytes, if so configured.
-            None => reg.automatic_cross_mount && reg.store.blob_touch(&digest).await?.is_some(),
+            None => reg.automatic_cross_mount && target.mount_blob(&digest, None).await?,
         };
-        if mountable {
-            link_blob(reg, repo, &digest).await?;
+        if mounted {
             return created_blob(repo, &digest);
         }
         // Cannot mount: fall back to a new session, as the spec asks.

@@ -20,12 +20,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use super::errors::RegistryError;
+use super::proxies::{self, TrustedProxies};
 use super::request::{Req, Route};
 use crate::config::AuthConfig;
 use crate::store::Store;
 use htpasswd::{Htpasswd, HtpasswdError};
 use limiter::Limiter;
-use super::proxies::{self, TrustedProxies};
 use robots::ROBOT_PREFIX;
 use rules::{Actions, RuleError, Rules, ScopeGrant};
 use token::{Claims, TokenError, Tokens};
@@ -530,4 +530,3 @@ fn basic_user(value: &[u8]) -> Option<String> {
     let user = decoded.split_once(':')?.0;
     Some(user.chars().filter(|c| !c.is_control()).take(128).collect())
 }
-
