@@ -45,6 +45,60 @@ pub struct Config {
     /// connection may sit without sending.
     #[serde(default, skip_serializing_if = "LimitsConfig::is_empty")]
     pub limits: LimitsConfig,
+    /// Pull-through cache of upstream registries: `docker pull berth/<prefix>/<name>` fetches
+    /// from the upstream with that prefix and keeps what it fetched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyConfig>,
+}
+
+/// The pull-through cache: the upstreams, each under a local name prefix.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub upstreams: Vec<UpstreamConfig>,
+    /// How long cached content is kept (read by gc; not enforced yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<ProxyRetentionConfig>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Local name prefix: `docker.io` serves `docker.io/library/alpine` from this upstream.
+    pub prefix: String,
+    /// The upstream registry's base URL, `https://registry-1.docker.io`.
+    pub url: String,
+    /// Serves requests whose name carries no configured prefix (the Docker daemon's
+    /// `registry-mirrors`) when the name is not a local repository. At most one upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+    /// User for the upstream (Basic, or to obtain Bearer tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password or access token for `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// How long a tag is served from the cache before one HEAD revalidates it (default `5m`;
+    /// `0s` revalidates on every pull). Manifests by digest are cached for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_ttl: Option<String>,
+    /// Concurrent requests to this upstream (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Never contact the upstream: serve only what is cached.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyRetentionConfig {
+    /// Cached content not pulled for this long is removed by gc (e.g. `30d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpulled_for: Option<String>,
+    /// Size budget for cached content (e.g. `500Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<String>,
 }
 
 /// Caps and timeouts that keep one client (careless or hostile) from exhausting the server.

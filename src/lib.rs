@@ -7,6 +7,7 @@ pub mod keys;
 pub mod listen;
 pub mod oci;
 pub mod operator;
+pub mod proxy;
 pub mod purge;
 pub mod registry;
 pub mod repo;

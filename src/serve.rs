@@ -26,6 +26,8 @@ pub struct Settings {
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
     pub limits: Limits,
+    /// The pull-through cache, checked (upstream URLs, credentials files) at resolve time.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 /// The `limits` section, resolved: what one client may hold and for how long.
@@ -122,10 +124,18 @@ impl Settings {
                 "limits.maxConnections and limits.maxUploadSessions must be at least 1".into(),
             ));
         }
+        let proxy = file
+            .proxy
+            .as_ref()
+            .map(crate::proxy::Proxy::from_config)
+            .transpose()
+            .map_err(|e| ServeError::Option(e.to_string()))?
+            .map(Arc::new);
         Ok(Settings {
             gc,
             gc_interval,
             limits,
+            proxy,
             addr: o
                 .addr
                 .or(file.addr.clone())
@@ -314,6 +324,12 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         ),
     }
     registry.auth = auth.map(Arc::new);
+    registry.proxy = settings.proxy.clone();
+    if let Some(p) = &registry.proxy {
+        for u in p.upstreams() {
+            tracing::info!(prefix = %u.prefix, upstream = %u.url, default = u.default, offline = u.offline, tag_ttl = ?u.tag_ttl, "pull-through cache");
+        }
+    }
     let registry = Arc::new(registry);
     tokio::spawn(purge_idle_uploads(registry.clone(), settings.gc.upload_ttl));
     if let Some(every) = settings.gc_interval {

@@ -77,7 +77,13 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
         .serves_blob(&digest)
         .await?
     {
-        return Err(RegistryError::BlobUnknown);
+        let (Some(proxy), Some(target)) = (&reg.proxy, reg.proxied(repo)) else {
+            return Err(RegistryError::BlobUnknown);
+        };
+        if let Some(resp) = from_upstream(reg, proxy, &target, &digest, req).await? {
+            return Ok(resp);
+        }
+        // Stored by now: served below as local content.
     }
     if req.method == Method::GET
         && let Some(url) = reg.store.blob_url(&digest).await?
@@ -172,6 +178,71 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
         h.insert(header::CONTENT_RANGE, v);
     }
     Ok(resp)
+}
+
+/// A blob a proxied repository does not hold yet. A HEAD asks the upstream for the size; a
+/// GET fills the cache and streams what arrives, or (`None`) waits for a fill already under
+/// way, or for a ranged GET a whole fill, after which the stored copy is served.
+async fn from_upstream(
+    reg: &Registry,
+    proxy: &std::sync::Arc<crate::proxy::Proxy>,
+    target: &crate::proxy::Target,
+    digest: &Digest,
+    req: &Req,
+) -> Result<Option<Response>> {
+    let unknown = |e| RegistryError::from_proxy(e, "BLOB_UNKNOWN");
+    let headers = |size: Option<u64>| -> Result<Vec<(header::HeaderName, HeaderValue)>> {
+        let mut h = vec![
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static("docker-content-digest"),
+                header_value(&digest.to_string())?,
+            ),
+        ];
+        if let Some(n) = size {
+            h.push((header::CONTENT_LENGTH, HeaderValue::from(n)));
+        }
+        Ok(h)
+    };
+    if req.method == Method::HEAD {
+        let size = target
+            .upstream
+            .blob_size(&target.remote, digest)
+            .await
+            .map_err(|e| unknown(e.into()))?
+            .ok_or_else(|| {
+                unknown(crate::proxy::ProxyError::NotFound(format!(
+                    "upstream {} has no blob {digest} in {}",
+                    target.upstream.url, target.remote
+                )))
+            })?;
+        let mut resp = StatusCode::OK.into_response();
+        resp.headers_mut().extend(headers(Some(size))?);
+        return Ok(Some(resp));
+    }
+    let fill = crate::proxy::cache::blob(proxy, reg.store.clone(), target, digest)
+        .await
+        .map_err(unknown)?;
+    match fill {
+        crate::proxy::cache::BlobFill::Stored => Ok(None),
+        crate::proxy::cache::BlobFill::Streaming { mut body, .. }
+            if req.header(header::RANGE).is_some() =>
+        {
+            use futures::StreamExt;
+            while let Some(chunk) = body.next().await {
+                chunk.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
+            }
+            Ok(None)
+        }
+        crate::proxy::cache::BlobFill::Streaming { size, body } => {
+            let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
+            resp.headers_mut().extend(headers(size)?);
+            Ok(Some(resp))
+        }
+    }
 }
 
 pub async fn delete(reg: &Registry, repo: &RepoName, digest: &str) -> Result<Response> {

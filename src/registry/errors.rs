@@ -9,6 +9,7 @@ use serde_json::json;
 use crate::oci::ManifestError;
 use crate::oci::digest::DigestError;
 use crate::oci::name::{NameError, ReferenceError, TagError};
+use crate::proxy::{ProxyError, UpstreamError};
 use crate::repo::RepoError;
 use crate::store::StoreError;
 
@@ -72,6 +73,12 @@ pub enum RegistryError {
     /// The storage backend is down or refusing: 503 with `Retry-After`, so clients retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A pull-through cache's upstream has no such manifest or blob (404, with its reason).
+    #[error("{message}")]
+    UpstreamUnknown { code: &'static str, message: String },
+    /// A pull-through cache's upstream asked us to slow down and nothing is cached.
+    #[error("{message}")]
+    UpstreamRateLimited { message: String, retry_after: u64 },
 }
 
 impl RegistryError {
@@ -97,6 +104,8 @@ impl RegistryError {
             InvalidRequest(_) | Conflict(_) => "UNSUPPORTED",
             Storage(_) => "UNKNOWN",
             Unavailable(_) => "UNAVAILABLE",
+            UpstreamUnknown { code, .. } => code,
+            UpstreamRateLimited { .. } => "TOOMANYREQUESTS",
         }
     }
 
@@ -108,7 +117,8 @@ impl RegistryError {
             | ManifestUnknown
             | NameUnknown
             | NotFound(_)
-            | ManifestNotAcceptable(_) => StatusCode::NOT_FOUND,
+            | ManifestNotAcceptable(_)
+            | UpstreamUnknown { .. } => StatusCode::NOT_FOUND,
             BlobUploadInvalid(_)
             | DigestInvalid(_)
             | ManifestBlobUnknown(_)
@@ -120,7 +130,7 @@ impl RegistryError {
             | InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Denied(_) => StatusCode::FORBIDDEN,
-            TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            TooManyRequests { .. } | UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Conflict(_) => StatusCode::CONFLICT,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
@@ -149,7 +159,8 @@ impl IntoResponse for RegistryError {
                     resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
                 }
             }
-            RegistryError::TooManyRequests { retry_after } => {
+            RegistryError::TooManyRequests { retry_after }
+            | RegistryError::UpstreamRateLimited { retry_after, .. } => {
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
             }
@@ -202,6 +213,32 @@ impl From<RepoError> for RegistryError {
             RepoError::Corrupt(m) => RegistryError::Storage(m),
             RepoError::Missing(d) => RegistryError::ManifestBlobUnknown(d.to_string()),
             e @ RepoError::SizeMismatch { .. } => RegistryError::ManifestInvalid(e.to_string()),
+        }
+    }
+}
+
+impl RegistryError {
+    /// A pull-through miss that could not be filled. `code` is the spec's "unknown" code for
+    /// what was asked (MANIFEST_UNKNOWN, BLOB_UNKNOWN); the message carries the upstream's
+    /// reason.
+    pub fn from_proxy(e: ProxyError, code: &'static str) -> RegistryError {
+        match e {
+            ProxyError::NotFound(message) => RegistryError::UpstreamUnknown { code, message },
+            ProxyError::Upstream(UpstreamError::Offline(u)) => RegistryError::UpstreamUnknown {
+                code,
+                message: format!("not cached, and upstream {u} is offline"),
+            },
+            ProxyError::Upstream(e @ UpstreamError::RateLimited { retry_after, .. }) => {
+                RegistryError::UpstreamRateLimited {
+                    message: format!("not cached: {e}"),
+                    retry_after,
+                }
+            }
+            ProxyError::Repo(e) => e.into(),
+            ProxyError::Store(e) => e.into(),
+            e @ (ProxyError::Upstream(_) | ProxyError::Invalid(_)) => {
+                RegistryError::Unavailable(format!("not cached: {e}"))
+            }
         }
     }
 }

@@ -59,6 +59,11 @@ pub async fn resolve(
     repo: &RepoName,
     reference: &Reference,
 ) -> Result<(Digest, String)> {
+    if let (Some(proxy), Some(target)) = (&reg.proxy, reg.proxied(repo)) {
+        return crate::proxy::cache::manifest(proxy, &*reg.store, &target, reference)
+            .await
+            .map_err(|e| RegistryError::from_proxy(e, "MANIFEST_UNKNOWN"));
+    }
     let repo = Repository::new(&*reg.store, repo);
     let digest = match reference {
         Reference::Digest(d) => d.clone(),

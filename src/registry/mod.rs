@@ -32,9 +32,16 @@ pub struct Registry {
     pub auth: Option<Arc<auth::Auth>>,
     /// The largest blob and the open sessions one repository or user may have.
     pub upload_limits: uploads::UploadLimits,
+    /// The pull-through cache's upstreams; `None` when nothing is proxied.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 impl Registry {
+    /// Where a proxied repository's content comes from; `None` for local repositories.
+    pub fn proxied(&self, repo: &crate::oci::RepoName) -> Option<crate::proxy::Target> {
+        self.proxy.as_ref()?.target(repo)
+    }
+
     pub fn new(store: Arc<dyn Store>, manifest_cache_bytes: usize) -> Self {
         Registry {
             store,
@@ -44,6 +51,7 @@ impl Registry {
             automatic_cross_mount: true,
             auth: None,
             upload_limits: uploads::UploadLimits::default(),
+            proxy: None,
         }
     }
 }

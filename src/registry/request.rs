@@ -52,6 +52,19 @@ impl Route {
         }
     }
 
+    /// The same route for another repository name (a proxied name made canonical).
+    pub fn with_repo(self, name: RepoName) -> Route {
+        match self {
+            Route::Base | Route::Catalog => self,
+            Route::Tags(_) => Route::Tags(name),
+            Route::Manifest(_, r) => Route::Manifest(name, r),
+            Route::Blob(_, d) => Route::Blob(name, d),
+            Route::UploadStart(_) => Route::UploadStart(name),
+            Route::Upload(_, id) => Route::Upload(name, id),
+            Route::Referrers(_, d) => Route::Referrers(name, d),
+        }
+    }
+
     /// Parses a request path. The route's keywords and the repository name are read as they
     /// were sent: a name containing any percent-encoded byte is NAME_INVALID, so `a%2fb` can
     /// never become `a/b` (which would let a path-prefix ACL in front of Berth be bypassed)

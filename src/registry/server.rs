@@ -52,10 +52,46 @@ pub fn router(registry: App) -> Router {
         .with_state(registry)
 }
 
+/// A proxied repository under its canonical local name (see `crate::proxy`), before access
+/// rules see it: `library/alpine` through `registry-mirrors` is `docker.io/library/alpine`.
+async fn canonical(reg: &Registry, route: Route, method: &Method, query: &Query) -> Result<Route> {
+    let (Some(proxy), Some(repo)) = (&reg.proxy, route.repo()) else {
+        return Ok(route);
+    };
+    // Only reads go to an upstream by `ns` or as the default: a push names a local
+    // repository (a new one need not exist yet).
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let ns = query.get("ns").filter(|_| read);
+    let is_local = !read
+        || (proxy.target(repo).is_none()
+            && ns.is_none()
+            && proxy.has_default()
+            && reg.store.repository_exists(repo).await?);
+    match proxy.canonical(repo, ns, is_local) {
+        Some(name) => Ok(route.with_repo(name)),
+        None => Ok(route),
+    }
+}
+
+/// Writes into a pull-through cache are refused: its content is the upstream's.
+fn refuse_proxied_writes(reg: &Registry, method: &Method, route: &Route) -> Result<()> {
+    let write = !matches!(*method, Method::GET | Method::HEAD);
+    if let (true, Some(repo)) = (write, route.repo())
+        && let Some(t) = reg.proxied(repo)
+    {
+        return Err(RegistryError::Denied(format!(
+            "{repo} is a pull-through cache of {}; push to a name outside the proxy prefixes",
+            t.upstream.url
+        )));
+    }
+    Ok(())
+}
+
 /// The table of every registry route.
 async fn dispatch(reg: &Registry, route: Route, req: Req, body: Body) -> Result<Response> {
     use Route::*;
     let m = req.method.clone();
+    refuse_proxied_writes(reg, &m, &route)?;
     match (m, route) {
         (Method::GET | Method::HEAD, Base) => Ok(base()),
         (Method::GET, Catalog) => catalog::list(reg, &req).await,
@@ -148,7 +184,11 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
         &parts.headers,
         reg.auth.as_deref().map(|a| &a.proxies),
     );
-    let route = Route::parse(parts.uri.path());
+    let query = Query::parse(parts.uri.query());
+    let route = match Route::parse(parts.uri.path()) {
+        Ok(r) => canonical(&reg, r, &parts.method, &query).await,
+        Err(e) => Err(e),
+    };
     let info = match &route {
         Ok(r) => RouteInfo {
             label: r.label(),
@@ -162,7 +202,7 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
     let mut req = Req {
         method: parts.method,
         headers: parts.headers,
-        query: Query::parse(parts.uri.query()),
+        query,
         repo_filter: None,
         user: None,
     };

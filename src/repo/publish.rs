@@ -64,16 +64,8 @@ impl Repository<'_> {
         self.store.blob_put(digest, bytes.clone()).await?;
         self.link_manifest(digest, &m.media_type).await?;
         if let Some(subject) = &m.subject {
-            let entry = Descriptor {
-                media_type: m.media_type.clone(),
-                digest: digest.clone(),
-                size: bytes.len() as u64,
-                urls: None,
-                artifact_type: m.referrer_artifact_type(),
-                annotations: m.annotations.clone(),
-                platform: None,
-            };
-            self.add_referrer(&subject.digest, &entry).await?;
+            self.add_referrer(&subject.digest, &referrer_entry(digest, bytes, m))
+                .await?;
         }
         // Now that the manifest is recorded, touch everything again. If a collection removed
         // something between the first touch and the record, this is where it shows.
@@ -96,6 +88,20 @@ impl Repository<'_> {
         }
         for tag in tags {
             self.set_tag(tag, digest).await?;
+        }
+        Ok(())
+    }
+
+    /// Keeps a manifest fetched from an upstream (pull-through cache), whose digest the
+    /// caller verified: stored and linked, and recorded as a referrer of its subject. Unlike
+    /// [`publish`](Self::publish) its references are not required: the cache fetches blobs
+    /// when they are pulled.
+    pub async fn cache_manifest(&self, digest: &Digest, bytes: &Bytes, m: &Manifest) -> Result<()> {
+        self.store.blob_put(digest, bytes.clone()).await?;
+        self.link_manifest(digest, &m.media_type).await?;
+        if let Some(subject) = &m.subject {
+            self.add_referrer(&subject.digest, &referrer_entry(digest, bytes, m))
+                .await?;
         }
         Ok(())
     }
@@ -135,5 +141,18 @@ impl Repository<'_> {
             self.remove_referrer(s, digest).await?;
         }
         Ok(true)
+    }
+}
+
+/// What the referrers API lists for manifest `m`.
+fn referrer_entry(digest: &Digest, bytes: &Bytes, m: &Manifest) -> Descriptor {
+    Descriptor {
+        media_type: m.media_type.clone(),
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+        urls: None,
+        artifact_type: m.referrer_artifact_type(),
+        annotations: m.annotations.clone(),
+        platform: None,
     }
 }

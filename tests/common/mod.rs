@@ -2,6 +2,7 @@
 //! directory, plus small helpers that push blobs and manifests over plain HTTP.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod garage;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,317 @@
+//! The pull-through cache: repositories under a configured prefix (`docker.io/...`) are read
+//! from an upstream registry on a miss and kept, through the same repository layer as local
+//! content. [`Proxy`] knows the upstreams and maps names; `cache` fills manifests and blobs
+//! with one upstream request per item however many clients ask; `upstream` is the client.
+//!
+//! Local names are canonical: `docker.io/alpine` is cached as `docker.io/library/alpine`, and
+//! a request that arrives without a prefix (the Docker daemon's `registry-mirrors`, or
+//! containerd's `?ns=docker.io`) is mapped to the prefixed name before access rules are
+//! checked, so rules written for `docker.io/**` hold whichever way a client asks.
+
+pub mod cache;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::config::ProxyConfig;
+use crate::oci::{Digest, RepoName, Tag};
+use crate::repo::RepoError;
+use crate::store::StoreError;
+pub use upstream::{Upstream, UpstreamConfigError, UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyConfigError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamConfigError),
+    #[error("proxy.upstreams[{index}].prefix: {reason}")]
+    Prefix { index: usize, reason: String },
+    #[error("proxy.upstreams: only one upstream can be the default, not {0} and {1}")]
+    TwoDefaults(String, String),
+    #[error(
+        "proxy.retention is not supported yet: cached content is kept until `berth gc` removes it like local content; remove proxy.retention"
+    )]
+    Retention,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Upstream(UpstreamError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The upstream has no such manifest or blob.
+    #[error("{0}")]
+    NotFound(String),
+    /// What the upstream sent does not verify (digest, shape); nothing was cached.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<UpstreamError> for ProxyError {
+    /// An upstream's 404 is an answer (it has no such thing), not a failure.
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Status {
+                status: 404,
+                upstream,
+                message,
+            } => ProxyError::NotFound(format!("upstream {upstream}: {message}")),
+            e => ProxyError::Upstream(e),
+        }
+    }
+}
+
+/// Where a proxied repository's content comes from.
+#[derive(Clone)]
+pub struct Target {
+    pub upstream: Arc<Upstream>,
+    /// The canonical local name, `docker.io/library/alpine`.
+    pub local: RepoName,
+    /// The upstream's name for it, `library/alpine`.
+    pub remote: String,
+}
+
+/// Held while one request revalidates a tag.
+type TagFlight = Arc<tokio::sync::Mutex<()>>;
+
+/// The outcome of one blob fill, shared with the requests that joined it.
+type FillResult = Option<Result<(), String>>;
+
+pub struct Proxy {
+    upstreams: Vec<Arc<Upstream>>,
+    /// One revalidation per tag at a time.
+    tag_flights: Mutex<HashMap<(RepoName, Tag), TagFlight>>,
+    /// One upstream fetch per blob at a time: later requests wait for its outcome.
+    blob_flights: Mutex<HashMap<Digest, watch::Receiver<FillResult>>>,
+}
+
+impl Proxy {
+    pub fn from_config(cfg: &ProxyConfig) -> Result<Proxy, ProxyConfigError> {
+        if cfg.retention.is_some() {
+            return Err(ProxyConfigError::Retention);
+        }
+        let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
+        for (index, u) in cfg.upstreams.iter().enumerate() {
+            let bad = |reason: String| ProxyConfigError::Prefix { index, reason };
+            if u.prefix.parse::<RepoName>().is_err() {
+                return Err(bad(format!(
+                    "{:?} is not a repository name prefix such as docker.io",
+                    u.prefix
+                )));
+            }
+            if let Some(other) = upstreams.iter().find(|o| {
+                o.prefix == u.prefix
+                    || u.prefix.starts_with(&format!("{}/", o.prefix))
+                    || o.prefix.starts_with(&format!("{}/", u.prefix))
+            }) {
+                return Err(bad(format!(
+                    "{:?} overlaps the prefix {:?} of another upstream",
+                    u.prefix, other.prefix
+                )));
+            }
+            let up = Upstream::from_config(index, u)?;
+            if up.default
+                && let Some(d) = upstreams.iter().find(|o| o.default)
+            {
+                return Err(ProxyConfigError::TwoDefaults(
+                    d.prefix.clone(),
+                    up.prefix.clone(),
+                ));
+            }
+            upstreams.push(Arc::new(up));
+        }
+        Ok(Proxy {
+            upstreams,
+            tag_flights: Mutex::new(HashMap::new()),
+            blob_flights: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.upstreams.iter().map(|u| (&u.prefix, &u.url)))
+            .finish()
+    }
+}
+
+impl Proxy {
+    /// The upstream whose prefix `repo` is under, with the names on both sides.
+    pub fn target(&self, repo: &RepoName) -> Option<Target> {
+        let name = repo.as_str();
+        self.upstreams.iter().find_map(|u| {
+            let rest = name.strip_prefix(u.prefix.as_str())?.strip_prefix('/')?;
+            self.under(u, rest)
+        })
+    }
+
+    /// `rest` (the upstream's own name, or the part after the prefix) under upstream `u`.
+    fn under(&self, u: &Arc<Upstream>, rest: &str) -> Option<Target> {
+        let remote = u.remote_name(rest);
+        let local = format!("{}/{remote}", u.prefix).parse().ok()?;
+        Some(Target {
+            upstream: u.clone(),
+            local,
+            remote,
+        })
+    }
+
+    /// The canonical local name for a request's `repo`: under a prefix, Docker Hub's
+    /// `library/` added; with containerd's `ns` naming an upstream (its prefix or its host),
+    /// the name under that upstream; else, when `repo` is not a local repository
+    /// (`is_local`), the name under the default upstream. `None`: not proxied.
+    pub fn canonical(&self, repo: &RepoName, ns: Option<&str>, is_local: bool) -> Option<RepoName> {
+        if let Some(t) = self.target(repo) {
+            return Some(t.local);
+        }
+        if let Some(ns) = ns.filter(|n| !n.is_empty()) {
+            let u = self.upstreams.iter().find(|u| {
+                u.prefix == ns
+                    || reqwest::Url::parse(&u.url)
+                        .ok()
+                        .and_then(|url| url.host_str().map(|h| h == ns))
+                        .unwrap_or(false)
+            })?;
+            return self.under(u, repo.as_str()).map(|t| t.local);
+        }
+        if is_local {
+            return None;
+        }
+        let u = self.upstreams.iter().find(|u| u.default)?;
+        self.under(u, repo.as_str()).map(|t| t.local)
+    }
+
+    /// Whether a request without a prefix could go to the default upstream (so the caller
+    /// must look up whether the name is local).
+    pub fn has_default(&self) -> bool {
+        self.upstreams.iter().any(|u| u.default)
+    }
+
+    fn tag_lock(&self, repo: &RepoName, tag: &Tag) -> TagFlight {
+        let mut map = self.tag_flights.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, m| Arc::strong_count(m) > 1);
+        }
+        map.entry((repo.clone(), tag.clone()))
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamConfig;
+
+    fn proxy(upstreams: Vec<UpstreamConfig>) -> Result<Proxy, ProxyConfigError> {
+        Proxy::from_config(&ProxyConfig {
+            upstreams,
+            retention: None,
+        })
+    }
+
+    fn up(prefix: &str, url: &str, default: bool) -> UpstreamConfig {
+        UpstreamConfig {
+            prefix: prefix.into(),
+            url: url.into(),
+            default,
+            ..UpstreamConfig::default()
+        }
+    }
+
+    fn name(s: &str) -> RepoName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn names_map_to_one_canonical_local_name() {
+        let p = proxy(vec![
+            up("docker.io", "https://registry-1.docker.io", true),
+            up("ghcr.io", "https://ghcr.io", false),
+        ])
+        .unwrap();
+        let c = |n: &str, ns: Option<&str>, local: bool| {
+            p.canonical(&name(n), ns, local).map(|r| r.to_string())
+        };
+        assert_eq!(
+            c("docker.io/alpine", None, false).as_deref(),
+            Some("docker.io/library/alpine")
+        );
+        assert_eq!(
+            c("docker.io/library/alpine", None, false).as_deref(),
+            Some("docker.io/library/alpine")
+        );
+        assert_eq!(
+            c("ghcr.io/org/app", None, false).as_deref(),
+            Some("ghcr.io/org/app")
+        );
+        // registry-mirrors: no prefix, not a local repository: the default upstream.
+        assert_eq!(
+            c("library/alpine", None, false).as_deref(),
+            Some("docker.io/library/alpine")
+        );
+        assert_eq!(
+            c("team/app", None, true),
+            None,
+            "a local repository stays local"
+        );
+        // containerd: ?ns= picks the upstream by prefix or host.
+        assert_eq!(
+            c("org/app", Some("ghcr.io"), false).as_deref(),
+            Some("ghcr.io/org/app")
+        );
+        assert_eq!(
+            c("library/alpine", Some("registry-1.docker.io"), false).as_deref(),
+            Some("docker.io/library/alpine")
+        );
+        assert_eq!(
+            c("x/y", Some("quay.io"), false),
+            None,
+            "an unknown ns is not proxied"
+        );
+        let t = p.target(&name("docker.io/library/alpine")).unwrap();
+        assert_eq!(t.remote, "library/alpine");
+        assert!(
+            p.target(&name("docker.io")).is_none(),
+            "the prefix alone names nothing"
+        );
+        assert!(p.target(&name("docker.iox/a")).is_none());
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let e = |r: Result<Proxy, ProxyConfigError>| r.err().unwrap().to_string();
+        assert!(
+            e(proxy(vec![up("Docker.io", "https://x", false)]))
+                .starts_with("proxy.upstreams[0].prefix:")
+        );
+        assert!(
+            e(proxy(vec![
+                up("a", "https://x", false),
+                up("a/b", "https://y", false)
+            ]))
+            .contains("overlaps")
+        );
+        assert!(
+            e(proxy(vec![
+                up("a", "https://x", true),
+                up("b", "https://y", true)
+            ]))
+            .contains("only one upstream can be the default")
+        );
+        assert!(e(proxy(vec![up("a", "not a url", false)])).starts_with("proxy.upstreams[0].url:"));
+        let mut ttl = up("a", "https://x", false);
+        ttl.tag_ttl = Some("soon".into());
+        assert!(e(proxy(vec![ttl])).starts_with("proxy.upstreams[0].tagTtl:"));
+    }
+}

@@ -1,0 +1,365 @@
+//! The pull-through cache against real upstreams on loopback: another `berth serve` with
+//! token auth (so the Bearer flow is exercised) and CNCF Distribution (`docker-registry`),
+//! each behind a small fault proxy (tests/common/faults.rs) that counts what the upstream is
+//! asked and can rate-limit, corrupt or cut it off.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::faults::{Faults, Mode};
+use common::*;
+
+/// An upstream Berth with token auth, holding `team/app:v1` (a config and a 4 MiB layer).
+/// Returns the server, the manifest digest and the layer's digest and bytes.
+async fn token_upstream(dir: &Path) -> (Server, String, String, Vec<u8>) {
+    let root = dir.join("upstream");
+    let seeded = Server::start_on(&root, &[]);
+    let c = client();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let layer: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    let cd = push_blob(&c, &seeded, "team/app", &config).await;
+    let ld = push_blob(&c, &seeded, "team/app", &layer).await;
+    let m = image_manifest((&cd, config.len()), &[(&ld, layer.len())], "");
+    let r = c
+        .put(seeded.url("/v2/team/app/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(m.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    drop(seeded);
+    let htpasswd = dir.join("htpasswd");
+    write_htpasswd(&htpasswd, &[("puller", "pull-pw")]);
+    let cfg = dir.join("upstream.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    root: {}\nauth:\n  htpasswd: {}\n  token: {{}}\n  access:\n    - repository: \"**\"\n      users: [puller]\n      actions: [pull]\n",
+            root.display(),
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let up = Server::start_config(&cfg, &[]);
+    (up, sha256(m.as_bytes()), ld, layer)
+}
+
+/// A caching Berth whose upstream `up` (prefix `up.local`, the default) is at `url`.
+fn cache(dir: &Path, url: &str, ttl: &str) -> Server {
+    let pw = dir.join("upstream-password");
+    std::fs::write(&pw, "pull-pw\n").unwrap();
+    let cfg = dir.join("cache.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: up.local\n      url: {url}\n      default: true\n      username: puller\n      passwordFile: {}\n      tagTtl: {ttl}\n",
+            dir.join("cache").display(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    Server::start_config(&cfg, &[])
+}
+
+async fn get(c: &reqwest::Client, url: String) -> (u16, Vec<u8>, String) {
+    let r = c
+        .get(url)
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let digest = r
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = r.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    (status, body, digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_upstream_request_per_item_however_many_clients_pull() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, manifest, layer_digest, layer) = token_upstream(dir.path()).await;
+    let faults = Faults::start(&up.addr).await;
+    let cache = cache(dir.path(), &faults.url(), "1h");
+    let c = client();
+
+    // 1,000 pulls of one tag, 50 at a time: one HEAD and one GET reach the upstream.
+    for _ in 0..20 {
+        let pulls = (0..50).map(|_| get(&c, cache.url("/v2/up.local/team/app/manifests/v1")));
+        for (status, _, digest) in futures::future::join_all(pulls).await {
+            assert_eq!((status, digest.as_str()), (200, manifest.as_str()));
+        }
+    }
+    assert_eq!(
+        faults.count("HEAD", "/manifests/v1", 200),
+        1,
+        "{:?}",
+        faults.seen()
+    );
+    assert_eq!(
+        faults.count("GET", "/manifests/", 200),
+        1,
+        "{:?}",
+        faults.seen()
+    );
+    // The upstream's Bearer challenge was followed once; the token was reused after.
+    assert_eq!(
+        faults.count("HEAD", "/manifests/v1", 401),
+        1,
+        "{:?}",
+        faults.seen()
+    );
+
+    // 30 clients pull the cold 4 MiB layer at once: each gets every byte, the upstream is
+    // asked once.
+    let blob = cache.url(&format!("/v2/up.local/team/app/blobs/{layer_digest}"));
+    let pulls = (0..30).map(|_| get(&c, blob.clone()));
+    for (status, body, _) in futures::future::join_all(pulls).await {
+        assert_eq!(status, 200);
+        assert!(
+            body == layer,
+            "a client got {} bytes, not the layer",
+            body.len()
+        );
+    }
+    assert_eq!(
+        faults.count("GET", "/blobs/", 200),
+        1,
+        "{:?}",
+        faults.seen()
+    );
+
+    // With the upstream gone, what was pulled is still served.
+    faults.set(Mode::Down);
+    assert_eq!(
+        get(&c, cache.url("/v2/up.local/team/app/manifests/v1"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(
+            &c,
+            cache.url(&format!("/v2/up.local/team/app/manifests/{manifest}"))
+        )
+        .await
+        .0,
+        200
+    );
+    let (status, body, _) = get(&c, blob).await;
+    assert_eq!(status, 200);
+    assert!(body == layer);
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limiting_or_dead_upstream_gets_the_stale_copy_served_and_is_not_hammered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, manifest, _, _) = token_upstream(dir.path()).await;
+    let faults = Faults::start(&up.addr).await;
+    let cache = cache(dir.path(), &faults.url(), "0s");
+    let c = client();
+    let tag = cache.url("/v2/up.local/team/app/manifests/v1");
+    assert_eq!(get(&c, tag.clone()).await.0, 200);
+
+    faults.set(Mode::TooMany(60));
+    faults.clear();
+    for _ in 0..10 {
+        let (status, _, digest) = get(&c, tag.clone()).await;
+        assert_eq!(
+            (status, digest.as_str()),
+            (200, manifest.as_str()),
+            "stale, not an error"
+        );
+    }
+    assert_eq!(
+        faults.seen().len(),
+        1,
+        "one 429, then no request until Retry-After: {:?}",
+        faults.seen()
+    );
+    // Not cached at all: the spec's 429, with the upstream's wait.
+    let r = c
+        .get(cache.url("/v2/up.local/team/other/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    assert!(r.text().await.unwrap().contains("TOOMANYREQUESTS"));
+    let logs = cache.logs.lock().unwrap().join("\n");
+    assert!(
+        logs.contains("serving the cached manifest"),
+        "a stale serve is logged"
+    );
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_or_cut_blobs_are_never_cached_and_the_next_pull_is_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _, layer_digest, layer) = token_upstream(dir.path()).await;
+    let faults = Faults::start(&up.addr).await;
+    let cache = cache(dir.path(), &faults.url(), "1h");
+    let c = client();
+    let blob = cache.url(&format!("/v2/up.local/team/app/blobs/{layer_digest}"));
+    for fault in [Mode::Corrupt, Mode::Cut] {
+        faults.set(fault);
+        let r = c.get(blob.clone()).send().await.unwrap();
+        let body = r.bytes().await;
+        assert!(
+            body.as_ref()
+                .map_or(true, |b| b.as_ref() != layer.as_slice()),
+            "{fault:?}: the client must not get a verified-looking whole blob"
+        );
+        faults.set(Mode::Down);
+        let r = c.get(blob.clone()).send().await.unwrap();
+        assert_ne!(r.status(), 200, "{fault:?}: nothing was cached");
+        faults.set(Mode::Pass);
+    }
+    let (status, body, _) = get(&c, blob.clone()).await;
+    assert_eq!(status, 200);
+    assert!(body == layer, "whole after the faults");
+    assert_blob_store_consistent(&dir.path().join("cache"));
+    drop(up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_pushes_and_misses_get_the_spec_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, manifest, _, _) = token_upstream(dir.path()).await;
+    let cache = cache(dir.path(), &format!("http://{}", up.addr), "1h");
+    let c = client();
+    // registry-mirrors (no prefix, not local) and containerd's ?ns= reach the upstream.
+    let (s, _, d) = get(&c, cache.url("/v2/team/app/manifests/v1")).await;
+    assert_eq!((s, d.as_str()), (200, manifest.as_str()));
+    let (s, _, d) = get(&c, cache.url("/v2/team/app/manifests/v1?ns=up.local")).await;
+    assert_eq!((s, d.as_str()), (200, manifest.as_str()));
+    // A push into the cache is refused; a local name outside the prefixes is not.
+    let r = c
+        .post(cache.url("/v2/up.local/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("pull-through cache"));
+    push_image(&c, &cache, "local/app", "v1", "local").await;
+    assert_eq!(
+        get(&c, cache.url("/v2/local/app/manifests/v1")).await.0,
+        200,
+        "local stays local"
+    );
+    // What the upstream does not have: the spec's 404, with the upstream's reason.
+    let r = c
+        .get(cache.url("/v2/up.local/team/nothing/manifests/v1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("MANIFEST_UNKNOWN") && text.contains("upstream"),
+        "{text}"
+    );
+    // An upstream that cannot be reached, nothing cached: 503, and it says why.
+    drop(up);
+    let r = c
+        .get(cache.url("/v2/up.local/team/other/manifests/v2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("cannot be reached"));
+}
+
+/// skopeo pulls an image through the cache from CNCF Distribution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_pulls_from_cncf_distribution_through_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dcfg = dir.path().join("dist.yml");
+    std::fs::write(
+        &dcfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("dist").display()
+        ),
+    )
+    .unwrap();
+    let mut dist = std::process::Command::new("docker-registry")
+        .args(["serve", dcfg.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("docker-registry (CNCF Distribution) must be installed");
+    let base = format!("http://127.0.0.1:{port}");
+    let c = client();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    // Seed Distribution with skopeo from an OCI layout we write.
+    let src = dir.path().join("src");
+    let local = Server::start();
+    let (_, digest) = push_image(&c, &local, "team/app", "v1", "dist").await;
+    let copy = |from: String, to: String| {
+        std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                &from,
+                &to,
+            ])
+            .output()
+            .expect("skopeo must be installed")
+    };
+    let out = copy(
+        format!("docker://{}/team/app:v1", local.addr),
+        format!("docker://127.0.0.1:{port}/team/app:v1"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cfg = dir.path().join("cache.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: dist.local\n      url: {base}\n",
+            dir.path().join("cache").display()
+        ),
+    )
+    .unwrap();
+    let cache = Server::start_config(&cfg, &[]);
+    let out = copy(
+        format!("docker://{}/dist.local/team/app:v1", cache.addr),
+        format!("dir:{}", src.display()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What Distribution holds (skopeo may have converted what it copied there), byte for byte.
+    let (_, _, upstream_digest) = get(&c, format!("{base}/v2/team/app/manifests/v1")).await;
+    let pulled = std::fs::read(src.join("manifest.json")).unwrap();
+    assert_eq!(
+        sha256(&pulled),
+        upstream_digest,
+        "the same manifest, byte for byte (local push was {digest})"
+    );
+    let _ = dist.kill();
+    let _ = dist.wait();
+}
