@@ -774,3 +774,79 @@ mod oci {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3. docker pull through the pull-through cache
+// ---------------------------------------------------------------------------------------------
+
+/// The Docker engine pulls an image through the cache's prefix; with the upstream gone, a
+/// second pull is served from what the first one cached.
+#[tokio::test]
+async fn docker_pulls_through_the_cache_and_again_with_the_upstream_gone() {
+    require_docker();
+    let upstream = Server::start();
+    let mut cleanup = DockerCleanup::default();
+    let n = nonce();
+    let ctx = tempfile::tempdir().unwrap();
+    let payload = format!("cached by berth {n}\n").repeat(50_000);
+    std::fs::write(ctx.path().join("payload.txt"), &payload).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY payload.txt /payload.txt\n",
+    )
+    .unwrap();
+    let pushed = format!("{}/test/cached:v1", upstream.host());
+    cleanup.image(&pushed);
+    run_ok(
+        docker()
+            .args(["build", "-q", "-t", &pushed])
+            .arg(ctx.path()),
+    );
+    let image_id = docker_inspect(&pushed, "{{.Id}}").expect("built image");
+    cleanup.images.insert(0, image_id.clone());
+    run_ok(docker().args(["push", &pushed]));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cache.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: up.local\n      url: http://{}\n",
+            dir.path().join("cache").display(),
+            upstream.host()
+        ),
+    )
+    .unwrap();
+    let cache = Server::start_config(&cfg, &[]);
+    let through = format!("{}/up.local/test/cached:v1", cache.host());
+    cleanup.image(&through);
+    run_ok(docker().args(["rmi", "-f", &image_id]));
+    let pull_and_check = |cleanup: &mut DockerCleanup| {
+        run_ok(docker().args(["pull", &through]));
+        assert_eq!(
+            docker_inspect(&through, "{{.Id}}").as_deref(),
+            Some(image_id.as_str())
+        );
+        let cid = run_ok(docker().args(["create", &through, "/nothing"]))
+            .trim()
+            .to_owned();
+        cleanup.containers.push(cid.clone());
+        let out = tempfile::tempdir().unwrap();
+        let dst = out.path().join("payload.txt");
+        run_ok(
+            docker()
+                .args(["cp", &format!("{cid}:/payload.txt")])
+                .arg(&dst),
+        );
+        assert!(
+            std::fs::read(&dst).unwrap() == payload.as_bytes(),
+            "payload differs"
+        );
+        run_ok(docker().args(["rm", "-f", &cid]));
+        cleanup.containers.clear();
+        run_ok(docker().args(["rmi", "-f", &image_id]));
+    };
+    pull_and_check(&mut cleanup);
+    drop(upstream);
+    pull_and_check(&mut cleanup);
+}
