@@ -326,6 +326,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     registry.auth = auth.map(Arc::new);
     registry.proxy = settings.proxy.clone();
     if let Some(p) = &registry.proxy {
+        registry.metrics.register_proxy(&p.metrics);
         for u in p.upstreams() {
             tracing::info!(prefix = %u.prefix, upstream = %u.url, default = u.default, offline = u.offline, tag_ttl = ?u.tag_ttl, "pull-through cache");
         }

@@ -136,6 +136,30 @@ async fn one_upstream_request_per_item_however_many_clients_pull() {
         faults.seen()
     );
 
+    let metrics = c
+        .get(cache.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert_eq!(
+        value(r#"berth_proxy_events_total{upstream="up.local",event="miss"}"#),
+        2.0,
+        "the manifest and the layer"
+    );
+    assert!(value(r#"berth_proxy_events_total{upstream="up.local",event="hit"}"#) >= 999.0);
+    assert!(value(r#"berth_proxy_fetched_bytes_total{upstream="up.local"}"#) >= layer.len() as f64);
+
     // With the upstream gone, what was pulled is still served.
     faults.set(Mode::Down);
     assert_eq!(

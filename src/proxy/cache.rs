@@ -33,22 +33,27 @@ pub async fn manifest(
     reference: &Reference,
 ) -> Result<(Digest, String), ProxyError> {
     let repo = Repository::new(store, &target.local);
+    let count = |event| proxy.metrics.count(&target.upstream.prefix, event);
     match reference {
         Reference::Digest(d) => {
             if let Some(media) = repo.manifest_media_type(d).await? {
+                count("hit");
                 return Ok((d.clone(), media));
             }
             let media = fetch_manifest(&repo, target, d).await?;
+            count("miss");
             Ok((d.clone(), media))
         }
         Reference::Tag(tag) => {
             if let Some(hit) = fresh(&repo, target, tag).await? {
+                count("hit");
                 return Ok(hit);
             }
             let lock = proxy.tag_lock(&target.local, tag);
             let _flight = lock.lock().await;
             // Another request may have revalidated it while we waited.
             if let Some(hit) = fresh(&repo, target, tag).await? {
+                count("hit");
                 return Ok(hit);
             }
             let cached = match repo.tag(tag).await? {
@@ -56,9 +61,14 @@ pub async fn manifest(
                 None => None,
             };
             match revalidate(&repo, target, tag, cached.as_ref()).await {
-                Ok(hit) => Ok(hit),
+                Ok(hit) => {
+                    let same = cached.as_ref().is_some_and(|(d, _)| d == &hit.0);
+                    count(if same { "hit" } else { "miss" });
+                    Ok(hit)
+                }
                 Err(e) => match cached {
                     Some(hit) => {
+                        count("stale");
                         tracing::warn!(repository = %target.local, %tag, upstream = %target.upstream.url, error = %e, "serving the cached manifest: the upstream could not revalidate it");
                         Ok(hit)
                     }

@@ -9,6 +9,7 @@
 //! checked, so rules written for `docker.io/**` hold whichever way a client asks.
 
 pub mod cache;
+pub mod metrics;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -84,6 +85,7 @@ type FillResult = Option<Result<(), String>>;
 
 pub struct Proxy {
     upstreams: Vec<Arc<Upstream>>,
+    pub metrics: metrics::ProxyMetrics,
     /// One revalidation per tag at a time.
     tag_flights: Mutex<HashMap<(RepoName, Tag), TagFlight>>,
     /// One upstream fetch per blob at a time: later requests wait for its outcome.
@@ -95,6 +97,7 @@ impl Proxy {
         if cfg.retention.is_some() {
             return Err(ProxyConfigError::Retention);
         }
+        let metrics = metrics::ProxyMetrics::default();
         let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
         for (index, u) in cfg.upstreams.iter().enumerate() {
             let bad = |reason: String| ProxyConfigError::Prefix { index, reason };
@@ -114,7 +117,7 @@ impl Proxy {
                     u.prefix, other.prefix
                 )));
             }
-            let up = Upstream::from_config(index, u)?;
+            let up = Upstream::from_config(index, u, metrics.clone())?;
             if up.default
                 && let Some(d) = upstreams.iter().find(|o| o.default)
             {
@@ -127,6 +130,7 @@ impl Proxy {
         }
         Ok(Proxy {
             upstreams,
+            metrics,
             tag_flights: Mutex::new(HashMap::new()),
             blob_flights: Mutex::new(HashMap::new()),
         })

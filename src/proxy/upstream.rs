@@ -86,12 +86,14 @@ pub struct Upstream {
     tokens: Mutex<HashMap<String, (String, Instant)>>,
     permits: Arc<Semaphore>,
     blocked_until: Mutex<Option<Instant>>,
+    metrics: super::metrics::ProxyMetrics,
 }
 
 impl Upstream {
     pub fn from_config(
         index: usize,
         cfg: &UpstreamConfig,
+        metrics: super::metrics::ProxyMetrics,
     ) -> Result<Upstream, UpstreamConfigError> {
         let bad = |field, reason: String| UpstreamConfigError {
             index,
@@ -153,6 +155,7 @@ impl Upstream {
             tokens: Mutex::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(max)),
             blocked_until: Mutex::new(None),
+            metrics,
         })
     }
 
@@ -264,6 +267,26 @@ impl Upstream {
     /// Sends a request for `name`, authenticating as the upstream's challenge asks. Holds a
     /// connection permit, returned with the response (blob bodies keep it while they stream).
     async fn send(
+        &self,
+        method: Method,
+        name: &str,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<(reqwest::Response, tokio::sync::OwnedSemaphorePermit), UpstreamError> {
+        let result = self.send_once(method, name, path, accept).await;
+        match &result {
+            Err(UpstreamError::RateLimited { .. }) => {
+                self.metrics.count(&self.prefix, "rate_limited")
+            }
+            Err(UpstreamError::Offline(_)) => {}
+            Err(_) => self.metrics.count(&self.prefix, "error"),
+            Ok((r, _)) if r.status().is_server_error() => self.metrics.count(&self.prefix, "error"),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn send_once(
         &self,
         method: Method,
         name: &str,
@@ -416,6 +439,7 @@ impl Upstream {
             }
             buf.extend_from_slice(&chunk);
         }
+        self.metrics.fetched(&self.prefix, buf.len() as u64);
         Ok(Some(FetchedManifest {
             bytes: buf.freeze(),
             media_type,
@@ -458,10 +482,14 @@ impl Upstream {
             return Err(self.refused(&resp));
         }
         let size = resp.content_length();
+        let (metrics, prefix) = (self.metrics.clone(), self.prefix.clone());
         let body = resp
             .bytes_stream()
             .map(move |chunk| {
                 let _held = &permit;
+                if let Ok(c) = &chunk {
+                    metrics.fetched(&prefix, c.len() as u64);
+                }
                 chunk.map_err(std::io::Error::other)
             })
             .boxed();
@@ -552,7 +580,7 @@ mod tests {
             url: "https://registry-1.docker.io".into(),
             ..UpstreamConfig::default()
         };
-        let u = Upstream::from_config(0, &cfg).unwrap();
+        let u = Upstream::from_config(0, &cfg, Default::default()).unwrap();
         assert_eq!(u.remote_name("alpine"), "library/alpine");
         assert_eq!(u.remote_name("bitnami/redis"), "bitnami/redis");
         let cfg = UpstreamConfig {
@@ -560,14 +588,17 @@ mod tests {
             url: "https://ghcr.io/".into(),
             ..UpstreamConfig::default()
         };
-        let g = Upstream::from_config(0, &cfg).unwrap();
+        let g = Upstream::from_config(0, &cfg, Default::default()).unwrap();
         assert_eq!(g.remote_name("alpine"), "alpine");
         assert_eq!(g.url, "https://ghcr.io");
         let bad = UpstreamConfig {
             url: "ftp://x".into(),
             ..cfg
         };
-        let e = Upstream::from_config(3, &bad).err().unwrap().to_string();
+        let e = Upstream::from_config(3, &bad, Default::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.starts_with("proxy.upstreams[3].url:"), "{e}");
     }
 }

@@ -81,9 +81,12 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
             return Err(RegistryError::BlobUnknown);
         };
         if let Some(resp) = from_upstream(reg, proxy, &target, &digest, req).await? {
+            proxy.metrics.count(&target.upstream.prefix, "miss");
             return Ok(resp);
         }
         // Stored by now: served below as local content.
+    } else if let (Some(proxy), Some(target)) = (&reg.proxy, reg.proxied(repo)) {
+        proxy.metrics.count(&target.upstream.prefix, "hit");
     }
     if req.method == Method::GET
         && let Some(url) = reg.store.blob_url(&digest).await?

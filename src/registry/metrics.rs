@@ -152,6 +152,20 @@ impl Metrics {
         }
     }
 
+    /// Adds the pull-through cache's counters (per upstream) to /metrics.
+    pub fn register_proxy(&mut self, m: &crate::proxy::metrics::ProxyMetrics) {
+        self.registry.register(
+            "proxy_events",
+            "Pull-through cache: hits, misses filled from the upstream, stale serves, upstream errors and 429s, by upstream prefix",
+            m.events.clone(),
+        );
+        self.registry.register(
+            "proxy_fetched_bytes",
+            "Bytes fetched from each upstream",
+            m.fetched_bytes.clone(),
+        );
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
