@@ -65,6 +65,26 @@ pub struct GcOptions {
     pub grace: Duration,
     pub upload_ttl: Duration,
     pub retention: Vec<RetentionRule>,
+    /// The pull-through cache's rule: cached repositories (under these prefixes) keep only
+    /// the manifests pulled within `unpulled_for`. Local repositories are never touched by it.
+    pub cached: Option<CachedRetention>,
+}
+
+/// `proxy.retention`, for gc.
+#[derive(Clone, Debug)]
+pub struct CachedRetention {
+    pub prefixes: Vec<String>,
+    pub unpulled_for: Duration,
+}
+
+impl CachedRetention {
+    fn covers(&self, repo: &RepoName) -> bool {
+        self.prefixes.iter().any(|p| {
+            repo.as_str()
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
 }
 
 impl Default for GcOptions {
@@ -75,6 +95,7 @@ impl Default for GcOptions {
             grace: Duration::from_secs(3600),
             upload_ttl: Duration::from_secs(24 * 3600),
             retention: Vec::new(),
+            cached: None,
         }
     }
 }
@@ -127,6 +148,9 @@ pub struct GcReport {
     pub uploads_purged: usize,
     /// Temporary files left by interrupted writes.
     pub temporaries_removed: usize,
+    /// Manifests of pull-through cached repositories removed for not being pulled within
+    /// `proxy.retention.unpulledFor` (counted in `manifestsDeleted` too).
+    pub cached_manifests_expired: usize,
     pub duration_ms: u64,
     /// Every deletion, with its reason; filled on dry runs only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -219,9 +243,25 @@ impl GcOptions {
                 .transpose()?
                 .unwrap_or(d.upload_ttl),
             retention: c.retention.clone(),
+            cached: None,
         };
         validate_rules(&opts.retention)?;
         Ok(opts)
+    }
+
+    /// Adds the pull-through cache's retention (`proxy.retention.unpulledFor`).
+    pub fn with_proxy(
+        mut self,
+        p: Option<&crate::config::ProxyConfig>,
+    ) -> Result<GcOptions, GcError> {
+        let Some(p) = p else { return Ok(self) };
+        if let Some(v) = p.retention.as_ref().and_then(|r| r.unpulled_for.as_deref()) {
+            self.cached = Some(CachedRetention {
+                prefixes: p.upstreams.iter().map(|u| u.prefix.clone()).collect(),
+                unpulled_for: parse_duration("proxy.retention.unpulledFor", v)?,
+            });
+        }
+        Ok(self)
     }
 
     pub fn set_grace(&mut self, v: &str) -> Result<(), GcError> {
@@ -500,6 +540,12 @@ async fn mark_repository(
 
     let all = repo.manifest_revisions().await?;
     report.manifests_examined += all.len();
+    if let Some(cached) = opts.cached.as_ref().filter(|c| c.covers(name)) {
+        return expire_cached(
+            repo, cached, start, cutoff, &all, &tags, opts, marked, report,
+        )
+        .await;
+    }
     let roots: Vec<Digest> = if opts.delete_untagged {
         tags.iter()
             .filter(|(t, _, _)| !removed.contains(t))
@@ -584,6 +630,92 @@ async fn mark_repository(
             {
                 marked.extend(m.required_blobs().map(|b| b.digest.clone()));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A cached (proxied) repository: the roots are the manifests pulled within the rule's window
+/// (a pull touches its revision, see `crate::proxy`); what they reference is kept, the rest
+/// goes with the tags that point at it, and comes back from the upstream if pulled again.
+#[allow(clippy::too_many_arguments)]
+async fn expire_cached(
+    repo: Repository<'_>,
+    rule: &CachedRetention,
+    start: SystemTime,
+    cutoff: SystemTime,
+    all: &[Digest],
+    tags: &[(Tag, Digest, SystemTime)],
+    opts: &GcOptions,
+    marked: &mut HashSet<Digest>,
+    report: &mut GcReport,
+) -> Result<(), GcError> {
+    let pulled_since = start
+        .checked_sub(rule.unpulled_for)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    let mut roots = Vec::new();
+    for d in all {
+        let recent = repo
+            .manifest_touched_at(d)
+            .await?
+            .is_none_or(|t| t >= pulled_since || t >= cutoff);
+        if recent {
+            roots.push(d.clone());
+        }
+    }
+    let mut kept: HashSet<Digest> = HashSet::new();
+    let mut queue = roots;
+    while let Some(d) = queue.pop() {
+        if !kept.insert(d.clone()) {
+            continue;
+        }
+        marked.insert(d.clone());
+        if let Some(bytes) = repo.store().blob_read(&d).await?
+            && let Ok(m) = Manifest::parse(&bytes, repo.recorded_media_type(&d).await?.as_deref())
+        {
+            marked.extend(m.required_blobs().map(|b| b.digest.clone()));
+            queue.extend(m.manifests.iter().map(|c| c.digest.clone()));
+        }
+        queue.extend(repo.referrer_digests(&d).await?);
+    }
+    let window = humantime::format_duration(rule.unpulled_for);
+    for d in all.iter().filter(|d| !kept.contains(*d)) {
+        let pointing: Vec<&Tag> = tags
+            .iter()
+            .filter(|(_, t, _)| t == d)
+            .map(|(t, _, _)| t)
+            .collect();
+        if opts.dry_run {
+            report.manifests_deleted += 1;
+            report.deletions.push(Deletion {
+                kind: "manifest",
+                repository: Some(repo.name().to_string()),
+                name: d.to_string(),
+                size: None,
+                reason: format!("cached from an upstream and not pulled for {window}"),
+            });
+            report.tags_deleted += pointing.len();
+            continue;
+        }
+        let subject = match repo.store().blob_read(d).await? {
+            Some(b) => Manifest::parse(&b, None)
+                .ok()
+                .and_then(|m| m.subject.map(|s| s.digest)),
+            None => None,
+        };
+        if repo
+            .retire_manifest_if_stale(d, subject.as_ref(), cutoff)
+            .await?
+        {
+            report.manifests_deleted += 1;
+            report.cached_manifests_expired += 1;
+            for t in pointing {
+                if repo.delete_tag_if_stale(t, cutoff).await? {
+                    report.tags_deleted += 1;
+                }
+            }
+        } else {
+            marked.insert(d.clone());
         }
     }
     Ok(())

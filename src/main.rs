@@ -509,7 +509,7 @@ fn gc(a: GcArgs) -> ExitCode {
         Err(c) => return c,
     };
     let options = (|| {
-        let mut o = berth::gc::GcOptions::from_config(&file.gc)?;
+        let mut o = berth::gc::GcOptions::from_config(&file.gc)?.with_proxy(file.proxy.as_ref())?;
         o.dry_run = a.dry_run;
         o.delete_untagged |= a.delete_untagged;
         if let Some(g) = &a.grace {

@@ -85,7 +85,7 @@ fn duration_option(
 impl Settings {
     pub fn resolve(file: Option<Config>, o: Overrides) -> Result<Settings, ServeError> {
         let file = file.unwrap_or_default();
-        let gc = crate::gc::GcOptions::from_config(&file.gc)?;
+        let gc = crate::gc::GcOptions::from_config(&file.gc)?.with_proxy(file.proxy.as_ref())?;
         let gc_interval = o
             .gc_interval
             .or(file.gc.interval.clone())

@@ -387,3 +387,119 @@ async fn skopeo_pulls_from_cncf_distribution_through_the_cache() {
     let _ = dist.kill();
     let _ = dist.wait();
 }
+
+/// `proxy.retention.unpulledFor`: gc removes cached manifests nobody pulled within the window
+/// (and the blobs only they used), keeps the rest and every local repository, and a later pull
+/// brings the removed image back from the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_expires_cached_images_not_pulled_and_never_local_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Server::start();
+    let c = client();
+    let (_, app) = push_image(&c, &upstream, "team/app", "v1", "app").await;
+    let (old_manifest, old) = push_image(&c, &upstream, "team/old", "v1", "old").await;
+    let cfg = dir.path().join("cache.yaml");
+    let root = dir.path().join("cache");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: up.local\n      url: http://{}\n  retention:\n    unpulledFor: 1h\n",
+            root.display(),
+            upstream.host()
+        ),
+    )
+    .unwrap();
+    let cache = Server::start_config(&cfg, &[]);
+    let old_layer: String =
+        serde_json::from_str::<serde_json::Value>(&old_manifest).unwrap()["layers"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    for (repo, digest) in [("team/app", &app), ("team/old", &old)] {
+        let (s, body, _) = get(&c, cache.url(&format!("/v2/up.local/{repo}/manifests/v1"))).await;
+        assert_eq!(s, 200);
+        let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(&sha256(&body), digest);
+        for b in [&m["config"]["digest"], &m["layers"][0]["digest"]] {
+            let url = cache.url(&format!(
+                "/v2/up.local/{repo}/blobs/{}",
+                b.as_str().unwrap()
+            ));
+            assert_eq!(get(&c, url).await.0, 200);
+        }
+    }
+    push_image(&c, &cache, "local/app", "v1", "local").await;
+    let old_layer_file = root.join(format!(
+        "blobs/sha256/{}/{}",
+        &old_layer[7..9],
+        &old_layer[7..]
+    ));
+    assert!(
+        old_layer_file.exists(),
+        "cached at {}",
+        old_layer_file.display()
+    );
+    // team/old was last pulled two hours ago.
+    let link = root.join(format!(
+        "repositories/up.local/team/old/_manifests/sha256/{}",
+        &old["sha256:".len()..]
+    ));
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options()
+        .write(true)
+        .open(&link)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+
+    // gc keeps what was touched within its clock margin (50 ms) of starting.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["gc", "--json", "--grace", "0s", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["cachedManifestsExpired"], 1, "{report}");
+    assert_eq!(report["tagsDeleted"], 1, "old's tag goes with it: {report}");
+    assert!(
+        report["blobsDeleted"].as_u64().unwrap() >= 2,
+        "old's manifest bytes and layer: {report}"
+    );
+    let status = |path: String| {
+        let c = c.clone();
+        async move { c.head(path).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(
+        status(cache.url("/v2/local/app/manifests/v1")).await,
+        200,
+        "local content is never expired"
+    );
+    assert_eq!(
+        status(cache.url(&format!("/v2/up.local/team/app/manifests/{app}"))).await,
+        200,
+        "pulled recently"
+    );
+    assert!(!old_layer_file.exists(), "old's layer swept");
+    // Pulled again, it comes back from the upstream.
+    assert_eq!(
+        get(&c, cache.url("/v2/up.local/team/old/manifests/v1"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(
+            &c,
+            cache.url(&format!("/v2/up.local/team/old/blobs/{old_layer}"))
+        )
+        .await
+        .0,
+        200
+    );
+}

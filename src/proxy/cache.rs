@@ -26,7 +26,23 @@ use crate::store::{ByteStream, Store};
 const CHANNEL_CHUNKS: usize = 16;
 
 /// The digest and media type of `reference` in a proxied repository, cached first if need be.
+/// The pull is recorded on the revision (at most once an hour) for `proxy.retention`.
 pub async fn manifest(
+    proxy: &Proxy,
+    store: &dyn Store,
+    target: &Target,
+    reference: &Reference,
+) -> Result<(Digest, String), ProxyError> {
+    let found = lookup(proxy, store, target, reference).await?;
+    if proxy.pull_is_news(&target.local, &found.0) {
+        Repository::new(store, &target.local)
+            .touch_manifest(&found.0)
+            .await?;
+    }
+    Ok(found)
+}
+
+async fn lookup(
     proxy: &Proxy,
     store: &dyn Store,
     target: &Target,

@@ -14,6 +14,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -31,10 +32,10 @@ pub enum ProxyConfigError {
     Prefix { index: usize, reason: String },
     #[error("proxy.upstreams: only one upstream can be the default, not {0} and {1}")]
     TwoDefaults(String, String),
-    #[error(
-        "proxy.retention is not supported yet: cached content is kept until `berth gc` removes it like local content; remove proxy.retention"
-    )]
+    #[error("proxy.retention.maxBytes is not supported yet: use proxy.retention.unpulledFor")]
     Retention,
+    #[error("proxy.retention.unpulledFor: {0}")]
+    UnpulledFor(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +91,24 @@ pub struct Proxy {
     tag_flights: Mutex<HashMap<(RepoName, Tag), TagFlight>>,
     /// One upstream fetch per blob at a time: later requests wait for its outcome.
     blob_flights: Mutex<HashMap<Digest, watch::Receiver<FillResult>>>,
+    /// When this process last recorded a pull of each cached manifest.
+    pulls: Mutex<HashMap<(RepoName, Digest), Instant>>,
 }
+
+/// A cached manifest's last pull is written to the store at most this often per process:
+/// retention works in days, and a write per pull would cost more than the pull.
+const RECORD_PULLS_EVERY: Duration = Duration::from_secs(3600);
 
 impl Proxy {
     pub fn from_config(cfg: &ProxyConfig) -> Result<Proxy, ProxyConfigError> {
-        if cfg.retention.is_some() {
-            return Err(ProxyConfigError::Retention);
+        if let Some(r) = &cfg.retention {
+            if r.max_bytes.is_some() {
+                return Err(ProxyConfigError::Retention);
+            }
+            if let Some(v) = &r.unpulled_for {
+                humantime::parse_duration(v)
+                    .map_err(|e| ProxyConfigError::UnpulledFor(format!("{v:?}: {e}")))?;
+            }
         }
         let metrics = metrics::ProxyMetrics::default();
         let mut upstreams: Vec<Arc<Upstream>> = Vec::new();
@@ -133,6 +146,7 @@ impl Proxy {
             metrics,
             tag_flights: Mutex::new(HashMap::new()),
             blob_flights: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -199,6 +213,22 @@ impl Proxy {
     /// must look up whether the name is local).
     pub fn has_default(&self) -> bool {
         self.upstreams.iter().any(|u| u.default)
+    }
+
+    /// Whether a pull of `digest` in `repo` should be recorded now.
+    fn pull_is_news(&self, repo: &RepoName, digest: &Digest) -> bool {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        if pulls.len() > 100_000 {
+            pulls.clear();
+        }
+        let key = (repo.clone(), digest.clone());
+        match pulls.get(&key) {
+            Some(at) if at.elapsed() < RECORD_PULLS_EVERY => false,
+            _ => {
+                pulls.insert(key, Instant::now());
+                true
+            }
+        }
     }
 
     fn tag_lock(&self, repo: &RepoName, tag: &Tag) -> TagFlight {

@@ -74,8 +74,9 @@ impl Repository<'_> {
         Ok(())
     }
 
-    /// Marks the revision as in use now (gc's protocol); `false` when it is gone.
-    pub(super) async fn touch_manifest(&self, digest: &Digest) -> Result<bool> {
+    /// Marks the revision as in use now (gc's protocol, and a cached manifest's last pull);
+    /// `false` when it is gone.
+    pub async fn touch_manifest(&self, digest: &Digest) -> Result<bool> {
         Ok(self
             .store
             .meta_touch(&MetaKey::manifest_link(self.name, digest))
