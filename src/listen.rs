@@ -404,18 +404,19 @@ impl<T> IdleTimeout<T> {
 
     /// Called when the inner stream is not ready: an error once the connection has idled out.
     fn check(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        // The timer stays armed at an older deadline while data moves (an activity only
+        // moves `last` later): re-arming it on every wait would cost a timer-wheel update per
+        // request. When it fires early, it is moved to the real deadline.
         loop {
-            let deadline = self.last + self.limit;
-            if self.timer.deadline() != deadline {
-                self.timer.as_mut().reset(deadline);
-            }
             ready!(self.timer.as_mut().poll(cx));
-            if self.last + self.limit <= Instant::now() {
+            let deadline = self.last + self.limit;
+            if deadline <= Instant::now() {
                 return Poll::Ready(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "connection idle for too long",
                 ));
             }
+            self.timer.as_mut().reset(deadline);
         }
     }
 }
