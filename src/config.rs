@@ -126,6 +126,26 @@ pub struct LimitsConfig {
     pub idle_timeout: Option<String>,
 }
 
+/// One `auth.trustedProxies` entry, an address or a CIDR, as a network and its prefix length
+/// (IPv4-mapped IPv6 addresses read as IPv4); `None` if it is neither.
+pub fn parse_trusted_proxy(item: &str) -> Option<(std::net::IpAddr, u8)> {
+    use std::net::IpAddr;
+    let (addr, len) = match item.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+        None => (item, None),
+    };
+    let ip = match addr.trim().parse::<IpAddr>().ok()? {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((ip, len))
+}
+
 impl LimitsConfig {
     pub fn is_empty(&self) -> bool {
         *self == LimitsConfig::default()

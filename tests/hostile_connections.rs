@@ -78,29 +78,152 @@ fn a_stalled_body_frees_the_upload_session() {
     drop(stall);
 }
 
+/// Sends a GET on a kept-alive connection and reads its whole response.
+fn get_keep_alive(c: &mut TcpStream, path: &str) -> String {
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    read_response(c)
+}
+
+/// Reads one response (headers and a Content-Length body) without waiting for a close.
+fn read_response(c: &mut TcpStream) -> String {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                return text;
+            }
+        }
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return text,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 #[test]
-fn past_the_connection_cap_open_ones_are_served_and_the_rest_wait() {
-    let s = Server::start_with(&["--max-connections", "4", "--header-read-timeout", "2s"]);
-    let hold: Vec<TcpStream> = (0..4)
-        .map(|_| TcpStream::connect(&s.addr).unwrap())
+fn at_the_connection_cap_idle_keep_alives_make_room_and_a_busy_upload_stays() {
+    // A header timeout far longer than the test: without eviction nothing frees a slot.
+    let s = Server::start_with(&["--max-connections", "20", "--header-read-timeout", "60s"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let loc = rt.block_on(async {
+        let c = common::client();
+        let r = c.post(s.url("/v2/a/blobs/uploads/")).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        r.headers()["location"].to_str().unwrap().to_owned()
+    });
+    // A connection mid-request: an upload whose body comes slowly.
+    let mut upload = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        upload,
+        "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 10\r\n\r\nabc"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Fill the cap (20 with the upload) with idle keep-alive connections that have each
+    // served a request.
+    let mut idle: Vec<TcpStream> = (0..19)
+        .map(|_| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            let r = get_keep_alive(&mut c, "/v2/");
+            assert!(r.starts_with("HTTP/1.1 200"), "{r:?}");
+            c
+        })
+        .collect();
+    // Each new client is served at once, the longest-idle connection closed for it; more new
+    // clients than there were idle connections, so the newcomers make room for each other too.
+    let mut newcomers = Vec::new();
+    for i in 0..30 {
+        let t = Instant::now();
+        let mut c = TcpStream::connect(&s.addr).unwrap();
+        let r = get_keep_alive(&mut c, "/v2/");
+        assert!(r.starts_with("HTTP/1.1 200"), "newcomer {i}: {r:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "newcomer {i} waited {:?} at the cap",
+            t.elapsed()
+        );
+        newcomers.push(c);
+    }
+    assert!(
+        closed_within(&mut idle[0], Duration::from_secs(2)),
+        "the longest-idle connection was not closed"
+    );
+    // The upload was never taken for room: it finishes on its connection.
+    upload.write_all(b"defghij").unwrap();
+    let r = read_response(&mut upload);
+    assert!(r.starts_with("HTTP/1.1 202"), "upload: {r:?}");
+    assert!(
+        r.to_ascii_lowercase().contains("range: 0-9"),
+        "upload: {r:?}"
+    );
+    let logs = s.logs.lock().unwrap().join("\n");
+    assert_eq!(
+        logs.matches("connection limit reached").count(),
+        1,
+        "one warning, not one per connection: {logs}"
+    );
+}
+
+#[test]
+fn past_the_connection_cap_with_every_connection_busy_new_ones_wait() {
+    let s = Server::start_with(&["--max-connections", "2", "--idle-timeout", "2s"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let locs: Vec<String> = rt.block_on(async {
+        let c = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut out = vec![];
+        for _ in 0..2 {
+            let r = c.post(s.url("/v2/a/blobs/uploads/")).send().await.unwrap();
+            assert_eq!(r.status(), 202);
+            out.push(r.headers()["location"].to_str().unwrap().to_owned());
+        }
+        out
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    // Two stalled bodies: both connections busy, nothing to close for room.
+    let stalled: Vec<TcpStream> = locs
+        .iter()
+        .map(|loc| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            write!(
+                c,
+                "PATCH {loc} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000\r\n\r\nabc"
+            )
+            .unwrap();
+            c
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    // Once the header timeout drops the silent ones, a normal client gets through.
     let t = Instant::now();
     let mut c = TcpStream::connect(&s.addr).unwrap();
-    c.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = c.read_to_string(&mut out);
-    assert!(out.starts_with("HTTP/1.1 200"), "got {out:?}");
-    assert!(t.elapsed() < Duration::from_secs(8));
+    let r = get_keep_alive(&mut c, "/v2/");
+    assert!(r.starts_with("HTTP/1.1 200"), "got {r:?}");
+    // Served once the idle timeout ends a stalled body, not before.
+    assert!(
+        t.elapsed() > Duration::from_millis(1000),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
     let logs = s.logs.lock().unwrap().join("\n");
     assert!(
         logs.contains("connection limit reached"),
         "no warning: {logs}"
     );
-    drop(hold);
+    drop(stalled);
 }
 
 #[test]

@@ -100,6 +100,10 @@ pub struct RegistrySpec {
     /// Registry log format (default plain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// What one client may hold (Berth's `limits`): connections, upload sessions, blob sizes,
+    /// and how long a connection may sit without sending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
     /// What happens to stored data when the Registry is deleted (default Retain).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -178,6 +182,16 @@ pub struct AuthSpec {
     /// Access rules (Berth's `auth.access`): whatever no rule grants is denied.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessRuleSpec>,
+    /// Addresses or CIDRs of the proxies in front of the pods (the Ingress controller's pods,
+    /// e.g. `10.0.0.0/8`) whose `X-Forwarded-For`, `-Proto` and `-Host` are believed (Berth's
+    /// `auth.trustedProxies`): failed logins are then counted per real client, and challenges
+    /// name the host the client used. From any other peer these headers are ignored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$"))
+    )]
+    pub trusted_proxies: Vec<String>,
     /// Docker token auth: clients sign in at the token endpoint and present short-lived bearer
     /// tokens. The operator generates the signing key once into the Secret `<name>-token-key`
     /// (never overwritten; delete it to rotate), shared by every replica.
@@ -188,8 +202,11 @@ pub struct AuthSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenSpec {
-    /// The token endpoint clients are sent to (default: `/token` on the host they asked).
+    /// The token endpoint clients are sent to, an absolute `http(s)://` URL such as
+    /// `https://registry.example.com/token` (default: `/token` on the host a trusted proxy
+    /// names, else on the pod's listen address; set it, or `trustedProxies`, behind an Ingress).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/\S*)?$"))]
     pub realm: Option<String>,
     /// The `service` of challenges and the audience of tokens (default `berth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -339,6 +356,37 @@ pub struct AutoscalingSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub target_cpu_utilization_percentage_misspelled: Option<i32>,
+}
+
+/// Caps and timeouts per registry pod (Berth's `limits`); unset fields keep Berth's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest blob accepted, in bytes (default 34359738368, 32 GiB); a bigger push is refused
+    /// with 413 SIZE_INVALID as soon as it passes the size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_blob_bytes: Option<u64>,
+    /// Open upload sessions per repository and per user on one pod (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_upload_sessions: Option<u32>,
+    /// Open client connections per pod (default 4096, lowered to fit the open-file limit).
+    /// At the cap an idle keep-alive connection is closed to make room; when every one is
+    /// busy, new connections wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// Time a client has to send a request's headers, and to start the next request on a
+    /// kept-alive connection (default `30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]*[1-9][0-9]*(ms|[smhd])$"))]
+    pub header_read_timeout: Option<String>,
+    /// A connection on which nothing moves either way for this long is closed, mid-request
+    /// too, so a stalled upload gives up its session (default `2m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]*[1-9][0-9]*(ms|[smhd])$"))]
+    pub idle_timeout: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -30,22 +30,12 @@ fn prefix_bits(ip: IpAddr) -> u128 {
 
 impl TrustedProxies {
     pub fn parse(list: &[String]) -> Result<TrustedProxies, ProxyError> {
-        let mut out = Vec::new();
-        for item in list {
-            let bad = || ProxyError(item.clone());
-            let (addr, len) = match item.split_once('/') {
-                Some((a, l)) => (a, Some(l.parse::<u8>().map_err(|_| bad())?)),
-                None => (item.as_str(), None),
-            };
-            let ip = canonical(addr.trim().parse::<IpAddr>().map_err(|_| bad())?);
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let len = len.unwrap_or(max);
-            if len > max {
-                return Err(bad());
-            }
-            out.push((ip, len));
-        }
-        Ok(TrustedProxies(out))
+        list.iter()
+            .map(|item| {
+                crate::config::parse_trusted_proxy(item).ok_or_else(|| ProxyError(item.clone()))
+            })
+            .collect::<Result<_, _>>()
+            .map(TrustedProxies)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -21,8 +21,8 @@ use super::{
     pod_security_context, selector,
 };
 use crate::config::{
-    self, AccessRule, Action, AuthConfig, Config, FilesystemConfig, LogConfig, StorageConfig,
-    TlsConfig, TokenConfig, TrustedIssuer,
+    self, AccessRule, Action, AuthConfig, Config, FilesystemConfig, LimitsConfig, LogConfig,
+    StorageConfig, TlsConfig, TokenConfig, TrustedIssuer,
 };
 use crate::operator::certmanager::{self, Certificate};
 use crate::operator::crd::{AccessAction, LogFormat, Registry, TrustedIssuerSpec};
@@ -188,6 +188,7 @@ fn render_auth(reg: &Registry) -> Result<AuthConfig, BuildError> {
         admins,
         groups: auth.groups.clone(),
         access,
+        trusted_proxies: auth.trusted_proxies.clone(),
         token,
         ..AuthConfig::default()
     })
@@ -278,6 +279,17 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
         },
         auth: render_auth(reg)?,
         tls,
+        limits: spec
+            .limits
+            .as_ref()
+            .map(|l| LimitsConfig {
+                max_blob_bytes: l.max_blob_bytes,
+                max_upload_sessions: l.max_upload_sessions.map(|n| n as usize),
+                max_connections: l.max_connections.map(|n| n as usize),
+                header_read_timeout: l.header_read_timeout.clone(),
+                idle_timeout: l.idle_timeout.clone(),
+            })
+            .unwrap_or_default(),
         ..Config::default()
     })
 }
@@ -425,6 +437,90 @@ pub fn check_spec(reg: &Registry) -> Result<(), BuildError> {
             field: "spec.replicas",
             reason: crate::operator::crd::SINGLE_NODE_MESSAGE.into(),
         });
+    }
+    check_limits(reg)?;
+    check_auth_addresses(reg)
+}
+
+/// `berth serve` refuses a zero cap and a duration it cannot read or that is zero: say so here
+/// rather than let the pods crash-loop.
+fn check_limits(reg: &Registry) -> Result<(), BuildError> {
+    let Some(l) = &reg.spec.limits else {
+        return Ok(());
+    };
+    let caps = [
+        ("spec.limits.maxBlobBytes", l.max_blob_bytes),
+        (
+            "spec.limits.maxUploadSessions",
+            l.max_upload_sessions.map(u64::from),
+        ),
+        (
+            "spec.limits.maxConnections",
+            l.max_connections.map(u64::from),
+        ),
+    ];
+    for (field, v) in caps {
+        if v == Some(0) {
+            return Err(BuildError::Invalid {
+                field,
+                reason: "must be at least 1".into(),
+            });
+        }
+    }
+    let durations = [
+        ("spec.limits.headerReadTimeout", &l.header_read_timeout),
+        ("spec.limits.idleTimeout", &l.idle_timeout),
+    ];
+    for (field, v) in durations {
+        let Some(v) = v else { continue };
+        match humantime::parse_duration(v) {
+            Ok(d) if !d.is_zero() => {}
+            Ok(_) => {
+                return Err(BuildError::Invalid {
+                    field,
+                    reason: "must be more than 0s".into(),
+                });
+            }
+            Err(e) => {
+                return Err(BuildError::Invalid {
+                    field,
+                    reason: format!("{v:?} is not a duration such as 30s or 2m: {e}"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Trusted proxies must be addresses or CIDRs, and the token realm an absolute `http(s)` URL
+/// (clients follow it as it is).
+fn check_auth_addresses(reg: &Registry) -> Result<(), BuildError> {
+    let Some(auth) = &reg.spec.auth else {
+        return Ok(());
+    };
+    if let Some(bad) = auth
+        .trusted_proxies
+        .iter()
+        .find(|p| config::parse_trusted_proxy(p).is_none())
+    {
+        return Err(BuildError::Invalid {
+            field: "spec.auth.trustedProxies",
+            reason: format!("{bad:?} is not an IP address or a CIDR such as 10.0.0.0/8"),
+        });
+    }
+    if let Some(realm) = auth.token.as_ref().and_then(|t| t.realm.as_ref()) {
+        let host = realm
+            .strip_prefix("https://")
+            .or_else(|| realm.strip_prefix("http://"))
+            .map(|rest| rest.split('/').next().unwrap_or_default());
+        if host.is_none_or(str::is_empty) || realm.chars().any(char::is_whitespace) {
+            return Err(BuildError::Invalid {
+                field: "spec.auth.token.realm",
+                reason: format!(
+                    "{realm:?} is not an absolute http(s) URL such as https://registry.example.com/token"
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -873,6 +969,145 @@ deletionPolicy: Delete
         let mut r = minimal();
         r.spec.auth = Some(serde_yaml::from_str(yaml).unwrap());
         r
+    }
+
+    #[test]
+    fn limits_proxies_and_realm_render_into_a_config_serve_reads() {
+        let mut r = with_auth(
+            "admin: {}\ntrustedProxies: [10.0.0.0/8, \"fd00::/8\", 192.168.1.7]\ntoken:\n  realm: https://registry.example.com/token\n",
+        );
+        r.spec.limits = Some(
+            serde_yaml::from_str(
+                "maxBlobBytes: 1073741824\nmaxUploadSessions: 7\nmaxConnections: 300\nheaderReadTimeout: 15s\nidleTimeout: 90s\n",
+            )
+            .unwrap(),
+        );
+        check_spec(&r).unwrap();
+        let c = render_config(&r).unwrap();
+        let cm = config_map(&r, &c).unwrap();
+        golden("registry-limits-configmap.yaml", &cm);
+        // The ConfigMap's text is what `berth serve --config` reads: parse it as serve does.
+        let text = &cm.data.as_ref().unwrap()["config.yaml"];
+        let parsed: Config = serde_yaml::from_str(text).unwrap();
+        assert_eq!(parsed, c);
+        let settings =
+            crate::serve::Settings::resolve(Some(parsed.clone()), Default::default()).unwrap();
+        let l = &settings.limits;
+        assert_eq!(l.max_blob_bytes, 1 << 30);
+        assert_eq!(l.max_upload_sessions, 7);
+        assert_eq!(l.max_connections, 300);
+        assert_eq!(l.header_read_timeout, std::time::Duration::from_secs(15));
+        assert_eq!(l.idle_timeout, std::time::Duration::from_secs(90));
+        let proxies =
+            crate::registry::auth::proxies::TrustedProxies::parse(&settings.auth.trusted_proxies)
+                .unwrap();
+        assert!(proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(proxies.contains("fd00::1".parse().unwrap()));
+        assert!(proxies.contains("192.168.1.7".parse().unwrap()));
+        assert!(!proxies.contains("192.168.1.8".parse().unwrap()));
+        assert_eq!(
+            parsed.auth.token.unwrap().realm.as_deref(),
+            Some("https://registry.example.com/token")
+        );
+        // Without `limits` the section is left out and serve's defaults apply.
+        let c = render_config(&minimal()).unwrap();
+        assert!(!serde_yaml::to_string(&c).unwrap().contains("limits"));
+    }
+
+    #[test]
+    fn limits_proxies_and_realm_serve_would_refuse_are_refused() {
+        let limits = |yaml: &str| {
+            let mut r = minimal();
+            r.spec.limits = Some(serde_yaml::from_str(yaml).unwrap());
+            r
+        };
+        let cases = [
+            (limits("maxBlobBytes: 0"), "spec.limits.maxBlobBytes"),
+            (
+                limits("maxUploadSessions: 0"),
+                "spec.limits.maxUploadSessions",
+            ),
+            (limits("maxConnections: 0"), "spec.limits.maxConnections"),
+            (
+                limits("headerReadTimeout: soon"),
+                "spec.limits.headerReadTimeout",
+            ),
+            (limits("idleTimeout: 0s"), "spec.limits.idleTimeout"),
+            (
+                with_auth("admin: {}\ntrustedProxies: [10.0.0.0/33]\n"),
+                "spec.auth.trustedProxies",
+            ),
+            (
+                with_auth("admin: {}\ntrustedProxies: [ingress-nginx]\n"),
+                "spec.auth.trustedProxies",
+            ),
+            (
+                with_auth("admin: {}\ntoken: { realm: /token }\n"),
+                "spec.auth.token.realm",
+            ),
+            (
+                with_auth("admin: {}\ntoken: { realm: \"https:// x/token\" }\n"),
+                "spec.auth.token.realm",
+            ),
+        ];
+        for (r, want) in cases {
+            match check_spec(&r) {
+                Err(BuildError::Invalid { field, .. }) => assert_eq!(field, want),
+                other => panic!("{want}: {other:?}"),
+            }
+        }
+        check_spec(&limits("headerReadTimeout: 500ms\nidleTimeout: 1h")).unwrap();
+        check_spec(&with_auth(
+            "admin: {}\ntoken: { realm: \"http://10.0.0.1:5000/token\" }\n",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn the_crd_schema_checks_limits_proxies_and_realm_too() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(Registry::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+        let l = &spec["limits"]["properties"];
+        for f in ["maxBlobBytes", "maxUploadSessions", "maxConnections"] {
+            assert_eq!(l[f]["minimum"].as_f64(), Some(1.0), "{f}");
+        }
+        let auth = &spec["auth"]["properties"];
+        let patterns = [
+            (
+                &l["headerReadTimeout"]["pattern"],
+                &["30s", "500ms", "2m"][..],
+                &["0s", "30", "1h30m", "soon"][..],
+            ),
+            (&l["idleTimeout"]["pattern"], &["2m", "1d"], &["0m", ""]),
+            (
+                &auth["trustedProxies"]["items"]["pattern"],
+                &["10.0.0.0/8", "fd00::/8", "192.168.1.7", "::ffff:10.0.0.1"],
+                &["ingress-nginx", "10.0.0.0/8 ", ""],
+            ),
+            (
+                &auth["token"]["properties"]["realm"]["pattern"],
+                &[
+                    "https://registry.example.com/token",
+                    "http://10.0.0.1:5000/token",
+                ],
+                &[
+                    "/token",
+                    "registry.example.com/token",
+                    "https:// x/token",
+                    "https:///token",
+                ],
+            ),
+        ];
+        for (pattern, good, bad) in patterns {
+            let re = regex::Regex::new(pattern.as_str().unwrap()).unwrap();
+            for g in good {
+                assert!(re.is_match(g), "{pattern} refuses {g:?}");
+            }
+            for b in bad {
+                assert!(!re.is_match(b), "{pattern} accepts {b:?}");
+            }
+        }
     }
 
     #[test]
