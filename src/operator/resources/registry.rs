@@ -999,7 +999,7 @@ deletionPolicy: Delete
         assert_eq!(l.header_read_timeout, std::time::Duration::from_secs(15));
         assert_eq!(l.idle_timeout, std::time::Duration::from_secs(90));
         let proxies =
-            crate::registry::auth::proxies::TrustedProxies::parse(&settings.auth.trusted_proxies)
+            crate::registry::proxies::TrustedProxies::parse(&settings.auth.trusted_proxies)
                 .unwrap();
         assert!(proxies.contains("10.1.2.3".parse().unwrap()));
         assert!(proxies.contains("fd00::1".parse().unwrap()));
