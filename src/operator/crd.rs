@@ -104,6 +104,10 @@ pub struct RegistrySpec {
     /// and how long a connection may sit without sending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
+    /// Pull-through cache (Berth's `proxy`): repositories under each upstream's prefix are
+    /// read from that upstream on a miss and kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
     /// What happens to stored data when the Registry is deleted (default Retain).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -387,6 +391,57 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]*[1-9][0-9]*(ms|[smhd])$"))]
     pub idle_timeout: Option<String>,
+}
+
+/// The pull-through cache's upstreams.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    #[schemars(length(max = 64))]
+    pub upstreams: Vec<UpstreamSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<ProxyRetentionSpec>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamSpec {
+    /// Local name prefix: `docker.io` serves `docker.io/library/alpine` from this upstream.
+    #[schemars(length(min = 1, max = 128))]
+    pub prefix: String,
+    /// The upstream registry's base URL, `https://registry-1.docker.io`.
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/\S*)?$"))]
+    pub url: String,
+    /// Serves requests that carry no prefix (the Docker daemon's `registry-mirrors`) when the
+    /// name is not a local repository. At most one upstream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub default: bool,
+    /// User for the upstream (Basic, or to obtain Bearer tokens); with `passwordSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A Secret whose `password` key holds the password or access token for `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
+    /// How long a tag is served before one HEAD revalidates it (default `5m`; `0s`: every pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|[smhd])$"))]
+    pub tag_ttl: Option<String>,
+    /// Concurrent requests to this upstream per pod (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// Never contact the upstream: serve only what is cached.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyRetentionSpec {
+    /// GarbageCollection runs remove cached images nobody pulled for this long (e.g. `30d`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]*[1-9][0-9]*(ms|[smhd])$"))]
+    pub unpulled_for: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -75,6 +75,7 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
     for ti in build::trusted_issuers(reg) {
         referenced_secrets.push((ti.public_key_secret.clone(), vec![build::PUBLIC_KEY]));
     }
+    referenced_secrets.extend(build::upstream_secrets(reg));
     if let Some(s3) = &reg.spec.storage.s3 {
         referenced_secrets.push((
             s3.credentials_secret.clone(),
@@ -880,6 +881,9 @@ pub fn references_secret(reg: &Registry, secret: &str) -> bool {
         || s.auth.as_ref().and_then(|a| a.htpasswd_secret.as_deref()) == Some(secret)
         || s.storage.s3.as_ref().map(|s| s.credentials_secret.as_str()) == Some(secret)
         || build::trusted_issuers(reg).any(|t| t.public_key_secret == secret)
+        || build::upstream_secrets(reg)
+            .iter()
+            .any(|(s, _)| s == secret)
 }
 
 /// The Registries a Secret event should wake: those in its namespace that name it.

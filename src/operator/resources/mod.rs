@@ -3,10 +3,12 @@
 //! `reconcile` only decides what to apply.
 
 mod gc;
+mod proxy;
 mod purge;
 mod registry;
 
 pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
+pub use proxy::{upstream_secrets, upstream_volumes};
 pub use purge::{PURGE_CONTAINER, purge_job, purge_job_name};
 pub use registry::{
     admin_secret, admin_username, auth_secret, certificate, check_spec, config_hash, config_map,

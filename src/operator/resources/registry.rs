@@ -290,6 +290,7 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
                 idle_timeout: l.idle_timeout.clone(),
             })
             .unwrap_or_default(),
+        proxy: super::proxy::render_proxy(reg)?,
         ..Config::default()
     })
 }
@@ -439,6 +440,7 @@ pub fn check_spec(reg: &Registry) -> Result<(), BuildError> {
         });
     }
     check_limits(reg)?;
+    super::proxy::check_proxy(reg)?;
     check_auth_addresses(reg)
 }
 
@@ -627,6 +629,10 @@ pub fn deployment(
             "mountPath": format!("{TRUSTED_ISSUERS_DIR}/{i}"),
             "readOnly": true,
         }));
+    }
+    for (volume, mount) in super::proxy::upstream_volumes(reg) {
+        volumes.push(volume);
+        mounts.push(mount);
     }
     let tls = pod_tls_secret(reg);
     if let Some(secret) = &tls {
