@@ -361,6 +361,15 @@ impl Upstream {
         Ok((resp, permit))
     }
 
+    /// A success, `None` for the upstream's 404, and its refusal for anything else.
+    fn found(&self, resp: reqwest::Response) -> Result<Option<reqwest::Response>, UpstreamError> {
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => Ok(Some(resp)),
+            _ => Err(self.refused(&resp)),
+        }
+    }
+
     fn refused(&self, resp: &reqwest::Response) -> UpstreamError {
         UpstreamError::Status {
             upstream: self.url.clone(),
@@ -417,12 +426,9 @@ impl Upstream {
                 Some(MANIFEST_ACCEPT),
             )
             .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some(resp) = self.found(resp)? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self.refused(&resp));
-        }
+        };
         let media_type = resp
             .headers()
             .get(CONTENT_TYPE)
@@ -455,15 +461,12 @@ impl Upstream {
         let (resp, _permit) = self
             .send(Method::HEAD, name, &format!("blobs/{digest}"), None)
             .await?;
-        match resp.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            s if s.is_success() => Ok(resp
-                .headers()
+        Ok(self.found(resp)?.and_then(|r| {
+            r.headers()
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())),
-            _ => Err(self.refused(&resp)),
-        }
+                .and_then(|v| v.parse().ok())
+        }))
     }
 
     /// A blob's bytes as they arrive, `None` when the upstream has no such blob.
@@ -475,12 +478,9 @@ impl Upstream {
         let (resp, permit) = self
             .send(Method::GET, name, &format!("blobs/{digest}"), None)
             .await?;
-        if resp.status() == StatusCode::NOT_FOUND {
+        let Some(resp) = self.found(resp)? else {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            return Err(self.refused(&resp));
-        }
+        };
         let size = resp.content_length();
         let (metrics, prefix) = (self.metrics.clone(), self.prefix.clone());
         let body = resp
