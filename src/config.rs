@@ -56,7 +56,7 @@ pub struct Config {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ProxyConfig {
     pub upstreams: Vec<UpstreamConfig>,
-    /// How long cached content is kept (read by gc; not enforced yet).
+    /// How long cached content is kept, and how much of it (enforced by gc).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<ProxyRetentionConfig>,
 }
@@ -96,7 +96,8 @@ pub struct ProxyRetentionConfig {
     /// Cached content not pulled for this long is removed by gc (e.g. `30d`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unpulled_for: Option<String>,
-    /// Size budget for cached content (e.g. `500Gi`).
+    /// Size budget for cached content (e.g. `500Gi`): gc removes the least recently pulled
+    /// cached images until the rest fit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_bytes: Option<String>,
 }
@@ -128,6 +129,36 @@ pub struct LimitsConfig {
 
 /// One `auth.trustedProxies` entry, an address or a CIDR, as a network and its prefix length
 /// (IPv4-mapped IPv6 addresses read as IPv4); `None` if it is neither.
+/// A byte count as config files write it: digits with an optional binary (`Ki`, `Mi`, `Gi`,
+/// `Ti`, `Pi`) or decimal (`k`, `M`, `G`, `T`, `P`) suffix, `500Gi` or `2T`; the error says why.
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (num, suffix) = v.split_at(digits);
+    let unit: u64 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "{v:?} is not a size: digits and one of Ki, Mi, Gi, Ti, Pi, k, M, G, T, P (500Gi)"
+            ));
+        }
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{v:?} is not a size: it must start with digits (500Gi)"))?;
+    n.checked_mul(unit)
+        .ok_or_else(|| format!("{v:?} is too large"))
+}
+
 pub fn parse_trusted_proxy(item: &str) -> Option<(std::net::IpAddr, u8)> {
     use std::net::IpAddr;
     let (addr, len) = match item.split_once('/') {
@@ -423,6 +454,17 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_suffixes() {
+        assert_eq!(parse_bytes("500Gi"), Ok(500 << 30));
+        assert_eq!(parse_bytes("2T"), Ok(2_000_000_000_000));
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        for bad in ["", "Gi", "5GB", "1.5Gi", "-1", "10 Gi", "99999999999999Pi"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -49,13 +49,18 @@ async fn token_upstream(dir: &Path) -> (Server, String, String, Vec<u8>) {
 
 /// A caching Berth whose upstream `up` (prefix `up.local`, the default) is at `url`.
 fn cache(dir: &Path, url: &str, ttl: &str) -> Server {
+    cache_with(dir, url, ttl, "")
+}
+
+/// [`cache`] with more top-level config (`auth:`, say).
+fn cache_with(dir: &Path, url: &str, ttl: &str, extra: &str) -> Server {
     let pw = dir.join("upstream-password");
     std::fs::write(&pw, "pull-pw\n").unwrap();
     let cfg = dir.join("cache.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: up.local\n      url: {url}\n      default: true\n      username: puller\n      passwordFile: {}\n      tagTtl: {ttl}\n",
+            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: up.local\n      url: {url}\n      default: true\n      username: puller\n      passwordFile: {}\n      tagTtl: {ttl}\n{extra}",
             dir.join("cache").display(),
             pw.display()
         ),
@@ -303,6 +308,102 @@ async fn names_pushes_and_misses_get_the_spec_answers() {
     assert!(r.text().await.unwrap().contains("cannot be reached"));
 }
 
+/// A cache with token auth of its own, asked as a Docker daemon with `registry-mirrors` asks:
+/// no prefix in the path or in the token's scope. The token must cover the canonical name the
+/// read is checked on, under the rules written for it (`up.local/**`), and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_mirrors_pulls_work_with_token_auth_on_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, manifest, _, _) = token_upstream(dir.path()).await;
+    let htpasswd = dir.path().join("cache-htpasswd");
+    write_htpasswd(&htpasswd, &[("dev", "dev-pw"), ("other", "other-pw")]);
+    let auth = format!(
+        "auth:\n  htpasswd: {}\n  token:\n    service: berth-cache\n  access:\n    - repository: \"up.local/**\"\n      users: [dev]\n      actions: [pull]\n",
+        htpasswd.display()
+    );
+    let cache = cache_with(dir.path(), &format!("http://{}", up.addr), "1h", &auth);
+    let c = client();
+    let path = "/v2/team/app/manifests/v1";
+    let r = c.get(cache.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let challenge = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(
+        challenge.contains("repository:up.local/team/app:pull"),
+        "the challenge names the canonical repository: {challenge}"
+    );
+    let token = |scope: &'static str| {
+        let c = c.clone();
+        let url = cache.url(&format!("/token?service=berth-cache&scope={scope}"));
+        async move {
+            let r = c
+                .get(url)
+                .header("authorization", basic("dev", "dev-pw"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    // What dockerd sends: the scope of the name it pulls, without the prefix.
+    let t = token("repository:team/app:pull").await;
+    let r = c
+        .get(cache.url(path))
+        .header("accept", OCI_MANIFEST)
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"], manifest.as_str());
+    // Docker Hub's short names are made canonical the same way.
+    let r = c
+        .get(cache.url("/v2/up.local/team/app/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // A push scope grants no push on the cache, and a local name gets nothing from the
+    // proxy's rules.
+    let t = token("repository:team/app:pull,push").await;
+    let claims = decode_claims(&t);
+    let access = claims["access"].as_array().unwrap();
+    assert!(
+        access
+            .iter()
+            .all(|a| a["actions"].as_array().unwrap().iter().all(|x| x == "pull")),
+        "{claims}"
+    );
+    // Someone the proxy's rules do not name gets nothing through the canonical name either.
+    let r = c
+        .get(cache.url("/token?service=berth-cache&scope=repository:team/app:pull"))
+        .header("authorization", basic("other", "other-pw"))
+        .send()
+        .await
+        .unwrap();
+    let t = r.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = c.get(cache.url(path)).bearer_auth(&t).send().await.unwrap();
+    assert!(r.status() == 401 || r.status() == 403, "{}", r.status());
+}
+
+/// The claims of a JWT, unverified (the test only reads what the server granted).
+fn decode_claims(token: &str) -> serde_json::Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 /// skopeo pulls an image through the cache from CNCF Distribution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pulls_from_cncf_distribution_through_the_cache() {
@@ -502,4 +603,160 @@ async fn gc_expires_cached_images_not_pulled_and_never_local_ones() {
         .0,
         200
     );
+}
+
+/// Pulls `repo:v1` through `cache` (the manifest, then its config and layers); returns the
+/// manifest's digest.
+async fn pull_through(c: &reqwest::Client, cache: &Server, repo: &str) -> String {
+    let (s, body, _) = get(c, cache.url(&format!("/v2/up.local/{repo}/manifests/v1"))).await;
+    assert_eq!(s, 200, "{repo}");
+    let m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let blobs = std::iter::once(&m["config"]).chain(m["layers"].as_array().unwrap());
+    for b in blobs {
+        let d = b["digest"].as_str().unwrap();
+        let (s, bytes, _) = get(c, cache.url(&format!("/v2/up.local/{repo}/blobs/{d}"))).await;
+        assert_eq!((s, sha256(&bytes)), (200, d.to_owned()));
+    }
+    sha256(&body)
+}
+
+/// Makes the cache believe `digest` in `repo` was last pulled `ago`.
+fn set_last_pull(root: &Path, repo: &str, digest: &str, ago: Duration) {
+    let link = root.join(format!(
+        "repositories/up.local/{repo}/_manifests/sha256/{}",
+        &digest["sha256:".len()..]
+    ));
+    std::fs::File::options()
+        .write(true)
+        .open(&link)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - ago)
+        .unwrap();
+}
+
+/// `proxy.retention.maxBytes`: gc keeps the most recently pulled cached images that fit in
+/// the budget and removes the rest, least recently pulled first, never a local repository
+/// however large; a dry run says which and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_keeps_cached_content_within_max_bytes_least_recently_pulled_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Server::start();
+    let c = client();
+    // Three images of a 1 MiB layer each, sharing nothing.
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{name}"}}"#);
+        let layer: Vec<u8> = (0..1u32 << 20)
+            .map(|j| (j * (i as u32 + 3) % 251) as u8)
+            .collect();
+        let cd = push_blob(&c, &upstream, &format!("team/{name}"), config.as_bytes()).await;
+        let ld = push_blob(&c, &upstream, &format!("team/{name}"), &layer).await;
+        let m = image_manifest((&cd, config.len()), &[(&ld, layer.len())], "");
+        let r = c
+            .put(upstream.url(&format!("/v2/team/{name}/manifests/v1")))
+            .header("content-type", OCI_MANIFEST)
+            .body(m)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let cfg = dir.path().join("cache.yaml");
+    let root = dir.path().join("cache");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: up.local\n      url: http://{}\n  retention:\n    maxBytes: 2500Ki\n",
+            root.display(),
+            upstream.host()
+        ),
+    )
+    .unwrap();
+    let cache = Server::start_config(&cfg, &[]);
+    let mut digests = Vec::new();
+    for name in ["a", "b", "c"] {
+        digests.push(pull_through(&c, &cache, &format!("team/{name}")).await);
+    }
+    // A local image bigger than the whole budget.
+    let big = vec![7u8; 3 << 20];
+    let cd = push_blob(&c, &cache, "local/big", b"{}").await;
+    let ld = push_blob(&c, &cache, "local/big", &big).await;
+    let m = image_manifest((&cd, 2), &[(&ld, big.len())], "");
+    let r = c
+        .put(cache.url("/v2/local/big/manifests/v1"))
+        .header("content-type", OCI_MANIFEST)
+        .body(m)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // Pulled in the order c (3 h ago), a (2 h ago), b (1 h ago): c is the least recent.
+    for (name, d, hours) in [
+        ("a", &digests[0], 2),
+        ("b", &digests[1], 1),
+        ("c", &digests[2], 3),
+    ] {
+        set_last_pull(
+            &root,
+            &format!("team/{name}"),
+            d,
+            Duration::from_secs(hours * 3600),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gc = |dry: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_berth"));
+        cmd.args(["gc", "--json", "--grace", "0s", "--config"])
+            .arg(&cfg);
+        if dry {
+            cmd.arg("--dry-run");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let dry = gc(true);
+    let manifests: Vec<&serde_json::Value> = dry["deletions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "manifest")
+        .collect();
+    assert_eq!(manifests.len(), 1, "{dry}");
+    assert_eq!(manifests[0]["repository"], "up.local/team/c");
+    assert!(
+        manifests[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("maxBytes"),
+        "{dry}"
+    );
+    let report = gc(false);
+    assert_eq!(report["cachedManifestsExpired"], 1, "{report}");
+    assert!(
+        report["bytesFreed"].as_u64().unwrap() >= 1 << 20,
+        "{report}"
+    );
+    let status = |path: String| {
+        let c = c.clone();
+        async move { c.head(path).send().await.unwrap().status().as_u16() }
+    };
+    for (name, d) in [("a", &digests[0]), ("b", &digests[1])] {
+        assert_eq!(
+            status(cache.url(&format!("/v2/up.local/team/{name}/manifests/{d}"))).await,
+            200,
+            "{name} was pulled more recently: kept"
+        );
+    }
+    assert_eq!(status(cache.url("/v2/local/big/manifests/v1")).await, 200);
+    assert_eq!(
+        status(cache.url(&format!("/v2/local/big/blobs/{ld}"))).await,
+        200,
+        "local content is never counted or removed"
+    );
+    // c comes back from the upstream when pulled again.
+    pull_through(&c, &cache, "team/c").await;
 }

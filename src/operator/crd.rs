@@ -442,6 +442,11 @@ pub struct ProxyRetentionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]*[1-9][0-9]*(ms|[smhd])$"))]
     pub unpulled_for: Option<String>,
+    /// GarbageCollection runs remove the least recently pulled cached images until the rest
+    /// fit in this many bytes (e.g. `500Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?$"))]
+    pub max_bytes: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

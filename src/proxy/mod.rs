@@ -32,8 +32,8 @@ pub enum ProxyConfigError {
     Prefix { index: usize, reason: String },
     #[error("proxy.upstreams: only one upstream can be the default, not {0} and {1}")]
     TwoDefaults(String, String),
-    #[error("proxy.retention.maxBytes is not supported yet: use proxy.retention.unpulledFor")]
-    Retention,
+    #[error("proxy.retention.maxBytes: {0}")]
+    MaxBytes(String),
     #[error("proxy.retention.unpulledFor: {0}")]
     UnpulledFor(String),
 }
@@ -102,8 +102,8 @@ const RECORD_PULLS_EVERY: Duration = Duration::from_secs(3600);
 impl Proxy {
     pub fn from_config(cfg: &ProxyConfig) -> Result<Proxy, ProxyConfigError> {
         if let Some(r) = &cfg.retention {
-            if r.max_bytes.is_some() {
-                return Err(ProxyConfigError::Retention);
+            if let Some(v) = &r.max_bytes {
+                crate::config::parse_bytes(v).map_err(ProxyConfigError::MaxBytes)?;
             }
             if let Some(v) = &r.unpulled_for {
                 humantime::parse_duration(v)

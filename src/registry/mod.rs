@@ -42,6 +42,25 @@ impl Registry {
         self.proxy.as_ref()?.target(repo)
     }
 
+    /// The name a read of `repo` is served under: a proxied repository's canonical local name
+    /// (see `crate::proxy`), with containerd's `ns` choosing the upstream; `None` when `repo`
+    /// is read as it is. Shared by the router and the token endpoint, so that a token asked
+    /// for `library/alpine` through `registry-mirrors` covers the name the read is checked on.
+    pub async fn read_name(
+        &self,
+        repo: &crate::oci::RepoName,
+        ns: Option<&str>,
+    ) -> crate::store::Result<Option<crate::oci::RepoName>> {
+        let Some(proxy) = &self.proxy else {
+            return Ok(None);
+        };
+        let is_local = proxy.target(repo).is_none()
+            && ns.is_none()
+            && proxy.has_default()
+            && self.store.repository_exists(repo).await?;
+        Ok(proxy.canonical(repo, ns, is_local))
+    }
+
     pub fn new(store: Arc<dyn Store>, manifest_cache_bytes: usize) -> Self {
         Registry {
             store,

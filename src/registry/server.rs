@@ -55,19 +55,18 @@ pub fn router(registry: App) -> Router {
 /// A proxied repository under its canonical local name (see `crate::proxy`), before access
 /// rules see it: `library/alpine` through `registry-mirrors` is `docker.io/library/alpine`.
 async fn canonical(reg: &Registry, route: Route, method: &Method, query: &Query) -> Result<Route> {
-    let (Some(proxy), Some(repo)) = (&reg.proxy, route.repo()) else {
-        return Ok(route);
-    };
     // Only reads go to an upstream by `ns` or as the default: a push names a local
     // repository (a new one need not exist yet).
-    let read = matches!(*method, Method::GET | Method::HEAD);
-    let ns = query.get("ns").filter(|_| read);
-    let is_local = !read
-        || (proxy.target(repo).is_none()
-            && ns.is_none()
-            && proxy.has_default()
-            && reg.store.repository_exists(repo).await?);
-    match proxy.canonical(repo, ns, is_local) {
+    if !matches!(*method, Method::GET | Method::HEAD) {
+        return match route.repo().and_then(|r| reg.proxy.as_ref()?.target(r)) {
+            Some(t) => Ok(route.with_repo(t.local)),
+            None => Ok(route),
+        };
+    }
+    let Some(repo) = route.repo() else {
+        return Ok(route);
+    };
+    match reg.read_name(repo, query.get("ns")).await? {
         Some(name) => Ok(route.with_repo(name)),
         None => Ok(route),
     }

@@ -39,7 +39,7 @@ pub fn render_proxy(reg: &Registry) -> Result<Option<ProxyConfig>, BuildError> {
             .collect(),
         retention: p.retention.as_ref().map(|r| ProxyRetentionConfig {
             unpulled_for: r.unpulled_for.clone(),
-            max_bytes: None,
+            max_bytes: r.max_bytes.clone(),
         }),
     }))
 }
@@ -116,6 +116,11 @@ pub fn check_proxy(reg: &Registry) -> Result<(), BuildError> {
             format!("{v:?} is not a duration such as 30d"),
         );
     }
+    if let Some(v) = p.retention.as_ref().and_then(|r| r.max_bytes.as_ref())
+        && let Err(reason) = crate::config::parse_bytes(v)
+    {
+        return bad("spec.proxy.retention.maxBytes", reason);
+    }
     Ok(())
 }
 
@@ -170,7 +175,7 @@ mod tests {
             {"prefix": "docker.io", "url": "https://registry-1.docker.io", "default": true,
              "username": "me", "passwordSecret": "hub-token", "tagTtl": "10m", "maxConnections": 8},
             {"prefix": "ghcr.io", "url": "https://ghcr.io", "offline": true}],
-            "retention": {"unpulledFor": "30d"}}));
+            "retention": {"unpulledFor": "30d", "maxBytes": "500Gi"}}));
         let cfg = render_proxy(&reg).unwrap().unwrap();
         let text = serde_yaml::to_string(&cfg).unwrap();
         let back: ProxyConfig = serde_yaml::from_str(&text).unwrap();
@@ -190,7 +195,9 @@ mod tests {
         let gc = crate::gc::GcOptions::default()
             .with_proxy(Some(&cfg))
             .unwrap();
-        assert_eq!(gc.cached.unwrap().unpulled_for.as_secs(), 30 * 86400);
+        let cached = gc.cached.unwrap();
+        assert_eq!(cached.unpulled_for.map(|d| d.as_secs()), Some(30 * 86400));
+        assert_eq!(cached.max_bytes, Some(500 << 30));
         let (volume, mount) = &upstream_volumes(&reg)[0];
         assert_eq!(volume["secret"]["secretName"], "hub-token");
         assert_eq!(mount["mountPath"], "/etc/berth-upstreams/0");
@@ -236,6 +243,10 @@ mod tests {
         assert_eq!(
             field(json!({"upstreams": [], "retention": {"unpulledFor": "later"}})),
             "spec.proxy.retention.unpulledFor"
+        );
+        assert_eq!(
+            field(json!({"upstreams": [], "retention": {"maxBytes": "5GB"}})),
+            "spec.proxy.retention.maxBytes"
         );
     }
 }

@@ -35,6 +35,26 @@ async fn caller(auth: &Auth, request: &Parts) -> Result<Identity> {
     }
 }
 
+/// Adds `actions` on repository `name` to a token's access list.
+fn grant(access: &mut Vec<Access>, name: &str, actions: Actions) {
+    match access
+        .iter_mut()
+        .find(|a| a.kind == "repository" && a.name == name)
+    {
+        Some(a) => {
+            let merged = Actions::parse_list(&a.actions.join(","))
+                .unwrap_or(Actions::NONE)
+                .union(actions);
+            a.actions = merged.names().iter().map(|s| s.to_string()).collect();
+        }
+        None => access.push(Access {
+            kind: "repository".into(),
+            name: name.to_owned(),
+            actions: actions.names().iter().map(|s| s.to_string()).collect(),
+        }),
+    }
+}
+
 /// `GET /token?service=...&scope=...&account=...`
 pub async fn token(State(reg): State<Arc<Registry>>, request: Request) -> Response {
     token_inner(&reg, request)
@@ -72,22 +92,23 @@ async fn token_inner(reg: &Registry, request: Request) -> Result<Response> {
         match requested {
             RequestedScope::Repository(repo, asked) => {
                 // Never more than asked, never more than allowed.
-                let granted = asked.intersect(auth.base_allowed(&id, repo.as_str()));
-                match access
-                    .iter_mut()
-                    .find(|a| a.kind == "repository" && a.name == repo.as_str())
+                grant(
+                    &mut access,
+                    repo.as_str(),
+                    asked.intersect(auth.base_allowed(&id, repo.as_str())),
+                );
+                // A read of a proxied name is checked on its canonical name (a Docker daemon
+                // using Berth as `registry-mirrors` asks for `library/alpine`): grant that
+                // name too, under its own rules.
+                if let Some(read) = reg.read_name(&repo, query.get("ns")).await?
+                    && read != repo
                 {
-                    Some(a) => {
-                        let merged = Actions::parse_list(&a.actions.join(","))
-                            .unwrap_or(Actions::NONE)
-                            .union(granted);
-                        a.actions = merged.names().iter().map(|s| s.to_string()).collect();
-                    }
-                    None => access.push(Access {
-                        kind: "repository".into(),
-                        name: repo.as_str().to_owned(),
-                        actions: granted.names().iter().map(|s| s.to_string()).collect(),
-                    }),
+                    let allowed = auth.base_allowed(&id, read.as_str());
+                    grant(
+                        &mut access,
+                        read.as_str(),
+                        asked.intersect(allowed).intersect(Actions::PULL),
+                    );
                 }
             }
             RequestedScope::Admin => {

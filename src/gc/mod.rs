@@ -50,6 +50,13 @@ use crate::oci::{Digest, Manifest, RepoName, Tag};
 use crate::repo::{RepoError, Repository};
 use crate::store::{Store, StoreError};
 
+mod cached;
+pub use cached::CachedRetention;
+
+/// No cached manifest is over a size budget (none is set).
+static NOTHING_OVER: std::sync::LazyLock<HashSet<(RepoName, Digest)>> =
+    std::sync::LazyLock::new(HashSet::new);
+
 /// Subtracted from every cutoff, beyond the grace period: covers the kernel's coarse file
 /// timestamps and small clock adjustments. (Touches themselves set precise times.)
 pub const CLOCK_MARGIN: Duration = Duration::from_millis(50);
@@ -65,26 +72,9 @@ pub struct GcOptions {
     pub grace: Duration,
     pub upload_ttl: Duration,
     pub retention: Vec<RetentionRule>,
-    /// The pull-through cache's rule: cached repositories (under these prefixes) keep only
-    /// the manifests pulled within `unpulled_for`. Local repositories are never touched by it.
+    /// The pull-through cache's rules (see `cached`). Local repositories are never touched
+    /// by them.
     pub cached: Option<CachedRetention>,
-}
-
-/// `proxy.retention`, for gc.
-#[derive(Clone, Debug)]
-pub struct CachedRetention {
-    pub prefixes: Vec<String>,
-    pub unpulled_for: Duration,
-}
-
-impl CachedRetention {
-    fn covers(&self, repo: &RepoName) -> bool {
-        self.prefixes.iter().any(|p| {
-            repo.as_str()
-                .strip_prefix(p.as_str())
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-    }
 }
 
 impl Default for GcOptions {
@@ -249,16 +239,33 @@ impl GcOptions {
         Ok(opts)
     }
 
-    /// Adds the pull-through cache's retention (`proxy.retention.unpulledFor`).
+    /// Adds the pull-through cache's retention (`proxy.retention`).
     pub fn with_proxy(
         mut self,
         p: Option<&crate::config::ProxyConfig>,
     ) -> Result<GcOptions, GcError> {
         let Some(p) = p else { return Ok(self) };
-        if let Some(v) = p.retention.as_ref().and_then(|r| r.unpulled_for.as_deref()) {
+        let Some(r) = &p.retention else {
+            return Ok(self);
+        };
+        let unpulled_for = match r.unpulled_for.as_deref() {
+            Some(v) => Some(parse_duration("proxy.retention.unpulledFor", v)?),
+            None => None,
+        };
+        let max_bytes = match r.max_bytes.as_deref() {
+            Some(v) => Some(
+                crate::config::parse_bytes(v).map_err(|reason| GcError::Option {
+                    what: "proxy.retention.maxBytes".into(),
+                    reason,
+                })?,
+            ),
+            None => None,
+        };
+        if unpulled_for.is_some() || max_bytes.is_some() {
             self.cached = Some(CachedRetention {
                 prefixes: p.upstreams.iter().map(|u| u.prefix.clone()).collect(),
-                unpulled_for: parse_duration("proxy.retention.unpulledFor", v)?,
+                unpulled_for,
+                max_bytes,
             });
         }
         Ok(self)
@@ -361,6 +368,18 @@ pub async fn collect(
 
     let repos = store.repositories().await?;
     report.repositories = repos.len();
+    let over_budget = match &opts.cached {
+        Some(c) if c.max_bytes.is_some() => Some(cached::over_budget(store, c, &repos).await?),
+        _ => None,
+    };
+    let mark = Mark {
+        store,
+        opts,
+        rules: &rules,
+        start,
+        cutoff,
+        over_budget: over_budget.as_ref().unwrap_or(&NOTHING_OVER),
+    };
     let mut last_progress = Instant::now();
     for (i, repo) in repos.iter().enumerate() {
         if last_progress.elapsed() > Duration::from_secs(2) {
@@ -371,17 +390,7 @@ pub async fn collect(
             ));
             last_progress = Instant::now();
         }
-        mark_repository(
-            store,
-            opts,
-            &rules,
-            repo,
-            start,
-            cutoff,
-            &mut marked,
-            &mut report,
-        )
-        .await?;
+        mark_repository(&mark, repo, &mut marked, &mut report).await?;
     }
 
     progress(&format!("sweeping blobs ({} marked)", marked.len()));
@@ -491,19 +500,33 @@ pub async fn purge_uploads(
     Ok(purged)
 }
 
-/// Applies retention, marks what one repository keeps, and removes (or, on a dry run, lists)
-/// the manifests it no longer keeps.
-#[allow(clippy::too_many_arguments)]
-async fn mark_repository(
-    store: &dyn Store,
-    opts: &GcOptions,
-    rules: &[CompiledRule],
-    repo: &RepoName,
+/// What marking every repository shares.
+struct Mark<'a> {
+    store: &'a dyn Store,
+    opts: &'a GcOptions,
+    rules: &'a [CompiledRule],
     start: SystemTime,
     cutoff: SystemTime,
+    /// Cached manifests past `proxy.retention.maxBytes`, least recently pulled.
+    over_budget: &'a HashSet<(RepoName, Digest)>,
+}
+
+/// Applies retention, marks what one repository keeps, and removes (or, on a dry run, lists)
+/// the manifests it no longer keeps.
+async fn mark_repository(
+    mark: &Mark<'_>,
+    repo: &RepoName,
     marked: &mut HashSet<Digest>,
     report: &mut GcReport,
 ) -> Result<(), GcError> {
+    let Mark {
+        store,
+        opts,
+        rules,
+        start,
+        cutoff,
+        ..
+    } = *mark;
     let name = repo;
     let repo = Repository::new(store, name);
     // Tags, and what retention removes.
@@ -541,10 +564,7 @@ async fn mark_repository(
     let all = repo.manifest_revisions().await?;
     report.manifests_examined += all.len();
     if let Some(cached) = opts.cached.as_ref().filter(|c| c.covers(name)) {
-        return expire_cached(
-            repo, cached, start, cutoff, &all, &tags, opts, marked, report,
-        )
-        .await;
+        return cached::expire(&repo, cached, mark, &all, &tags, marked, report).await;
     }
     let roots: Vec<Digest> = if opts.delete_untagged {
         tags.iter()
@@ -555,36 +575,7 @@ async fn mark_repository(
         all.clone()
     };
 
-    // Follow index children and referrers from the roots.
-    let mut kept: HashSet<Digest> = HashSet::new();
-    let mut subjects: HashMap<Digest, Digest> = HashMap::new();
-    let mut queue = roots;
-    while let Some(d) = queue.pop() {
-        if !kept.insert(d.clone()) {
-            continue;
-        }
-        marked.insert(d.clone());
-        let Some(media) = repo.recorded_media_type(&d).await? else {
-            continue; // a tag pointing at a deleted manifest
-        };
-        let Some(bytes) = store.blob_read(&d).await? else {
-            tracing::warn!(repo = %name, digest = %d, "manifest bytes missing");
-            continue;
-        };
-        match Manifest::parse(&bytes, Some(&media)) {
-            Ok(m) => {
-                marked.extend(m.required_blobs().map(|b| b.digest.clone()));
-                queue.extend(m.manifests.iter().map(|c| c.digest.clone()));
-                if let Some(s) = m.subject {
-                    subjects.insert(d.clone(), s.digest);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(repo = %name, digest = %d, error = %e, "unreadable manifest kept as is")
-            }
-        }
-        queue.extend(repo.referrer_digests(&d).await?);
-    }
+    let (kept, subjects) = walk(&repo, roots, marked).await?;
 
     // Manifests nothing keeps (only possible with delete_untagged).
     for d in all.iter().filter(|d| !kept.contains(*d)) {
@@ -635,90 +626,43 @@ async fn mark_repository(
     Ok(())
 }
 
-/// A cached (proxied) repository: the roots are the manifests pulled within the rule's window
-/// (a pull touches its revision, see `crate::proxy`); what they reference is kept, the rest
-/// goes with the tags that point at it, and comes back from the upstream if pulled again.
-#[allow(clippy::too_many_arguments)]
-async fn expire_cached(
-    repo: Repository<'_>,
-    rule: &CachedRetention,
-    start: SystemTime,
-    cutoff: SystemTime,
-    all: &[Digest],
-    tags: &[(Tag, Digest, SystemTime)],
-    opts: &GcOptions,
+/// Follows index children and referrers from `roots`: marks each manifest reached and the
+/// blobs it needs; returns the manifests reached, and each one's subject.
+async fn walk(
+    repo: &Repository<'_>,
+    roots: Vec<Digest>,
     marked: &mut HashSet<Digest>,
-    report: &mut GcReport,
-) -> Result<(), GcError> {
-    let pulled_since = start
-        .checked_sub(rule.unpulled_for)
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    let mut roots = Vec::new();
-    for d in all {
-        let recent = repo
-            .manifest_touched_at(d)
-            .await?
-            .is_none_or(|t| t >= pulled_since || t >= cutoff);
-        if recent {
-            roots.push(d.clone());
-        }
-    }
+) -> Result<(HashSet<Digest>, HashMap<Digest, Digest>), GcError> {
     let mut kept: HashSet<Digest> = HashSet::new();
+    let mut subjects: HashMap<Digest, Digest> = HashMap::new();
     let mut queue = roots;
     while let Some(d) = queue.pop() {
         if !kept.insert(d.clone()) {
             continue;
         }
         marked.insert(d.clone());
-        if let Some(bytes) = repo.store().blob_read(&d).await?
-            && let Ok(m) = Manifest::parse(&bytes, repo.recorded_media_type(&d).await?.as_deref())
-        {
-            marked.extend(m.required_blobs().map(|b| b.digest.clone()));
-            queue.extend(m.manifests.iter().map(|c| c.digest.clone()));
+        let Some(media) = repo.recorded_media_type(&d).await? else {
+            continue; // a tag pointing at a deleted manifest
+        };
+        let Some(bytes) = repo.store().blob_read(&d).await? else {
+            tracing::warn!(repo = %repo.name(), digest = %d, "manifest bytes missing");
+            continue;
+        };
+        match Manifest::parse(&bytes, Some(&media)) {
+            Ok(m) => {
+                marked.extend(m.required_blobs().map(|b| b.digest.clone()));
+                queue.extend(m.manifests.iter().map(|c| c.digest.clone()));
+                if let Some(s) = m.subject {
+                    subjects.insert(d.clone(), s.digest);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(repo = %repo.name(), digest = %d, error = %e, "unreadable manifest kept as is")
+            }
         }
         queue.extend(repo.referrer_digests(&d).await?);
     }
-    let window = humantime::format_duration(rule.unpulled_for);
-    for d in all.iter().filter(|d| !kept.contains(*d)) {
-        let pointing: Vec<&Tag> = tags
-            .iter()
-            .filter(|(_, t, _)| t == d)
-            .map(|(t, _, _)| t)
-            .collect();
-        if opts.dry_run {
-            report.manifests_deleted += 1;
-            report.deletions.push(Deletion {
-                kind: "manifest",
-                repository: Some(repo.name().to_string()),
-                name: d.to_string(),
-                size: None,
-                reason: format!("cached from an upstream and not pulled for {window}"),
-            });
-            report.tags_deleted += pointing.len();
-            continue;
-        }
-        let subject = match repo.store().blob_read(d).await? {
-            Some(b) => Manifest::parse(&b, None)
-                .ok()
-                .and_then(|m| m.subject.map(|s| s.digest)),
-            None => None,
-        };
-        if repo
-            .retire_manifest_if_stale(d, subject.as_ref(), cutoff)
-            .await?
-        {
-            report.manifests_deleted += 1;
-            report.cached_manifests_expired += 1;
-            for t in pointing {
-                if repo.delete_tag_if_stale(t, cutoff).await? {
-                    report.tags_deleted += 1;
-                }
-            }
-        } else {
-            marked.insert(d.clone());
-        }
-    }
-    Ok(())
+    Ok((kept, subjects))
 }
 
 #[cfg(test)]
