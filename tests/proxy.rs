@@ -248,14 +248,146 @@ async fn corrupt_or_cut_blobs_are_never_cached_and_the_next_pull_is_whole() {
                 .map_or(true, |b| b.as_ref() != layer.as_slice()),
             "{fault:?}: the client must not get a verified-looking whole blob"
         );
+        // A request that comes while the fill is still verifying joins it and must not get a
+        // clean whole body either; once it has ended, nothing is served.
         faults.set(Mode::Down);
-        let r = c.get(blob.clone()).send().await.unwrap();
-        assert_ne!(r.status(), 200, "{fault:?}: nothing was cached");
+        let mut refused = false;
+        for _ in 0..40 {
+            let r = c.get(blob.clone()).send().await.unwrap();
+            if r.status() != 200 {
+                refused = true;
+                break;
+            }
+            let (_, body, clean) = read_timed(r).await;
+            assert!(
+                !clean || body != layer,
+                "{fault:?}: a joiner got a whole blob"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(refused, "{fault:?}: nothing was cached");
         faults.set(Mode::Pass);
     }
     let (status, body, _) = get(&c, blob.clone()).await;
     assert_eq!(status, 200);
     assert!(body == layer, "whole after the faults");
+    assert_blob_store_consistent(&dir.path().join("cache"));
+    drop(up);
+}
+
+/// Reads a response to its end; returns when its first byte came, the bytes, and whether it
+/// was a 200 whose body ended cleanly.
+async fn read_timed(r: reqwest::Response) -> (std::time::Instant, Vec<u8>, bool) {
+    use futures::StreamExt;
+    let ok = r.status() == 200;
+    let mut first = None;
+    let mut body = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) => {
+                first.get_or_insert_with(std::time::Instant::now);
+                body.extend_from_slice(&b);
+            }
+            Err(_) => return (first.unwrap_or_else(std::time::Instant::now), body, false),
+        }
+    }
+    (first.unwrap_or_else(std::time::Instant::now), body, ok)
+}
+
+/// A client that asks for a blob while another's fill of it is under way shares its one
+/// upstream fetch: when the fetch breaks off, every client's body ends in an error and
+/// nothing is cached; when it goes well, the late client gets what is written at once and the
+/// rest as it arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_joiners_stream_a_fill_under_way_and_share_its_fate() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _, layer_digest, layer) = token_upstream(dir.path()).await;
+    let faults = Faults::start(&up.addr).await;
+    let cache = cache(dir.path(), &faults.url(), "1h");
+    let c = client();
+    let blob = cache.url(&format!("/v2/up.local/team/app/blobs/{layer_digest}"));
+
+    // A fill that breaks off: the joiner gets an error too, and nothing is kept.
+    faults.set(Mode::Trickle { cut: true });
+    let first = c.get(blob.clone()).send().await.unwrap();
+    let mut stream = first.bytes_stream();
+    let mut got = 0;
+    while got < 512 << 10 {
+        got += stream.next().await.unwrap().unwrap().len();
+    }
+    let joiner = tokio::spawn({
+        let (c, blob) = (c.clone(), blob.clone());
+        async move { read_timed(c.get(blob).send().await.unwrap()).await }
+    });
+    let lead_failed = loop {
+        match stream.next().await {
+            Some(Ok(_)) => {}
+            Some(Err(_)) => break true,
+            None => break false,
+        }
+    };
+    let (_, joined, clean) = joiner.await.unwrap();
+    assert!(lead_failed, "the first client's body must end in an error");
+    assert!(
+        !clean,
+        "the joiner must get an error status or a body that ends in an error, not a short \
+         blob ({} bytes)",
+        joined.len()
+    );
+    faults.set(Mode::Down);
+    assert_ne!(get(&c, blob.clone()).await.0, 200, "nothing was cached");
+    assert_eq!(
+        faults.count("GET", "/blobs/", 200),
+        1,
+        "{:?}",
+        faults.seen()
+    );
+    faults.clear();
+
+    // Then the 4 MiB layer trickles in over about 1.6 s. The second client asks once the first
+    // has 1 MiB, and must get bytes long before the fill ends.
+    faults.set(Mode::Trickle { cut: false });
+    let first = c.get(blob.clone()).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let mut stream = first.bytes_stream();
+    let mut lead = Vec::new();
+    while lead.len() < 1 << 20 {
+        lead.extend_from_slice(&stream.next().await.unwrap().unwrap());
+    }
+    let joiner = tokio::spawn({
+        let (c, blob) = (c.clone(), blob.clone());
+        async move {
+            let r = c.get(blob).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.content_length(), Some(4 << 20), "a joiner knows the size");
+            read_timed(r).await
+        }
+    });
+    while let Some(chunk) = stream.next().await {
+        lead.extend_from_slice(&chunk.unwrap());
+    }
+    let lead_done = std::time::Instant::now();
+    let (joined_first, joined, clean) = joiner.await.unwrap();
+    assert!(lead == layer, "the first client got {} bytes", lead.len());
+    assert!(
+        clean && joined == layer,
+        "the joiner got {} bytes",
+        joined.len()
+    );
+    assert!(
+        lead_done.duration_since(joined_first) > Duration::from_millis(500),
+        "the joiner's first byte came {:?} before the fill ended: it waited for the fill",
+        lead_done.saturating_duration_since(joined_first)
+    );
+    assert_eq!(
+        faults.count("GET", "/blobs/", 200),
+        1,
+        "{:?}",
+        faults.seen()
+    );
+
     assert_blob_store_consistent(&dir.path().join("cache"));
     drop(up);
 }

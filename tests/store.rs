@@ -595,12 +595,47 @@ async fn conformance() {
         uploads(b.store.as_ref()).await;
         large_uploads(b.store.as_ref()).await;
         monolithic_uploads(b.store.as_ref()).await;
+        reading_uploads(b.store.as_ref(), b.name == "filesystem").await;
         metadata(b.store.as_ref()).await;
         touch_and_stale_deletion(b.store.as_ref()).await;
         touch_races_sweep(b.store.clone()).await;
         b.store.ready().await.unwrap();
         purge(b.store.as_ref()).await;
     }
+}
+
+/// `upload_open`: where a backend can read a session while it grows (the filesystem), the
+/// reader sees each appended chunk, only the bytes written, and keeps reading the same bytes
+/// after the commit; other sessions' owners cannot open it.
+async fn reading_uploads(store: &dyn Store, readable: bool) {
+    let r = repo("read/while");
+    let id = store.upload_create(&r).await.unwrap();
+    let Some(reader) = store.upload_open(&r, &id).await.unwrap() else {
+        assert!(!readable, "the filesystem reads sessions while they grow");
+        store.upload_cancel(&r, &id).await.unwrap();
+        return;
+    };
+    assert!(readable);
+    assert!(matches!(
+        store.upload_open(&repo("intruder"), &id).await,
+        Err(StoreError::UploadUnknown)
+    ));
+    assert!(reader.read_at(0, 16).await.unwrap().is_empty());
+    store
+        .upload_append(&r, &id, Some(0), None, None, body(&[b"first "]))
+        .await
+        .unwrap();
+    assert_eq!(&reader.read_at(0, 64).await.unwrap()[..], b"first ");
+    assert_eq!(&reader.read_at(2, 3).await.unwrap()[..], b"rst");
+    let whole = b"first second";
+    let d = Algorithm::Sha256.digest_of(whole);
+    store
+        .upload_append_commit(&r, &id, Some(6), None, body(&[b"second"]), &d)
+        .await
+        .unwrap();
+    assert_eq!(&reader.read_at(6, 64).await.unwrap()[..], b"second");
+    assert!(reader.read_at(12, 64).await.unwrap().is_empty());
+    assert_eq!(read_all(store, &d, 0, 11).await, whole);
 }
 
 /// After everything above: a dry run counts and keeps, a purge leaves the store empty (and

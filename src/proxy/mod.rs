@@ -1,7 +1,8 @@
 //! The pull-through cache: repositories under a configured prefix (`docker.io/...`) are read
 //! from an upstream registry on a miss and kept, through the same repository layer as local
-//! content. [`Proxy`] knows the upstreams and maps names; `cache` fills manifests and blobs
-//! with one upstream request per item however many clients ask; `upstream` is the client.
+//! content. [`Proxy`] knows the upstreams and maps names; `cache` fills manifests and `fill`
+//! blobs, with one upstream request per item however many clients ask; `upstream` is the
+//! client.
 //!
 //! Local names are canonical: `docker.io/alpine` is cached as `docker.io/library/alpine`, and
 //! a request that arrives without a prefix (the Docker daemon's `registry-mirrors`, or
@@ -9,6 +10,7 @@
 //! checked, so rules written for `docker.io/**` hold whichever way a client asks.
 
 pub mod cache;
+pub mod fill;
 pub mod metrics;
 pub mod upstream;
 
@@ -81,16 +83,13 @@ pub struct Target {
 /// Held while one request revalidates a tag.
 type TagFlight = Arc<tokio::sync::Mutex<()>>;
 
-/// The outcome of one blob fill, shared with the requests that joined it.
-type FillResult = Option<Result<(), String>>;
-
 pub struct Proxy {
     upstreams: Vec<Arc<Upstream>>,
     pub metrics: metrics::ProxyMetrics,
     /// One revalidation per tag at a time.
     tag_flights: Mutex<HashMap<(RepoName, Tag), TagFlight>>,
-    /// One upstream fetch per blob at a time: later requests wait for its outcome.
-    blob_flights: Mutex<HashMap<Digest, watch::Receiver<FillResult>>>,
+    /// One upstream fetch per blob at a time: later requests join it.
+    blob_flights: Mutex<HashMap<Digest, watch::Receiver<fill::FillState>>>,
     /// When this process last recorded a pull of each cached manifest.
     pulls: Mutex<HashMap<(RepoName, Digest), Instant>>,
 }

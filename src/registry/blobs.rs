@@ -81,7 +81,6 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
             return Err(RegistryError::BlobUnknown);
         };
         if let Some(resp) = from_upstream(reg, proxy, &target, &digest, req).await? {
-            proxy.metrics.count(&target.upstream.prefix, "miss");
             return Ok(resp);
         }
         // Stored by now: served below as local content.
@@ -184,8 +183,9 @@ pub async fn get(reg: &Registry, repo: &RepoName, digest: &str, req: &Req) -> Re
 }
 
 /// A blob a proxied repository does not hold yet. A HEAD asks the upstream for the size; a
-/// GET fills the cache and streams what arrives, or (`None`) waits for a fill already under
-/// way, or for a ranged GET a whole fill, after which the stored copy is served.
+/// GET fills the cache, or joins a fill under way, and streams what arrives; a ranged GET (or
+/// a joiner on a store that cannot read a fill in progress) waits for the whole fill and gets
+/// `None`: serve the stored copy.
 async fn from_upstream(
     reg: &Registry,
     proxy: &std::sync::Arc<crate::proxy::Proxy>,
@@ -222,25 +222,19 @@ async fn from_upstream(
                     target.upstream.url, target.remote
                 )))
             })?;
+        proxy.metrics.count(&target.upstream.prefix, "miss");
         let mut resp = StatusCode::OK.into_response();
         resp.headers_mut().extend(headers(Some(size))?);
         return Ok(Some(resp));
     }
-    let fill = crate::proxy::cache::blob(proxy, reg.store.clone(), target, digest)
+    use crate::proxy::fill::{self, BlobFill};
+    let stream = req.header(header::RANGE).is_none();
+    match fill::blob(proxy, reg.store.clone(), target, digest, stream)
         .await
-        .map_err(unknown)?;
-    match fill {
-        crate::proxy::cache::BlobFill::Stored => Ok(None),
-        crate::proxy::cache::BlobFill::Streaming { mut body, .. }
-            if req.header(header::RANGE).is_some() =>
-        {
-            use futures::StreamExt;
-            while let Some(chunk) = body.next().await {
-                chunk.map_err(|e| RegistryError::Unavailable(e.to_string()))?;
-            }
-            Ok(None)
-        }
-        crate::proxy::cache::BlobFill::Streaming { size, body } => {
+        .map_err(unknown)?
+    {
+        BlobFill::Stored => Ok(None),
+        BlobFill::Streaming { size, body } => {
             let mut resp = (StatusCode::OK, Body::from_stream(body)).into_response();
             resp.headers_mut().extend(headers(size)?);
             Ok(Some(resp))

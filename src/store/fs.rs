@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::layout::{self, MetaDir, MetaKey, UploadId};
 use super::{
     BlobHandle, BlobInfo, BlobSource, ByteStream, PurgeReport, Result, Store, StoreError,
-    UploadInfo,
+    UploadInfo, UploadReader,
 };
 use crate::oci::{Algorithm, Digest, Digester, RepoName};
 
@@ -362,6 +362,24 @@ fn read_chunk(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
         }
     }
     Ok(buf.freeze())
+}
+
+/// A session's data file, open while it grows; the open file outlives the commit's rename.
+struct FsUploadReader(Arc<File>);
+
+#[async_trait]
+impl UploadReader for FsUploadReader {
+    async fn read_at(&self, pos: u64, max: usize) -> Result<Bytes> {
+        let file = self.0.clone();
+        Ok(blocking(move || {
+            let len = file.metadata()?.len();
+            match len.saturating_sub(pos).min(max as u64) {
+                0 => Ok(Bytes::new()),
+                n => read_chunk(&file, pos, n as usize),
+            }
+        })
+        .await?)
+    }
 }
 
 enum FsBlob {
@@ -832,6 +850,16 @@ impl Store for FsStore {
         drop(st);
         self.forget_upload(id);
         Ok(size)
+    }
+
+    async fn upload_open(
+        &self,
+        repo: &RepoName,
+        id: &UploadId,
+    ) -> Result<Option<Arc<dyn UploadReader>>> {
+        let data = self.upload_data(repo, id).await?;
+        let file = blocking(move || File::open(&data).at(&data)).await?;
+        Ok(Some(Arc::new(FsUploadReader(Arc::new(file)))))
     }
 
     async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()> {

@@ -65,6 +65,13 @@ pub trait BlobSource: Send {
     fn stream(self: Box<Self>, start: u64, end: u64) -> ByteStream;
 }
 
+/// An upload session's bytes, readable while another request is still writing them.
+#[async_trait]
+pub trait UploadReader: Send + Sync {
+    /// Up to `max` of the bytes written so far, from `pos`; empty when there are none yet.
+    async fn read_at(&self, pos: u64, max: usize) -> Result<Bytes>;
+}
+
 /// A blob as listed for garbage collection.
 #[derive(Clone, Debug)]
 pub struct BlobInfo {
@@ -180,6 +187,17 @@ pub trait Store: Send + Sync + 'static {
             let _ = self.upload_cancel(repo, &id).await;
         }
         result
+    }
+    /// Opens a session's bytes for reading while another request appends them, so that late
+    /// joiners of a pull-through fill get what is written, then the rest. The reader keeps
+    /// working after the session is committed. `None` when the backend cannot: an S3
+    /// multipart upload's parts cannot be read before it completes.
+    async fn upload_open(
+        &self,
+        _repo: &RepoName,
+        _id: &UploadId,
+    ) -> Result<Option<std::sync::Arc<dyn UploadReader>>> {
+        Ok(None)
     }
     /// Abandons a session.
     async fn upload_cancel(&self, repo: &RepoName, id: &UploadId) -> Result<()>;

@@ -18,7 +18,16 @@ pub enum Mode {
     Cut,
     /// The connection is closed at once.
     Down,
+    /// Blob bodies are sent in pieces of 128 KiB every 50 ms (a slow upstream), and with
+    /// `cut` stop after half.
+    Trickle {
+        cut: bool,
+    },
 }
+
+/// [`Mode::Trickle`]'s pace.
+const TRICKLE_PIECE: usize = 128 << 10;
+const TRICKLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Clone)]
 pub struct Faults {
@@ -155,6 +164,19 @@ async fn serve(
         Mode::Cut if blob => {
             let half = body_at + (resp.len() - body_at) / 2;
             conn.write_all(&resp[..half]).await?;
+        }
+        Mode::Trickle { cut } if blob => {
+            conn.write_all(&resp[..body_at]).await?;
+            let end = if cut {
+                body_at + (resp.len() - body_at) / 2
+            } else {
+                resp.len()
+            };
+            for piece in resp[body_at..end].chunks(TRICKLE_PIECE) {
+                conn.write_all(piece).await?;
+                conn.flush().await?;
+                tokio::time::sleep(TRICKLE_EVERY).await;
+            }
         }
         _ => conn.write_all(&resp).await?,
     }

@@ -1,0 +1,355 @@
+//! Filling the cache with one blob, once however many clients ask. The first request (the
+//! leader) streams the upstream's bytes to its client while they are written to an upload
+//! session and hashed; the blob becomes visible (linked) only when its digest verifies.
+//!
+//! Requests that arrive meanwhile join the fill. Where the store can read a session while it
+//! grows (the filesystem), a joiner streams what is written so far from the session, then the
+//! rest as it lands, and ends with the leader's outcome: a fill that fails ends every stream
+//! with an error, so no client takes a wrong or short blob for a whole one. Where it cannot
+//! (S3), joiners wait for the outcome and read the stored copy. Memory stays bounded by a few
+//! chunks per client whatever the blob's size.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::{Proxy, ProxyError, Target};
+use crate::oci::Digest;
+use crate::repo::Repository;
+use crate::store::{ByteStream, Store, UploadId, UploadReader};
+
+/// Chunks in flight between the upstream, the store and the first client.
+const CHANNEL_CHUNKS: usize = 16;
+/// A joiner reads the session once at least this much more has been handed to the store (or
+/// the fill ended), so that it reads in large pieces rather than once per network chunk.
+const JOIN_READ: u64 = 1 << 20;
+
+/// What a fill has done so far, shared with the requests that joined it.
+#[derive(Clone, Debug, Default)]
+pub struct FillState {
+    /// The upload session, once the upstream has answered, and the size it announced.
+    session: Option<(UploadId, Option<u64>)>,
+    /// Bytes handed to the store so far (the session holds at most this many).
+    sent: u64,
+    /// Set when the fill has ended: the blob is stored and linked, or why not.
+    outcome: Option<Result<(), String>>,
+}
+
+/// What a blob request gets from [`blob`].
+pub enum BlobFill {
+    /// The bytes as they arrive from the upstream, or from a fill under way.
+    Streaming { size: Option<u64>, body: ByteStream },
+    /// The blob is now stored and linked: serve it as local content.
+    Stored,
+}
+
+/// Fetches blob `digest` of a proxied repository into the cache, or joins the fetch already
+/// under way (see the module's doc). With `stream` false (a ranged GET) it returns only once
+/// the blob is stored.
+pub async fn blob(
+    proxy: &Arc<Proxy>,
+    store: Arc<dyn Store>,
+    target: &Target,
+    digest: &Digest,
+    stream: bool,
+) -> Result<BlobFill, ProxyError> {
+    let leader = {
+        let mut flights = proxy.blob_flights.lock().unwrap_or_else(|p| p.into_inner());
+        match flights.get(digest) {
+            Some(rx) => Err(rx.clone()),
+            None => {
+                let (tx, rx) = watch::channel(FillState::default());
+                flights.insert(digest.clone(), rx);
+                Ok(tx)
+            }
+        }
+    };
+    // A miss is a fetch from the upstream; a request that joins one is served by the cache.
+    let count = |event| proxy.metrics.count(&target.upstream.prefix, event);
+    match leader {
+        Ok(tx) => {
+            count("miss");
+            lead(proxy, store, target, digest, tx, stream).await
+        }
+        Err(rx) if stream => {
+            count("hit");
+            join(store, target, digest, rx).await
+        }
+        Err(rx) => {
+            count("hit");
+            outcome(rx).await.map(|()| BlobFill::Stored)
+        }
+    }
+}
+
+/// Starts the upstream fetch and the task that fills the session.
+async fn lead(
+    proxy: &Arc<Proxy>,
+    store: Arc<dyn Store>,
+    target: &Target,
+    digest: &Digest,
+    tx: watch::Sender<FillState>,
+    stream: bool,
+) -> Result<BlobFill, ProxyError> {
+    let fill = Fill {
+        proxy: proxy.clone(),
+        store,
+        target: target.clone(),
+        digest: digest.clone(),
+        tx,
+    };
+    let fetched = match target.upstream.blob(&target.remote, digest).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let e = format!(
+                "upstream {} has no blob {digest} in {}",
+                target.upstream.url, target.remote
+            );
+            fill.finish(Err(e.clone()));
+            return Err(ProxyError::NotFound(e));
+        }
+        Err(e) => {
+            fill.finish(Err(e.to_string()));
+            return Err(e.into());
+        }
+    };
+    let id = match fill.store.upload_create(&target.local).await {
+        Ok(id) => id,
+        Err(e) => {
+            fill.finish(Err(e.to_string()));
+            return Err(e.into());
+        }
+    };
+    fill.tx
+        .send_modify(|s| s.session = Some((id.clone(), fetched.size)));
+    let (client_tx, client_rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let done = fill.tx.subscribe();
+    tokio::spawn(fill.run(id, fetched.body, client_tx));
+    if !stream {
+        drop(client_rx); // the fill goes on without a client
+        return outcome(done).await.map(|()| BlobFill::Stored);
+    }
+    Ok(BlobFill::Streaming {
+        size: fetched.size,
+        body: receiver_stream(client_rx),
+    })
+}
+
+/// Waits for the end of a fill.
+async fn outcome(mut rx: watch::Receiver<FillState>) -> Result<(), ProxyError> {
+    match rx.wait_for(|s| s.outcome.is_some()).await {
+        Ok(s) => match &s.outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(ProxyError::Invalid(e.clone())),
+            None => Err(abandoned()),
+        },
+        Err(_) => Err(abandoned()),
+    }
+}
+
+fn abandoned() -> ProxyError {
+    ProxyError::Invalid("the upstream fetch was abandoned".into())
+}
+
+/// Streams a fill under way from its session, or waits for it where the store cannot read
+/// sessions. A fill that failed before it started is that fill's error.
+async fn join(
+    store: Arc<dyn Store>,
+    target: &Target,
+    digest: &Digest,
+    mut rx: watch::Receiver<FillState>,
+) -> Result<BlobFill, ProxyError> {
+    let started = rx
+        .wait_for(|s| s.session.is_some() || s.outcome.is_some())
+        .await
+        .map(|s| s.clone())
+        .map_err(|_| abandoned())?;
+    let Some((id, size)) = started.session else {
+        return outcome(rx).await.map(|()| BlobFill::Stored);
+    };
+    if size.is_some_and(|n| started.sent >= n) {
+        // Every byte has arrived: wait the moment it takes to verify, then serve the copy.
+        return outcome(rx).await.map(|()| BlobFill::Stored);
+    }
+    let reader = match store.upload_open(&target.local, &id).await {
+        Ok(Some(r)) => r,
+        // No readable session (S3), or it was committed a moment ago: the stored copy.
+        _ => return outcome(rx).await.map(|()| BlobFill::Stored),
+    };
+    let tail = Joiner {
+        reader,
+        rx,
+        store,
+        digest: digest.clone(),
+        pos: 0,
+        rest: None,
+    };
+    Ok(BlobFill::Streaming {
+        size,
+        body: futures::stream::unfold(tail, Joiner::next).boxed(),
+    })
+}
+
+/// A joiner's stream: the session's bytes while the fill runs, then the stored blob's.
+struct Joiner {
+    reader: Arc<dyn UploadReader>,
+    rx: watch::Receiver<FillState>,
+    store: Arc<dyn Store>,
+    digest: Digest,
+    /// Bytes given to the client so far.
+    pos: u64,
+    /// The stored blob from `pos` on, once the fill has ended and the session had no more.
+    rest: Option<ByteStream>,
+}
+
+impl Joiner {
+    async fn next(mut self) -> Option<(std::io::Result<Bytes>, Joiner)> {
+        if let Some(rest) = self.rest.as_mut() {
+            return rest.next().await.map(|c| (c, self));
+        }
+        loop {
+            let pos = self.pos;
+            let waited = self
+                .rx
+                .wait_for(|s| s.outcome.is_some() || s.sent >= pos + JOIN_READ)
+                .await
+                .map(|s| s.clone());
+            let Ok(state) = waited else {
+                return Some((Err(std::io::Error::other(abandoned())), self));
+            };
+            match self.reader.read_at(pos, JOIN_READ as usize).await {
+                Ok(b) if !b.is_empty() => {
+                    self.pos += b.len() as u64;
+                    return Some((Ok(b), self));
+                }
+                Ok(_) => {}
+                Err(e) => return Some((Err(std::io::Error::other(e)), self)),
+            }
+            match state.outcome {
+                // The session had all it will get: whatever is left comes from the blob.
+                Some(Ok(())) => return self.stored_rest().await,
+                Some(Err(why)) => return Some((Err(std::io::Error::other(why)), self)),
+                // Handed to the store but not written yet: wait for the next piece.
+                None => self.rx.mark_unchanged(),
+            }
+            if self.rx.changed().await.is_err() {
+                return Some((Err(std::io::Error::other(abandoned())), self));
+            }
+        }
+    }
+
+    /// After a successful fill: the stored blob from `pos` to its end (usually nothing, as the
+    /// open session already held every byte).
+    async fn stored_rest(mut self) -> Option<(std::io::Result<Bytes>, Joiner)> {
+        let blob = match self.store.blob_open(&self.digest).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                let e = std::io::Error::other(format!("blob {} vanished", self.digest));
+                return Some((Err(e), self));
+            }
+            Err(e) => return Some((Err(std::io::Error::other(e)), self)),
+        };
+        let size = blob.size;
+        if self.pos >= size {
+            return None;
+        }
+        let mut rest = blob.stream(self.pos, size - 1);
+        let first = rest.next().await;
+        self.rest = Some(rest);
+        first.map(|c| (c, self))
+    }
+}
+
+fn receiver_stream(rx: mpsc::Receiver<std::io::Result<Bytes>>) -> ByteStream {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) }).boxed()
+}
+
+/// One blob on its way from the upstream into the store (and to the first client).
+struct Fill {
+    proxy: Arc<Proxy>,
+    store: Arc<dyn Store>,
+    target: Target,
+    digest: Digest,
+    tx: watch::Sender<FillState>,
+}
+
+impl Fill {
+    /// Tells the requests that joined, and lets the next miss start a new fetch.
+    fn finish(&self, outcome: Result<(), String>) {
+        self.tx.send_modify(|s| s.outcome = Some(outcome));
+        self.proxy
+            .blob_flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.digest);
+    }
+
+    /// Copies the upstream's bytes into the upload session and to the client, commits
+    /// (which verifies the digest) and links the blob. The fill goes on if the client leaves.
+    async fn run(
+        self,
+        id: UploadId,
+        mut upstream: ByteStream,
+        client: mpsc::Sender<std::io::Result<Bytes>>,
+    ) {
+        let (to_store, from_pump) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_CHUNKS);
+        let store = self.store.clone();
+        let (local, digest, sid) = (self.target.local.clone(), self.digest.clone(), id.clone());
+        let commit = tokio::spawn(async move {
+            let body = receiver_stream(from_pump);
+            store
+                .upload_append_commit(&local, &sid, Some(0), None, body, &digest)
+                .await
+        });
+        let mut client_gone = false;
+        let mut failed = None;
+        while let Some(chunk) = upstream.next().await {
+            match chunk {
+                Ok(b) => {
+                    let n = b.len() as u64;
+                    if to_store.send(Ok(b.clone())).await.is_err() {
+                        break; // the store gave up; its error comes from the commit
+                    }
+                    self.tx.send_if_modified(|s| {
+                        s.sent += n;
+                        s.sent % JOIN_READ < n // wake joiners about once per JOIN_READ
+                    });
+                    if !client_gone && client.send(Ok(b)).await.is_err() {
+                        client_gone = true;
+                    }
+                }
+                Err(e) => {
+                    let why = format!(
+                        "upstream {} broke off blob {}: {e}",
+                        self.target.upstream.url, self.digest
+                    );
+                    let _ = to_store.send(Err(std::io::Error::other(why.clone()))).await;
+                    failed = Some(why);
+                    break;
+                }
+            }
+        }
+        drop(to_store);
+        let committed = commit.await;
+        let outcome = match (failed, committed) {
+            (Some(why), _) => Err(why),
+            (None, Ok(Ok(_))) => Repository::new(&*self.store, &self.target.local)
+                .link_blob(&self.digest)
+                .await
+                .map_err(|e| e.to_string()),
+            (None, Ok(Err(e))) => Err(format!(
+                "blob {} from upstream {} not cached: {e}",
+                self.digest, self.target.upstream.url
+            )),
+            (None, Err(e)) => Err(e.to_string()),
+        };
+        if let Err(why) = &outcome {
+            tracing::warn!(repository = %self.target.local, digest = %self.digest, error = %why, "pull-through fill failed");
+            let _ = self.store.upload_cancel(&self.target.local, &id).await;
+            let _ = client.send(Err(std::io::Error::other(why.clone()))).await;
+        }
+        self.finish(outcome);
+    }
+}
