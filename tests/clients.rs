@@ -773,6 +773,102 @@ mod oci {
             assert_eq!(sha256(&out), digest, "{how}");
         }
     }
+    /// oci-client pulls an image through the pull-through cache by tag and by digest, whole and
+    /// blob by blob, cold and then warm with the upstream gone; what it gets is what was pushed.
+    #[tokio::test]
+    async fn oci_client_pulls_through_the_cache() {
+        let upstream = Server::start();
+        let auth = RegistryAuth::Anonymous;
+        let client = oci_client(false);
+        let layers = vec![
+            ImageLayer::oci_v1(random_bytes(3 << 20), None),
+            ImageLayer::oci_v1(b"a small second layer".to_vec(), None),
+        ];
+        let config = Config::oci_v1(br#"{"architecture":"arm64","os":"linux"}"#.to_vec(), None);
+        let manifest = OciImageManifest::build(&layers, &config, None);
+        let pushed: Reference = format!("{}/lib/tool:1.0", upstream.host()).parse().unwrap();
+        client
+            .push(&pushed, &layers, config.clone(), &auth, Some(manifest))
+            .await
+            .expect("push to the upstream");
+
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("cache.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: mirror.example\n      url: http://{}\n",
+                dir.path().join("cache").display(),
+                upstream.host()
+            ),
+        )
+        .unwrap();
+        let cache = Server::start_config(&cfg, &[]);
+        let through: Reference = format!("{}/mirror.example/lib/tool:1.0", cache.host())
+            .parse()
+            .unwrap();
+        let check = |image: &oci_client::client::ImageData| {
+            assert_eq!(image.layers.len(), layers.len());
+            for want in &layers {
+                let got = image
+                    .layers
+                    .iter()
+                    .find(|l| l.sha256_digest() == want.sha256_digest())
+                    .unwrap_or_else(|| panic!("layer {} not pulled", want.sha256_digest()));
+                assert!(got.data == want.data, "layer bytes differ");
+            }
+            assert_eq!(image.config.data, config.data);
+        };
+        let cold = client
+            .pull(&through, &auth, vec![IMAGE_LAYER_MEDIA_TYPE])
+            .await
+            .expect("cold pull through the cache");
+        check(&cold);
+        let digest = cold.digest.clone().expect("pulled digest");
+        assert_eq!(
+            client.fetch_manifest_digest(&pushed, &auth).await.unwrap(),
+            digest,
+            "the cache serves the upstream's manifest bytes"
+        );
+
+        // The upstream goes away: by tag, by digest and blob by blob, all from the cache.
+        drop(upstream);
+        check(
+            &client
+                .pull(&through, &auth, vec![IMAGE_LAYER_MEDIA_TYPE])
+                .await
+                .expect("warm pull by tag"),
+        );
+        let by_digest: Reference = format!("{}/mirror.example/lib/tool@{digest}", cache.host())
+            .parse()
+            .unwrap();
+        check(
+            &client
+                .pull(&by_digest, &auth, vec![IMAGE_LAYER_MEDIA_TYPE])
+                .await
+                .expect("warm pull by digest"),
+        );
+        let mut out = Vec::new();
+        client
+            .pull_blob(&through, layers[0].sha256_digest().as_str(), &mut out)
+            .await
+            .expect("pull_blob from the cache");
+        assert!(out == layers[0].data, "pull_blob bytes differ");
+        // Nothing new can come from a gone upstream: a clear error, not a hang or a 500.
+        let missing: Reference = format!("{}/mirror.example/lib/tool:2.0", cache.host())
+            .parse()
+            .unwrap();
+        let Err(err) = client
+            .pull(&missing, &auth, vec![IMAGE_LAYER_MEDIA_TYPE])
+            .await
+        else {
+            panic!("a tag never cached was pulled with the upstream gone");
+        };
+        assert!(
+            err.to_string().contains("UNAVAILABLE") || err.to_string().contains("503"),
+            "{err}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
