@@ -411,6 +411,11 @@ async fn names_pushes_and_misses_get_the_spec_answers() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("pull-through cache"));
+    // Before the push, local/app is read from the default upstream (which has none); the
+    // push makes it local at once, although the first answer was remembered.
+    let (s, body, _) = get(&c, cache.url("/v2/local/app/manifests/v1")).await;
+    assert_eq!(s, 404);
+    assert!(String::from_utf8_lossy(&body).contains("upstream"));
     push_image(&c, &cache, "local/app", "v1", "local").await;
     assert_eq!(
         get(&c, cache.url("/v2/local/app/manifests/v1")).await.0,

@@ -92,7 +92,17 @@ pub struct Proxy {
     blob_flights: Mutex<HashMap<Digest, watch::Receiver<fill::FillState>>>,
     /// When this process last recorded a pull of each cached manifest.
     pulls: Mutex<HashMap<(RepoName, Digest), Instant>>,
+    /// Whether prefix-less names are local repositories, as last looked up (see
+    /// [`Proxy::known_local`]).
+    local_names: Mutex<HashMap<RepoName, (bool, Instant)>>,
 }
+
+/// How long a lookup of whether a prefix-less name is local is believed. Every read through
+/// `registry-mirrors` needs the answer, and on S3 it is a listing; a repository another
+/// replica creates is seen within this long (a write through this replica is seen at once).
+const LOCAL_NAME_TTL: Duration = Duration::from_secs(10);
+/// Bound on remembered names; the map is emptied when it is reached.
+const LOCAL_NAMES_MAX: usize = 50_000;
 
 /// A cached manifest's last pull is written to the store at most this often per process:
 /// retention works in days, and a write per pull would cost more than the pull.
@@ -146,6 +156,7 @@ impl Proxy {
             tag_flights: Mutex::new(HashMap::new()),
             blob_flights: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
+            local_names: Mutex::new(HashMap::new()),
         })
     }
 
@@ -212,6 +223,31 @@ impl Proxy {
     /// must look up whether the name is local).
     pub fn has_default(&self) -> bool {
         self.upstreams.iter().any(|u| u.default)
+    }
+
+    /// Whether prefix-less `repo` is a local repository, if looked up within the last
+    /// [`LOCAL_NAME_TTL`].
+    pub fn known_local(&self, repo: &RepoName) -> Option<bool> {
+        let names = self.local_names.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .get(repo)
+            .filter(|(_, at)| at.elapsed() < LOCAL_NAME_TTL)
+            .map(|(local, _)| *local)
+    }
+
+    /// Remembers whether `repo` is local, as a lookup found.
+    pub fn note_local(&self, repo: &RepoName, local: bool) {
+        let mut names = self.local_names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.len() >= LOCAL_NAMES_MAX {
+            names.clear();
+        }
+        names.insert(repo.clone(), (local, Instant::now()));
+    }
+
+    /// Forgets what was looked up about `repo` (a write may have created it).
+    pub fn forget_local(&self, repo: &RepoName) {
+        let mut names = self.local_names.lock().unwrap_or_else(|p| p.into_inner());
+        names.remove(repo);
     }
 
     /// Whether a pull of `digest` in `repo` should be recorded now.

@@ -54,10 +54,18 @@ impl Registry {
         let Some(proxy) = &self.proxy else {
             return Ok(None);
         };
-        let is_local = proxy.target(repo).is_none()
-            && ns.is_none()
-            && proxy.has_default()
-            && self.store.repository_exists(repo).await?;
+        let is_local = if proxy.target(repo).is_none() && ns.is_none() && proxy.has_default() {
+            match proxy.known_local(repo) {
+                Some(local) => local,
+                None => {
+                    let local = self.store.repository_exists(repo).await?;
+                    proxy.note_local(repo, local);
+                    local
+                }
+            }
+        } else {
+            false
+        };
         Ok(proxy.canonical(repo, ns, is_local))
     }
 

@@ -58,9 +58,16 @@ async fn canonical(reg: &Registry, route: Route, method: &Method, query: &Query)
     // Only reads go to an upstream by `ns` or as the default: a push names a local
     // repository (a new one need not exist yet).
     if !matches!(*method, Method::GET | Method::HEAD) {
-        return match route.repo().and_then(|r| reg.proxy.as_ref()?.target(r)) {
+        let (Some(proxy), Some(repo)) = (&reg.proxy, route.repo()) else {
+            return Ok(route);
+        };
+        return match proxy.target(repo) {
             Some(t) => Ok(route.with_repo(t.local)),
-            None => Ok(route),
+            None => {
+                // A write may make it a local repository: the next read looks again.
+                proxy.forget_local(repo);
+                Ok(route)
+            }
         };
     }
     let Some(repo) = route.repo() else {
