@@ -598,3 +598,107 @@ async fn redirect_to_presigned_urls() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// A pull-through cache on S3: two replicas on one bucket share what either fetched (the
+/// second replica asks the upstream nothing), a cold blob pulled by many clients at once is
+/// fetched once (joiners wait for the fill, as a part-written S3 upload cannot be read), a
+/// fill cut off midway leaves nothing in the bucket, and with the upstream gone both replicas
+/// serve what is cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pull_through_cache_on_s3_is_shared_by_its_replicas() {
+    use common::faults::{Faults, Mode};
+    let c = client();
+    let upstream = Server::start();
+    let (_, md) = push_image(&c, &upstream, "team/app", "v1", "s3-cache").await;
+    let big = data(12 << 20, 9); // more than two S3 parts
+    let bd = push_blob(&c, &upstream, "team/app", &big).await;
+    let faults = Faults::start(upstream.host()).await;
+
+    let g = Garage::start(1, 1);
+    let bucket = bucket_name("cache");
+    g.create_bucket(&bucket);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = format!(
+        "proxy:\n  upstreams:\n    - prefix: hub\n      url: {}\n      tagTtl: 1h\n",
+        faults.url()
+    );
+    let cfg = config(dir.path(), &g, 0, &bucket, &proxy);
+    let a = Server::start_config(&cfg, &[]);
+    let b = Server::start_config(&cfg, &[]);
+
+    // Through A: the manifest by tag, then its blobs.
+    let r = get_manifest(&c, &a, "hub/team/app", "v1").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["docker-content-digest"].to_str().unwrap(), md);
+    let m: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let mut digests: Vec<String> = vec![m["config"]["digest"].as_str().unwrap().to_owned()];
+    digests.extend(
+        m["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_owned()),
+    );
+    for d in &digests {
+        let (status, body) = get_bytes(&c, a.url(&format!("/v2/hub/team/app/blobs/{d}"))).await;
+        assert_eq!(status, 200);
+        assert_eq!(&sha256(&body), d);
+    }
+    let asked = faults.seen().len();
+
+    // Through B: everything from the bucket, nothing from the upstream.
+    let r = get_manifest(&c, &b, "hub/team/app", "v1").await;
+    assert_eq!(r.status(), 200);
+    for d in &digests {
+        let (status, body) = get_bytes(&c, b.url(&format!("/v2/hub/team/app/blobs/{d}"))).await;
+        assert_eq!(status, 200);
+        assert_eq!(&sha256(&body), d);
+    }
+    assert_eq!(
+        faults.seen().len(),
+        asked,
+        "B asked the upstream: {:?}",
+        faults.seen()
+    );
+
+    // A cold 12 MiB blob cut off midway: the client gets an error, the bucket keeps nothing.
+    let url = |s: &Server| s.url(&format!("/v2/hub/team/app/blobs/{bd}"));
+    faults.set(Mode::Cut);
+    let r = c.get(url(&a)).send().await.unwrap();
+    let whole = r.status() == 200 && r.bytes().await.is_ok_and(|b| b.as_ref() == big.as_slice());
+    assert!(!whole, "a cut-off fill must not look whole");
+    faults.set(Mode::Down);
+    assert_ne!(
+        get_bytes(&c, url(&b)).await.0,
+        200,
+        "nothing of the cut fill was kept"
+    );
+
+    // 20 clients on A at once: one upstream GET, every client gets every byte.
+    faults.set(Mode::Pass);
+    faults.clear();
+    let pulls = (0..20).map(|_| get_bytes(&c, url(&a)));
+    for (status, body) in futures::future::join_all(pulls).await {
+        assert_eq!(status, 200);
+        assert!(body == big, "a client got {} bytes", body.len());
+    }
+    assert_eq!(
+        faults.count("GET", "/blobs/", 200),
+        1,
+        "{:?}",
+        faults.seen()
+    );
+
+    // The upstream gone: both replicas serve the cached image and the big blob.
+    faults.set(Mode::Down);
+    for s in [&a, &b] {
+        assert_eq!(
+            get_manifest(&c, s, "hub/team/app", "v1").await.status(),
+            200
+        );
+        let (status, body) = get_bytes(&c, url(s)).await;
+        assert_eq!(status, 200);
+        assert!(body == big);
+    }
+    drop(upstream);
+}
