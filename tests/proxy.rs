@@ -122,10 +122,10 @@ async fn one_upstream_request_per_item_however_many_clients_pull() {
         faults.seen()
     );
 
-    // 30 clients pull the cold 4 MiB layer at once: each gets every byte, the upstream is
+    // 100 clients pull the cold 4 MiB layer at once: each gets every byte, the upstream is
     // asked once.
     let blob = cache.url(&format!("/v2/up.local/team/app/blobs/{layer_digest}"));
-    let pulls = (0..30).map(|_| get(&c, blob.clone()));
+    let pulls = (0..100).map(|_| get(&c, blob.clone()));
     for (status, body, _) in futures::future::join_all(pulls).await {
         assert_eq!(status, 200);
         assert!(

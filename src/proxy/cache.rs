@@ -51,14 +51,14 @@ async fn lookup(
             Ok((d.clone(), media))
         }
         Reference::Tag(tag) => {
-            if let Some(hit) = fresh(&repo, target, tag).await? {
+            if let Some(hit) = fresh(proxy, &repo, target, tag).await? {
                 count("hit");
                 return Ok(hit);
             }
             let lock = proxy.tag_lock(&target.local, tag);
             let _flight = lock.lock().await;
             // Another request may have revalidated it while we waited.
-            if let Some(hit) = fresh(&repo, target, tag).await? {
+            if let Some(hit) = fresh(proxy, &repo, target, tag).await? {
                 count("hit");
                 return Ok(hit);
             }
@@ -68,6 +68,7 @@ async fn lookup(
             };
             match revalidate(&repo, target, tag, cached.as_ref()).await {
                 Ok(hit) => {
+                    proxy.remember_fresh(&target.local, tag, &hit.0, target.upstream.tag_ttl);
                     let same = cached.as_ref().is_some_and(|(d, _)| d == &hit.0);
                     count(if same { "hit" } else { "miss" });
                     Ok(hit)
@@ -85,12 +86,20 @@ async fn lookup(
     }
 }
 
-/// The cached manifest of `tag` if it is within its TTL (or the upstream is offline).
+/// The cached manifest of `tag` if it is within its TTL (or the upstream is offline). The
+/// TTL's end is remembered in memory, so a warm tag costs one store read (the manifest's
+/// link, which also proves gc has not taken it), fewer than a local tag's two.
 async fn fresh(
+    proxy: &Proxy,
     repo: &Repository<'_>,
     target: &Target,
     tag: &crate::oci::Tag,
 ) -> Result<Option<(Digest, String)>, ProxyError> {
+    if let Some(digest) = proxy.fresh_tag(&target.local, tag)
+        && let Some(media) = repo.manifest_media_type(&digest).await?
+    {
+        return Ok(Some((digest, media)));
+    }
     let Some((digest, when)) = repo.tag_pushed(tag).await? else {
         return Ok(None);
     };
@@ -98,10 +107,13 @@ async fn fresh(
     if age >= target.upstream.tag_ttl && !target.upstream.offline {
         return Ok(None);
     }
-    Ok(repo
-        .manifest_media_type(&digest)
-        .await?
-        .map(|m| (digest, m)))
+    let Some(media) = repo.manifest_media_type(&digest).await? else {
+        return Ok(None);
+    };
+    if !target.upstream.offline {
+        proxy.remember_fresh(&target.local, tag, &digest, target.upstream.tag_ttl - age);
+    }
+    Ok(Some((digest, media)))
 }
 
 /// One HEAD for the tag; a GET only when it moved (or the upstream does not say where).

@@ -69,10 +69,7 @@ pub async fn blob(
     // A miss is a fetch from the upstream; a request that joins one is served by the cache.
     let count = |event| proxy.metrics.count(&target.upstream.prefix, event);
     match leader {
-        Ok(tx) => {
-            count("miss");
-            lead(proxy, store, target, digest, tx, stream).await
-        }
+        Ok(tx) => lead(proxy, store, target, digest, tx, stream).await,
         Err(rx) if stream => {
             count("hit");
             join(store, target, digest, rx).await
@@ -100,6 +97,23 @@ async fn lead(
         digest: digest.clone(),
         tx,
     };
+    // The caller found the blob missing before it got here; a fill that ended in between
+    // has linked it (a fill links before it leaves the flights), so look once more.
+    match Repository::new(&*fill.store, &target.local)
+        .blob_linked(digest)
+        .await
+    {
+        Ok(true) => {
+            proxy.metrics.count(&target.upstream.prefix, "hit");
+            fill.finish(Ok(()));
+            return Ok(BlobFill::Stored);
+        }
+        Ok(false) => proxy.metrics.count(&target.upstream.prefix, "miss"),
+        Err(e) => {
+            fill.finish(Err(e.to_string()));
+            return Err(e.into());
+        }
+    }
     let fetched = match target.upstream.blob(&target.remote, digest).await {
         Ok(Some(f)) => f,
         Ok(None) => {

@@ -92,6 +92,8 @@ pub struct Proxy {
     blob_flights: Mutex<HashMap<Digest, watch::Receiver<fill::FillState>>>,
     /// When this process last recorded a pull of each cached manifest.
     pulls: Mutex<HashMap<(RepoName, Digest), Instant>>,
+    /// Cached tags known to be within their TTL, and until when (see `cache::fresh`).
+    fresh_tags: Mutex<HashMap<(RepoName, Tag), (Digest, Instant)>>,
     /// Whether prefix-less names are local repositories, as last looked up (see
     /// [`Proxy::known_local`]).
     local_names: Mutex<HashMap<RepoName, (bool, Instant)>>,
@@ -103,6 +105,8 @@ pub struct Proxy {
 const LOCAL_NAME_TTL: Duration = Duration::from_secs(10);
 /// Bound on remembered names; the map is emptied when it is reached.
 const LOCAL_NAMES_MAX: usize = 50_000;
+/// Bound on remembered fresh tags, likewise.
+const FRESH_TAGS_MAX: usize = 100_000;
 
 /// A cached manifest's last pull is written to the store at most this often per process:
 /// retention works in days, and a write per pull would cost more than the pull.
@@ -157,6 +161,7 @@ impl Proxy {
             blob_flights: Mutex::new(HashMap::new()),
             pulls: Mutex::new(HashMap::new()),
             local_names: Mutex::new(HashMap::new()),
+            fresh_tags: Mutex::new(HashMap::new()),
         })
     }
 
@@ -242,6 +247,26 @@ impl Proxy {
             names.clear();
         }
         names.insert(repo.clone(), (local, Instant::now()));
+    }
+
+    /// Where `tag` of cached `repo` points, while it is within its TTL as last seen here.
+    pub fn fresh_tag(&self, repo: &RepoName, tag: &Tag) -> Option<Digest> {
+        let tags = self.fresh_tags.lock().unwrap_or_else(|p| p.into_inner());
+        tags.get(&(repo.clone(), tag.clone()))
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(d, _)| d.clone())
+    }
+
+    /// Remembers that `tag` points at `digest` and stays fresh for `left`.
+    pub fn remember_fresh(&self, repo: &RepoName, tag: &Tag, digest: &Digest, left: Duration) {
+        let mut tags = self.fresh_tags.lock().unwrap_or_else(|p| p.into_inner());
+        if tags.len() >= FRESH_TAGS_MAX {
+            tags.clear();
+        }
+        tags.insert(
+            (repo.clone(), tag.clone()),
+            (digest.clone(), Instant::now() + left),
+        );
     }
 
     /// Forgets what was looked up about `repo` (a write may have created it).
