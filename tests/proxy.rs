@@ -268,6 +268,19 @@ async fn corrupt_or_cut_blobs_are_never_cached_and_the_next_pull_is_whole() {
         assert!(refused, "{fault:?}: nothing was cached");
         faults.set(Mode::Pass);
     }
+    // The manifest comes, its layer is refused: the client hears the upstream's reason
+    // (never a 500 or a 200), and nothing is kept.
+    faults.set(Mode::RefuseBlobs);
+    let (status, _, _) = get(&c, cache.url("/v2/up.local/team/app/manifests/v1")).await;
+    assert_eq!(status, 200);
+    let r = c.get(blob.clone()).send().await.unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert!(
+        status == 403 && text.contains("DENIED") && text.contains("not for you"),
+        "{status} {text}"
+    );
+    faults.set(Mode::Pass);
     let (status, body, _) = get(&c, blob.clone()).await;
     assert_eq!(status, 200);
     assert!(body == layer, "whole after the faults");
@@ -403,6 +416,21 @@ async fn names_pushes_and_misses_get_the_spec_answers() {
     assert_eq!((s, d.as_str()), (200, manifest.as_str()));
     let (s, _, d) = get(&c, cache.url("/v2/team/app/manifests/v1?ns=up.local")).await;
     assert_eq!((s, d.as_str()), (200, manifest.as_str()));
+    // An `ns` no upstream serves is another registry: NAME_UNKNOWN, never the local
+    // repository of the same name.
+    push_image(&c, &cache, "mine/app", "v1", "mine").await;
+    let r = c
+        .get(cache.url("/v2/mine/app/manifests/v1?ns=quay.io"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("NAME_UNKNOWN") && text.contains("ns=quay.io"),
+        "{text}"
+    );
+    assert_eq!(get(&c, cache.url("/v2/mine/app/manifests/v1")).await.0, 200);
     // A push into the cache is refused; a local name outside the prefixes is not.
     let r = c
         .post(cache.url("/v2/up.local/team/app/blobs/uploads/"))

@@ -208,20 +208,24 @@ impl Proxy {
             return Some(t.local);
         }
         if let Some(ns) = ns.filter(|n| !n.is_empty()) {
-            let u = self.upstreams.iter().find(|u| {
-                u.prefix == ns
-                    || reqwest::Url::parse(&u.url)
-                        .ok()
-                        .and_then(|url| url.host_str().map(|h| h == ns))
-                        .unwrap_or(false)
-            })?;
-            return self.under(u, repo.as_str()).map(|t| t.local);
+            return self.under(self.by_ns(ns)?, repo.as_str()).map(|t| t.local);
         }
         if is_local {
             return None;
         }
         let u = self.upstreams.iter().find(|u| u.default)?;
         self.under(u, repo.as_str()).map(|t| t.local)
+    }
+
+    /// The upstream containerd's `ns` names: by its prefix or its URL's host.
+    pub fn by_ns(&self, ns: &str) -> Option<&Arc<Upstream>> {
+        self.upstreams.iter().find(|u| {
+            u.prefix == ns
+                || reqwest::Url::parse(&u.url)
+                    .ok()
+                    .and_then(|url| url.host_str().map(|h| h == ns))
+                    .unwrap_or(false)
+        })
     }
 
     /// Whether a request without a prefix could go to the default upstream (so the caller

@@ -31,6 +31,8 @@ application/vnd.docker.distribution.manifest.v2+json";
 const DEFAULT_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest back-off we accept from an upstream.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// How much of an error body is read for its message.
+const ERROR_BODY_BYTES: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -362,23 +364,47 @@ impl Upstream {
     }
 
     /// A success, `None` for the upstream's 404, and its refusal for anything else.
-    fn found(&self, resp: reqwest::Response) -> Result<Option<reqwest::Response>, UpstreamError> {
+    async fn found(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<Option<reqwest::Response>, UpstreamError> {
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => Ok(Some(resp)),
-            _ => Err(self.refused(&resp)),
+            _ => Err(self.refused(resp).await),
         }
     }
 
-    fn refused(&self, resp: &reqwest::Response) -> UpstreamError {
+    /// The upstream's refusal, with the message of its OCI error body when it sent one.
+    async fn refused(&self, mut resp: reqwest::Response) -> UpstreamError {
+        let status = resp.status();
+        let reason = status.canonical_reason().unwrap_or("unexpected status");
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY_BYTES {
+            match resp.chunk().await {
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                _ => break,
+            }
+        }
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                let e = v.get("errors")?.get(0)?;
+                Some(format!(
+                    "{} {}",
+                    e.get("code")?.as_str()?,
+                    e.get("message")
+                        .and_then(|m| m.as_str())
+                        .unwrap_or_default()
+                ))
+            });
         UpstreamError::Status {
             upstream: self.url.clone(),
-            status: resp.status().as_u16(),
-            message: resp
-                .status()
-                .canonical_reason()
-                .unwrap_or("unexpected status")
-                .to_owned(),
+            status: status.as_u16(),
+            message: match detail {
+                Some(d) => format!("{reason}: {}", d.trim()),
+                None => reason.to_owned(),
+            },
         }
     }
 
@@ -408,7 +434,7 @@ impl Upstream {
                 status: 404,
                 message: format!("no manifest {name}:{reference}"),
             }),
-            _ => Err(self.refused(&resp)),
+            _ => Err(self.refused(resp).await),
         }
     }
 
@@ -426,7 +452,7 @@ impl Upstream {
                 Some(MANIFEST_ACCEPT),
             )
             .await?;
-        let Some(resp) = self.found(resp)? else {
+        let Some(resp) = self.found(resp).await? else {
             return Ok(None);
         };
         let media_type = resp
@@ -461,7 +487,7 @@ impl Upstream {
         let (resp, _permit) = self
             .send(Method::HEAD, name, &format!("blobs/{digest}"), None)
             .await?;
-        Ok(self.found(resp)?.and_then(|r| {
+        Ok(self.found(resp).await?.and_then(|r| {
             r.headers()
                 .get(CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
@@ -478,7 +504,7 @@ impl Upstream {
         let (resp, permit) = self
             .send(Method::GET, name, &format!("blobs/{digest}"), None)
             .await?;
-        let Some(resp) = self.found(resp)? else {
+        let Some(resp) = self.found(resp).await? else {
             return Ok(None);
         };
         let size = resp.content_length();

@@ -234,6 +234,13 @@ impl RegistryError {
                     retry_after,
                 }
             }
+            // The upstream will not give it to us (our credentials, its policy): asking again
+            // will not help, and it is no outage.
+            ProxyError::Upstream(
+                e @ UpstreamError::Status {
+                    status: 401 | 403, ..
+                },
+            ) => RegistryError::Denied(format!("not cached: {e}")),
             ProxyError::Repo(e) => e.into(),
             ProxyError::Store(e) => e.into(),
             e @ (ProxyError::Upstream(_) | ProxyError::Invalid(_)) => {

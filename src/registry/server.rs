@@ -73,6 +73,19 @@ async fn canonical(reg: &Registry, route: Route, method: &Method, query: &Query)
     let Some(repo) = route.repo() else {
         return Ok(route);
     };
+    // containerd asks a mirror for another registry's image with `ns`: with no upstream for
+    // that registry, serving a local repository of the same name would be the wrong image.
+    if let (Some(proxy), Some(ns)) = (&reg.proxy, query.get("ns").filter(|n| !n.is_empty()))
+        && proxy.target(repo).is_none()
+        && proxy.by_ns(ns).is_none()
+    {
+        return Err(RegistryError::UpstreamUnknown {
+            code: "NAME_UNKNOWN",
+            message: format!(
+                "no upstream is configured for ns={ns}: {repo} there is not cached here"
+            ),
+        });
+    }
     match reg.read_name(repo, query.get("ns")).await? {
         Some(name) => Ok(route.with_repo(name)),
         None => Ok(route),

@@ -18,6 +18,9 @@ pub enum Mode {
     Cut,
     /// The connection is closed at once.
     Down,
+    /// Blob GETs are refused with 403 DENIED (an upstream whose manifests name blobs it will
+    /// not serve).
+    RefuseBlobs,
     /// Blob bodies are sent in pieces of 128 KiB every 50 ms (a slow upstream), and with
     /// `cut` stop after half.
     Trickle {
@@ -124,6 +127,16 @@ async fn serve(
     };
     match m {
         Mode::Down => return Ok(()),
+        Mode::RefuseBlobs if path.contains("/blobs/") => {
+            record(403);
+            let body = r#"{"errors":[{"code":"DENIED","message":"this blob is not for you"}]}"#;
+            let resp = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(resp.as_bytes()).await?;
+            return conn.shutdown().await;
+        }
         Mode::TooMany(secs) => {
             record(429);
             let resp = format!(
