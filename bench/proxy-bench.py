@@ -15,6 +15,8 @@ each on fresh storage, then measures, as medians over ROUNDS:
   tag-1000   upstream manifest requests for 1,000 pulls of one tag within the TTL
 
   tag-rate   warm manifest GETs by tag per second through each cache (wrk, 64 connections)
+  blob-rate  warm GETs of one layer through each cache (wrk, CONC connections): MB/s with a C
+             client, where the Python client above shares the 2 cores with the servers
 
 Pulls GET the manifest by tag and every blob (CONC at a time per client), reading in 1 MiB
 pieces; the digests are checked after each timed pull, untimed, by a second pull. With
@@ -123,8 +125,8 @@ def pull(port, repo, conc, host="127.0.0.1", verify=False):
         return len(m) + sum(ex.map(one, blobs))
 
 
-def wrk_rate(port, path, seconds=5, conns=64):
-    """Requests per second of GET path with wrk (Accept: the OCI manifest type)."""
+def wrk_rate(port, path, seconds=5, conns=64, what=r"Requests/sec:\s+([\d.]+)([KMG]?B)?"):
+    """Requests (or with `what` matching Transfer/sec, MB) per second of GET path with wrk."""
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
     script.write(f'wrk.headers["Accept"] = "{MEDIA}"\n')
     script.close()
@@ -133,7 +135,9 @@ def wrk_rate(port, path, seconds=5, conns=64):
     os.unlink(script.name)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     assert not bad, out
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(what, out)
+    scale = {None: 1, "B": 1e-6, "KB": 1e-3, "MB": 1, "GB": 1e3}[m.group(2) if m.lastindex > 1 else None]
+    return float(m.group(1)) * scale
 
 
 def sent_bytes_and_manifest_gets(port, host):
@@ -233,7 +237,7 @@ def main():
                 cpu[f"berth {which}"].append(c)
             stop(cs)
 
-        storm, per_tag, rate = {}, {}, {}
+        storm, per_tag, rate, blob_rate = {}, {}, {}, {}
         cs = caches("storm")
         for n in ["berth", "distribution"]:
             port, repo, _ = cs[n]
@@ -248,6 +252,9 @@ def main():
             _, m1 = sent_bytes_and_manifest_gets(up, uh)
             per_tag[n] = m1 - m0
             rate[n] = wrk_rate(port, f"/v2/{repo}/manifests/v1") if shutil.which("wrk") else None
+            layer = json.loads(image)["layers"][0]["digest"]
+            blob_rate[n] = wrk_rate(port, f"/v2/{repo}/blobs/{layer}", conns=a.conc,
+                                    what=r"Transfer/sec:\s+([\d.]+)([KMG]?B)") if rate[n] else None
         stop(cs)
 
         link = f"upstream in netns {a.upstream_netns} at {uh}" if a.upstream_netns else "all on loopback"
@@ -271,6 +278,8 @@ def main():
         if rate["berth"]:
             print(f"warm manifest GETs by tag (wrk, 64 connections): berth {rate['berth']:.0f}/s, "
                   f"distribution {rate['distribution']:.0f}/s, {rate['berth'] / rate['distribution']:.1f}x")
+            print(f"warm blob GETs of one layer (wrk, {a.conc} connections): berth {blob_rate['berth']:.0f} MB/s, "
+                  f"distribution {blob_rate['distribution']:.0f} MB/s, {blob_rate['berth'] / blob_rate['distribution']:.2f}x")
     finally:
         for p in procs:
             p.terminate()

@@ -669,3 +669,32 @@ async fn purge(store: &dyn Store) {
     ));
     assert_eq!(store.purge(false).await.unwrap().objects_deleted, 0);
 }
+
+/// The filesystem serves a blob from mappings of 64 MiB windows: a blob larger than one
+/// window reads back whole, and ranges that start unaligned and cross a window's end are
+/// exact.
+#[tokio::test]
+async fn filesystem_reads_cross_mapping_windows_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FsStore::open(dir.path()).unwrap();
+    let blob: Vec<u8> = (0..(70u32 << 20))
+        .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+        .collect();
+    let d = Algorithm::Sha256.digest_of(&blob);
+    store.blob_put(&d, Bytes::from(blob.clone())).await.unwrap();
+    let last = blob.len() as u64 - 1;
+    assert!(read_all(&store, &d, 0, last).await == blob, "whole blob");
+    for (start, end) in [
+        (1, 1 << 20),
+        ((64 << 20) - 5, (64 << 20) + 5),
+        ((63 << 20) + 4097, last),
+        (last, last),
+    ] {
+        let got = read_all(&store, &d, start, end).await;
+        assert!(
+            got == blob[start as usize..=end as usize],
+            "range {start}-{end}: {} bytes",
+            got.len()
+        );
+    }
+}

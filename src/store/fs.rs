@@ -403,26 +403,41 @@ impl BlobSource for FsBlob {
     }
 }
 
+/// A piece of a blob, and the mapping it was cut from (none when it was read).
+type Piece = (Bytes, Option<Arc<Mapped>>);
+
 /// Streams `start..=end` of a file in large pieces, one piece ahead of the consumer.
 fn file_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
     struct St {
         file: Arc<File>,
+        /// The window of the file the pieces are cut from (see [`Mapped`]).
+        map: Option<Arc<Mapped>>,
         next_pos: u64,
         end_excl: u64,
-        pending: Option<JoinHandle<io::Result<Bytes>>>,
+        pending: Option<JoinHandle<io::Result<Piece>>>,
     }
     fn spawn_next(st: &mut St) {
         if st.pending.is_none() && st.next_pos < st.end_excl {
             let len = (st.end_excl - st.next_pos).min(READ_CHUNK as u64) as usize;
-            let (file, pos) = (st.file.clone(), st.next_pos);
+            let (file, pos, map, end) = (st.file.clone(), st.next_pos, st.map.clone(), st.end_excl);
             st.next_pos += len as u64;
             st.pending = Some(tokio::task::spawn_blocking(move || {
-                map_chunk(&file, pos, len).or_else(|_| read_chunk(&file, pos, len))
+                let map = match map.filter(|m| m.holds(pos, len)) {
+                    Some(m) => Some(m),
+                    None => Mapped::window(&file, pos, (end - pos).min(MAP_WINDOW)).ok(),
+                };
+                if let Some(m) = &map
+                    && let Ok(b) = m.piece(pos, len)
+                {
+                    return Ok((b, map));
+                }
+                read_chunk(&file, pos, len).map(|b| (b, None))
             }));
         }
     }
     let st = St {
         file,
+        map: None,
         next_pos: start,
         end_excl: end + 1,
         pending: None,
@@ -431,7 +446,11 @@ fn file_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
         spawn_next(&mut st);
         let handle = st.pending.take()?;
         let chunk = match handle.await {
-            Ok(r) => r,
+            Ok(Ok((b, map))) => {
+                st.map = map;
+                Ok(b)
+            }
+            Ok(Err(e)) => Err(e),
             Err(e) => Err(io::Error::other(e)),
         };
         if chunk.is_ok() {
@@ -444,24 +463,65 @@ fn file_stream(file: Arc<File>, start: u64, end: u64) -> ByteStream {
     .boxed()
 }
 
-/// Maps `len` bytes at `pos` of a blob and hands the mapping to hyper as `Bytes`, so a pull
-/// copies each byte once (page cache to socket) instead of twice. The mapping is populated
-/// here, on a blocking thread, so the async thread that writes it never waits on the disk.
-/// Blob files are never modified once renamed into place (gc only unlinks them, which keeps
-/// an open mapping valid), so the mapped bytes cannot change underneath.
-fn map_chunk(file: &File, pos: u64, len: usize) -> io::Result<Bytes> {
-    let page = 4096u64;
-    let aligned = pos - pos % page;
-    let skip = (pos - aligned) as usize;
-    // SAFETY: see above: the file's bytes in this range are immutable for the mapping's life.
-    let map = unsafe {
-        memmap2::MmapOptions::new()
-            .offset(aligned)
-            .len(skip + len)
-            .populate()
-            .map(file)?
-    };
-    Ok(Bytes::from_owner(map).slice(skip..skip + len))
+/// How much of a blob one mapping covers.
+const MAP_WINDOW: u64 = 64 << 20;
+
+/// A window of a blob, mapped once and handed to hyper piece by piece as `Bytes` that share
+/// the mapping, so a pull copies each byte once (page cache to socket) instead of twice, with
+/// one map and one unmap per window (an unmap per piece cost TLB shootdowns across cores).
+/// Windows bound what one GET keeps mapped. Blob files are never modified once renamed into
+/// place (gc only unlinks them, which keeps an open mapping valid), so the bytes cannot change
+/// under it. Upload sessions, which are truncated, are never mapped.
+struct Mapped {
+    map: memmap2::Mmap,
+    /// The file offset of the mapping's first byte (page-aligned), and its length.
+    at: u64,
+    len: u64,
+}
+
+impl Mapped {
+    fn window(file: &File, pos: u64, len: u64) -> io::Result<Arc<Mapped>> {
+        let at = pos - pos % 4096;
+        let len = pos - at + len;
+        // SAFETY: see above: the file's bytes in this range are immutable for the mapping's
+        // life.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(at)
+                .len(len as usize)
+                .map(file)?
+        };
+        Ok(Arc::new(Mapped { map, at, len }))
+    }
+
+    fn holds(&self, pos: u64, len: usize) -> bool {
+        pos >= self.at && pos + len as u64 <= self.at + self.len
+    }
+
+    /// `len` bytes at file offset `pos` (within the window), read in from disk here, on a
+    /// blocking thread, so the async thread that writes them never waits on the disk.
+    fn piece(self: &Arc<Self>, pos: u64, len: usize) -> io::Result<Bytes> {
+        let from = (pos - self.at) as usize;
+        self.map
+            .advise_range(memmap2::Advice::PopulateRead, from, len)?;
+        Ok(Bytes::from_owner(MapPiece {
+            map: self.clone(),
+            from,
+            to: from + len,
+        }))
+    }
+}
+
+struct MapPiece {
+    map: Arc<Mapped>,
+    from: usize,
+    to: usize,
+}
+
+impl AsRef<[u8]> for MapPiece {
+    fn as_ref(&self) -> &[u8] {
+        &self.map.map[self.from..self.to]
+    }
 }
 
 impl FsStore {
