@@ -601,17 +601,20 @@ async fn redirect_to_presigned_urls() {
 
 /// A pull-through cache on S3: two replicas on one bucket share what either fetched (the
 /// second replica asks the upstream nothing), a cold blob pulled by many clients at once is
-/// fetched once (joiners wait for the fill, as a part-written S3 upload cannot be read), a
-/// fill cut off midway leaves nothing in the bucket, and with the upstream gone both replicas
-/// serve what is cached.
+/// fetched once, a client that joins a slow fill streams it from the fill's spool (a
+/// part-written S3 upload cannot be read), a fill cut off midway leaves nothing in the
+/// bucket, and with the upstream gone both replicas serve what is cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pull_through_cache_on_s3_is_shared_by_its_replicas() {
     use common::faults::{Faults, Mode};
+    use futures::StreamExt;
     let c = client();
     let upstream = Server::start();
     let (_, md) = push_image(&c, &upstream, "team/app", "v1", "s3-cache").await;
     let big = data(12 << 20, 9); // more than two S3 parts
     let bd = push_blob(&c, &upstream, "team/app", &big).await;
+    let slow = data(4 << 20, 10);
+    let sd = push_blob(&c, &upstream, "team/app", &slow).await;
     let faults = Faults::start(upstream.host()).await;
 
     let g = Garage::start(1, 1);
@@ -688,6 +691,45 @@ async fn a_pull_through_cache_on_s3_is_shared_by_its_replicas() {
         "{:?}",
         faults.seen()
     );
+
+    // A slow upstream: a client that joins a fill under way on A reads it from A's spool as
+    // it arrives, long before the fill ends.
+    faults.set(Mode::Trickle { cut: false });
+    let slow_url = a.url(&format!("/v2/hub/team/app/blobs/{sd}"));
+    let mut first = c.get(&slow_url).send().await.unwrap().bytes_stream();
+    let mut lead = Vec::new();
+    while lead.len() < 1 << 20 {
+        lead.extend_from_slice(&first.next().await.unwrap().unwrap());
+    }
+    let joiner = tokio::spawn({
+        let (c, url) = (c.clone(), slow_url.clone());
+        async move {
+            let mut body = c.get(url).send().await.unwrap().bytes_stream();
+            let (mut at, mut got) = (None, Vec::new());
+            while let Some(chunk) = body.next().await {
+                at.get_or_insert_with(Instant::now);
+                got.extend_from_slice(&chunk.unwrap());
+            }
+            (at.unwrap(), got)
+        }
+    });
+    while let Some(chunk) = first.next().await {
+        lead.extend_from_slice(&chunk.unwrap());
+    }
+    let lead_done = Instant::now();
+    let (joined_at, joined) = joiner.await.unwrap();
+    assert!(
+        lead == slow && joined == slow,
+        "{} and {} bytes",
+        lead.len(),
+        joined.len()
+    );
+    assert!(
+        lead_done.saturating_duration_since(joined_at) > Duration::from_millis(500),
+        "the joiner waited for the fill"
+    );
+    assert_eq!(faults.count("GET", &sd, 200), 1, "{:?}", faults.seen());
+    faults.set(Mode::Pass);
 
     // The upstream gone: both replicas serve the cached image and the big blob.
     faults.set(Mode::Down);

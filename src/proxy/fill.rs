@@ -2,12 +2,13 @@
 //! leader) streams the upstream's bytes to its client while they are written to an upload
 //! session and hashed; the blob becomes visible (linked) only when its digest verifies.
 //!
-//! Requests that arrive meanwhile join the fill. Where the store can read a session while it
-//! grows (the filesystem), a joiner streams what is written so far from the session, then the
-//! rest as it lands, and ends with the leader's outcome: a fill that fails ends every stream
-//! with an error, so no client takes a wrong or short blob for a whole one. Where it cannot
-//! (S3), joiners wait for the outcome and read the stored copy. Memory stays bounded by a few
-//! chunks per client whatever the blob's size.
+//! Requests that arrive meanwhile join the fill: a joiner streams what is written so far,
+//! then the rest as it lands, and ends with the leader's outcome: a fill that fails ends every
+//! stream with an error, so no client takes a wrong or short blob for a whole one. Joiners
+//! read the upload session where the store can read it while it grows (the filesystem), else
+//! a spool the fill writes beside the store (`spool`, for S3); without either they wait for
+//! the outcome and read the stored copy. Memory stays bounded by a few chunks per client
+//! whatever the blob's size.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use super::spool::Spool;
 use super::{Proxy, ProxyError, Target};
 use crate::oci::Digest;
 use crate::repo::Repository;
@@ -27,14 +29,23 @@ const CHANNEL_CHUNKS: usize = 16;
 const JOIN_READ: u64 = 1 << 20;
 
 /// What a fill has done so far, shared with the requests that joined it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct FillState {
-    /// The upload session, once the upstream has answered, and the size it announced.
-    session: Option<(UploadId, Option<u64>)>,
+    /// Set once the upstream has answered.
+    source: Option<Source>,
     /// Bytes handed to the store so far (the session holds at most this many).
     sent: u64,
     /// Set when the fill has ended: the blob is stored and linked, or why not.
     outcome: Option<Result<(), String>>,
+}
+
+/// Where joiners read a fill under way.
+#[derive(Clone)]
+struct Source {
+    /// The bytes written so far; `None`: joiners wait for the outcome.
+    reader: Option<Arc<dyn UploadReader>>,
+    /// The size the upstream announced.
+    size: Option<u64>,
 }
 
 /// What a blob request gets from [`blob`].
@@ -72,7 +83,7 @@ pub async fn blob(
         Ok(tx) => lead(proxy, store, target, digest, tx, stream).await,
         Err(rx) if stream => {
             count("hit");
-            join(store, target, digest, rx).await
+            join(store, digest, rx).await
         }
         Err(rx) => {
             count("hit");
@@ -136,11 +147,16 @@ async fn lead(
             return Err(e.into());
         }
     };
-    fill.tx
-        .send_modify(|s| s.session = Some((id.clone(), fetched.size)));
+    let (reader, spool) = joiners_read(&*fill.store, &target.local, &id, fetched.size).await;
+    fill.tx.send_modify(|s| {
+        s.source = Some(Source {
+            reader,
+            size: fetched.size,
+        })
+    });
     let (client_tx, client_rx) = mpsc::channel(CHANNEL_CHUNKS);
     let done = fill.tx.subscribe();
-    tokio::spawn(fill.run(id, fetched.body, client_tx));
+    tokio::spawn(fill.run(id, fetched.body, client_tx, spool));
     if !stream {
         drop(client_rx); // the fill goes on without a client
         return outcome(done).await.map(|()| BlobFill::Stored);
@@ -149,6 +165,31 @@ async fn lead(
         size: fetched.size,
         body: receiver_stream(client_rx),
     })
+}
+
+/// Where joiners will read the fill: the session itself when the store can read it, else a
+/// spool (and the sender that feeds it) when the size is known and fits, else nowhere.
+async fn joiners_read(
+    store: &dyn Store,
+    repo: &crate::oci::RepoName,
+    id: &UploadId,
+    size: Option<u64>,
+) -> (Option<Arc<dyn UploadReader>>, Option<mpsc::Sender<Bytes>>) {
+    if let Ok(Some(r)) = store.upload_open(repo, id).await {
+        return (Some(r), None);
+    }
+    let Some(size) = size else {
+        return (None, None);
+    };
+    let dir = std::env::temp_dir();
+    match Spool::start(&dir, size) {
+        Ok(Some((spool, tx))) => (Some(spool), Some(tx)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot make a spool for a fill: its joiners wait for it");
+            (None, None)
+        }
+    }
 }
 
 /// Waits for the end of a fill.
@@ -171,27 +212,25 @@ fn abandoned() -> ProxyError {
 /// sessions. A fill that failed before it started is that fill's error.
 async fn join(
     store: Arc<dyn Store>,
-    target: &Target,
     digest: &Digest,
     mut rx: watch::Receiver<FillState>,
 ) -> Result<BlobFill, ProxyError> {
     let started = rx
-        .wait_for(|s| s.session.is_some() || s.outcome.is_some())
+        .wait_for(|s| s.source.is_some() || s.outcome.is_some())
         .await
         .map(|s| s.clone())
         .map_err(|_| abandoned())?;
-    let Some((id, size)) = started.session else {
+    let Some(Source {
+        reader: Some(reader),
+        size,
+    }) = started.source
+    else {
         return outcome(rx).await.map(|()| BlobFill::Stored);
     };
     if size.is_some_and(|n| started.sent >= n) {
         // Every byte has arrived: wait the moment it takes to verify, then serve the copy.
         return outcome(rx).await.map(|()| BlobFill::Stored);
     }
-    let reader = match store.upload_open(&target.local, &id).await {
-        Ok(Some(r)) => r,
-        // No readable session (S3), or it was committed a moment ago: the stored copy.
-        _ => return outcome(rx).await.map(|()| BlobFill::Stored),
-    };
     let tail = Joiner {
         reader,
         rx,
@@ -239,7 +278,13 @@ impl Joiner {
                     return Some((Ok(b), self));
                 }
                 Ok(_) => {}
-                Err(e) => return Some((Err(std::io::Error::other(e)), self)),
+                // Cannot read along: the rest comes from the stored copy, if the fill succeeds.
+                Err(_) => {
+                    return match outcome(self.rx.clone()).await {
+                        Ok(()) => self.stored_rest().await,
+                        Err(e) => Some((Err(std::io::Error::other(e)), self)),
+                    };
+                }
             }
             match state.outcome {
                 // The session had all it will get: whatever is left comes from the blob.
@@ -307,6 +352,7 @@ impl Fill {
         id: UploadId,
         mut upstream: ByteStream,
         client: mpsc::Sender<std::io::Result<Bytes>>,
+        mut spool: Option<mpsc::Sender<Bytes>>,
     ) {
         let (to_store, from_pump) = mpsc::channel::<std::io::Result<Bytes>>(CHANNEL_CHUNKS);
         let store = self.store.clone();
@@ -325,6 +371,11 @@ impl Fill {
                     let n = b.len() as u64;
                     if to_store.send(Ok(b.clone())).await.is_err() {
                         break; // the store gave up; its error comes from the commit
+                    }
+                    if let Some(s) = &spool
+                        && s.send(b.clone()).await.is_err()
+                    {
+                        spool = None; // its writer gave up; joiners read the stored copy
                     }
                     self.tx.send_if_modified(|s| {
                         s.sent += n;

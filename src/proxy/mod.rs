@@ -12,6 +12,7 @@
 pub mod cache;
 pub mod fill;
 pub mod metrics;
+mod spool;
 pub mod upstream;
 
 use std::collections::HashMap;
