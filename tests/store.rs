@@ -670,7 +670,7 @@ async fn purge(store: &dyn Store) {
     assert_eq!(store.purge(false).await.unwrap().objects_deleted, 0);
 }
 
-/// The filesystem serves a blob from mappings of 64 MiB windows: a blob larger than one
+/// The filesystem serves a blob from mappings of 8 MiB windows: a blob larger than one
 /// window reads back whole, and ranges that start unaligned and cross a window's end are
 /// exact.
 #[tokio::test]
@@ -686,6 +686,7 @@ async fn filesystem_reads_cross_mapping_windows_exactly() {
     assert!(read_all(&store, &d, 0, last).await == blob, "whole blob");
     for (start, end) in [
         (1, 1 << 20),
+        ((8 << 20) - 5, (8 << 20) + 5),
         ((64 << 20) - 5, (64 << 20) + 5),
         ((63 << 20) + 4097, last),
         (last, last),
