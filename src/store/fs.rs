@@ -469,9 +469,10 @@ const MAP_WINDOW: u64 = 8 << 20;
 /// A window of a blob, mapped once and handed to hyper piece by piece as `Bytes` that share
 /// the mapping, so a pull copies each byte once (page cache to socket) instead of twice, with
 /// one map and one unmap per window (an unmap per piece cost TLB shootdowns across cores).
-/// Windows bound what one GET keeps mapped (8 MiB: page cache mapped counts in RSS). Blob files are never modified once renamed into
-/// place (gc only unlinks them, which keeps an open mapping valid), so the bytes cannot change
-/// under it. Upload sessions, which are truncated, are never mapped.
+/// Windows bound what one GET keeps mapped (mapped page cache counts in the process's RSS).
+/// Blob files are never modified once renamed into place (gc only unlinks them, which keeps
+/// an open mapping valid), so the bytes cannot change under it. Upload sessions, which are
+/// truncated, are never mapped.
 struct Mapped {
     map: memmap2::Mmap,
     /// The file offset of the mapping's first byte (page-aligned), and its length.
