@@ -872,7 +872,7 @@ mod oci {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. docker pull through the pull-through cache
+// 4. docker pull through the pull-through cache
 // ---------------------------------------------------------------------------------------------
 
 /// The Docker engine pulls an image through the cache's prefix; with the upstream gone, a

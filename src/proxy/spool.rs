@@ -22,8 +22,9 @@ use crate::store::{StoreError, UploadReader};
 const QUEUE_CHUNKS: usize = 16;
 /// Written in batches of about this size.
 const WRITE_BATCH: usize = 1 << 20;
-/// Bytes all spools in flight may take in the temporary directory together.
-pub const SPOOL_BUDGET: u64 = 4 << 30;
+/// Bytes all spools in flight may take in the temporary directory together: small beside an
+/// operator pod's ephemeral storage, large enough for the layers most images have.
+pub const SPOOL_BUDGET: u64 = 1 << 30;
 /// Bytes reserved by spools in flight.
 static RESERVED: AtomicU64 = AtomicU64::new(0);
 
