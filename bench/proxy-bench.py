@@ -26,6 +26,16 @@ moved (from /proc) is printed beside each throughput: the least noisy figure on 
 machine.
 
     proxy-bench.py --berth target/release/berth --size 32M --layers 4 --rounds 4
+
+A 1 Gbit link to the upstream (this kernel has htb but no netem, so no added delay):
+
+    ip netns add benchup && ip link add vb0 type veth peer name vb1
+    ip link set vb1 netns benchup && ip addr add 10.77.0.1/24 dev vb0 && ip link set vb0 up
+    ip netns exec benchup sh -c 'ip addr add 10.77.0.2/24 dev vb1; ip link set vb1 up; ip link set lo up'
+    for ns in "" "ip netns exec benchup"; do d=$([ -z "$ns" ] && echo vb0 || echo vb1)
+      $ns tc qdisc add dev $d root handle 1: htb default 10
+      $ns tc class add dev $d parent 1: classid 1:10 htb rate 1gbit ceil 1gbit; done
+    proxy-bench.py --berth target/release/berth --upstream-netns benchup --upstream-ip 10.77.0.2
 """
 import argparse, hashlib, http.client, json, os, re, shutil, subprocess, sys, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
