@@ -11,13 +11,14 @@
 
 pub mod cache;
 pub mod fill;
+mod memo;
 pub mod metrics;
 mod spool;
 pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -25,6 +26,7 @@ use crate::config::ProxyConfig;
 use crate::oci::{Digest, RepoName, Tag};
 use crate::repo::RepoError;
 use crate::store::StoreError;
+use memo::Memo;
 pub use upstream::{Upstream, UpstreamConfigError, UpstreamError};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,23 +93,23 @@ pub struct Proxy {
     tag_flights: Mutex<HashMap<(RepoName, Tag), TagFlight>>,
     /// One upstream fetch per blob at a time: later requests join it.
     blob_flights: Mutex<HashMap<Digest, watch::Receiver<fill::FillState>>>,
-    /// When this process last recorded a pull of each cached manifest.
-    pulls: Mutex<HashMap<(RepoName, Digest), Instant>>,
-    /// Cached tags known to be within their TTL, and until when (see `cache::fresh`).
-    fresh_tags: Mutex<HashMap<(RepoName, Tag), (Digest, Instant)>>,
+    /// Cached manifests whose pull this process recorded within [`RECORD_PULLS_EVERY`].
+    pulls: Memo<(RepoName, Digest), ()>,
+    /// Cached tags known to be within their TTL (see `cache::fresh`).
+    fresh_tags: Memo<(RepoName, Tag), Digest>,
     /// Whether prefix-less names are local repositories, as last looked up (see
     /// [`Proxy::known_local`]).
-    local_names: Mutex<HashMap<RepoName, (bool, Instant)>>,
+    local_names: Memo<RepoName, bool>,
 }
 
 /// How long a lookup of whether a prefix-less name is local is believed. Every read through
 /// `registry-mirrors` needs the answer, and on S3 it is a listing; a repository another
 /// replica creates is seen within this long (a write through this replica is seen at once).
 const LOCAL_NAME_TTL: Duration = Duration::from_secs(10);
-/// Bound on remembered names; the map is emptied when it is reached.
+/// Bounds on the memos (see `memo`).
 const LOCAL_NAMES_MAX: usize = 50_000;
-/// Bound on remembered fresh tags, likewise.
 const FRESH_TAGS_MAX: usize = 100_000;
+const PULLS_MAX: usize = 100_000;
 
 /// A cached manifest's last pull is written to the store at most this often per process:
 /// retention works in days, and a write per pull would cost more than the pull.
@@ -160,9 +162,9 @@ impl Proxy {
             metrics,
             tag_flights: Mutex::new(HashMap::new()),
             blob_flights: Mutex::new(HashMap::new()),
-            pulls: Mutex::new(HashMap::new()),
-            local_names: Mutex::new(HashMap::new()),
-            fresh_tags: Mutex::new(HashMap::new()),
+            pulls: Memo::new(PULLS_MAX),
+            local_names: Memo::new(LOCAL_NAMES_MAX),
+            fresh_tags: Memo::new(FRESH_TAGS_MAX),
         })
     }
 
@@ -238,62 +240,34 @@ impl Proxy {
     /// Whether prefix-less `repo` is a local repository, if looked up within the last
     /// [`LOCAL_NAME_TTL`].
     pub fn known_local(&self, repo: &RepoName) -> Option<bool> {
-        let names = self.local_names.lock().unwrap_or_else(|p| p.into_inner());
-        names
-            .get(repo)
-            .filter(|(_, at)| at.elapsed() < LOCAL_NAME_TTL)
-            .map(|(local, _)| *local)
+        self.local_names.get(repo)
     }
 
     /// Remembers whether `repo` is local, as a lookup found.
     pub fn note_local(&self, repo: &RepoName, local: bool) {
-        let mut names = self.local_names.lock().unwrap_or_else(|p| p.into_inner());
-        if names.len() >= LOCAL_NAMES_MAX {
-            names.clear();
-        }
-        names.insert(repo.clone(), (local, Instant::now()));
-    }
-
-    /// Where `tag` of cached `repo` points, while it is within its TTL as last seen here.
-    pub fn fresh_tag(&self, repo: &RepoName, tag: &Tag) -> Option<Digest> {
-        let tags = self.fresh_tags.lock().unwrap_or_else(|p| p.into_inner());
-        tags.get(&(repo.clone(), tag.clone()))
-            .filter(|(_, until)| Instant::now() < *until)
-            .map(|(d, _)| d.clone())
-    }
-
-    /// Remembers that `tag` points at `digest` and stays fresh for `left`.
-    pub fn remember_fresh(&self, repo: &RepoName, tag: &Tag, digest: &Digest, left: Duration) {
-        let mut tags = self.fresh_tags.lock().unwrap_or_else(|p| p.into_inner());
-        if tags.len() >= FRESH_TAGS_MAX {
-            tags.clear();
-        }
-        tags.insert(
-            (repo.clone(), tag.clone()),
-            (digest.clone(), Instant::now() + left),
-        );
+        self.local_names.set(repo.clone(), local, LOCAL_NAME_TTL);
     }
 
     /// Forgets what was looked up about `repo` (a write may have created it).
     pub fn forget_local(&self, repo: &RepoName) {
-        let mut names = self.local_names.lock().unwrap_or_else(|p| p.into_inner());
-        names.remove(repo);
+        self.local_names.remove(repo);
+    }
+
+    /// Where `tag` of cached `repo` points, while it is within its TTL as last seen here.
+    pub fn fresh_tag(&self, repo: &RepoName, tag: &Tag) -> Option<Digest> {
+        self.fresh_tags.get(&(repo.clone(), tag.clone()))
+    }
+
+    /// Remembers that `tag` points at `digest` and stays fresh for `left`.
+    pub fn remember_fresh(&self, repo: &RepoName, tag: &Tag, digest: &Digest, left: Duration) {
+        self.fresh_tags
+            .set((repo.clone(), tag.clone()), digest.clone(), left);
     }
 
     /// Whether a pull of `digest` in `repo` should be recorded now.
     fn pull_is_news(&self, repo: &RepoName, digest: &Digest) -> bool {
-        let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
-        if pulls.len() > 100_000 {
-            pulls.clear();
-        }
-        let key = (repo.clone(), digest.clone());
-        match pulls.get(&key) {
-            Some(at) if at.elapsed() < RECORD_PULLS_EVERY => false,
-            _ => {
-                pulls.insert(key, Instant::now());
-                true
-            }
-        }
+        self.pulls
+            .claim((repo.clone(), digest.clone()), (), RECORD_PULLS_EVERY)
     }
 
     fn tag_lock(&self, repo: &RepoName, tag: &Tag) -> TagFlight {
