@@ -92,25 +92,12 @@ pub async fn over_budget(
     Ok(over)
 }
 
-/// The digests manifest `d` keeps in a cached repository: itself, its blobs, its children's.
+/// The digests manifest `d` keeps in a cached repository: itself, its blobs, its children's
+/// (gc's own mark, into a set of its own).
 async fn closure(repo: &Repository<'_>, d: &Digest) -> Result<Vec<Digest>, GcError> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    let mut queue = vec![d.clone()];
-    while let Some(d) = queue.pop() {
-        if !seen.insert(d.clone()) {
-            continue;
-        }
-        out.push(d.clone());
-        let media = repo.recorded_media_type(&d).await?;
-        if let Some(bytes) = repo.store().blob_read(&d).await?
-            && let Ok(m) = Manifest::parse(&bytes, media.as_deref())
-        {
-            out.extend(m.required_blobs().map(|b| b.digest.clone()));
-            queue.extend(m.manifests.iter().map(|c| c.digest.clone()));
-        }
-    }
-    Ok(out)
+    let mut kept = HashSet::new();
+    walk(repo, vec![d.clone()], &mut kept).await?;
+    Ok(kept.into_iter().collect())
 }
 
 /// Marks what a cached repository keeps and retires (or on a dry run lists) the rest.
