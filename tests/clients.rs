@@ -68,6 +68,23 @@ fn run(cmd: &mut Command) -> Output {
     }
 }
 
+/// A Berth caching `upstream` under `prefix`, on a fresh directory (returned: keep it alive).
+fn pull_through_cache(upstream: &Server, prefix: &str) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cache.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: {prefix}\n      url: http://{}\n",
+            dir.path().join("cache").display(),
+            upstream.host()
+        ),
+    )
+    .unwrap();
+    let cache = Server::start_config(&cfg, &[]);
+    (dir, cache)
+}
+
 /// Runs `cmd` and panics with its output unless it succeeds; returns stdout.
 fn run_ok(cmd: &mut Command) -> String {
     let desc = format!("{cmd:?}");
@@ -792,18 +809,7 @@ mod oci {
             .await
             .expect("push to the upstream");
 
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("cache.yaml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: mirror.example\n      url: http://{}\n",
-                dir.path().join("cache").display(),
-                upstream.host()
-            ),
-        )
-        .unwrap();
-        let cache = Server::start_config(&cfg, &[]);
+        let (_dir, cache) = pull_through_cache(&upstream, "mirror.example");
         let through: Reference = format!("{}/mirror.example/lib/tool:1.0", cache.host())
             .parse()
             .unwrap();
@@ -902,18 +908,7 @@ async fn docker_pulls_through_the_cache_and_again_with_the_upstream_gone() {
     cleanup.images.insert(0, image_id.clone());
     run_ok(docker().args(["push", &pushed]));
 
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("cache.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "storage:\n  filesystem:\n    root: {}\nproxy:\n  upstreams:\n    - prefix: up.local\n      url: http://{}\n",
-            dir.path().join("cache").display(),
-            upstream.host()
-        ),
-    )
-    .unwrap();
-    let cache = Server::start_config(&cfg, &[]);
+    let (_dir, cache) = pull_through_cache(&upstream, "up.local");
     let through = format!("{}/up.local/test/cached:v1", cache.host());
     cleanup.image(&through);
     run_ok(docker().args(["rmi", "-f", &image_id]));

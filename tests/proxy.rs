@@ -17,19 +17,9 @@ async fn token_upstream(dir: &Path) -> (Server, String, String, Vec<u8>) {
     let root = dir.join("upstream");
     let seeded = Server::start_on(&root, &[]);
     let c = client();
-    let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
     let layer: Vec<u8> = (0..4u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
-    let cd = push_blob(&c, &seeded, "team/app", &config).await;
-    let ld = push_blob(&c, &seeded, "team/app", &layer).await;
-    let m = image_manifest((&cd, config.len()), &[(&ld, layer.len())], "");
-    let r = c
-        .put(seeded.url("/v2/team/app/manifests/v1"))
-        .header("content-type", OCI_MANIFEST)
-        .body(m.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let (_, md) = push_image_of(&c, &seeded, "team/app", "v1", config, &[&layer]).await;
     drop(seeded);
     let htpasswd = dir.join("htpasswd");
     write_htpasswd(&htpasswd, &[("puller", "pull-pw")]);
@@ -44,7 +34,7 @@ async fn token_upstream(dir: &Path) -> (Server, String, String, Vec<u8>) {
     )
     .unwrap();
     let up = Server::start_config(&cfg, &[]);
-    (up, sha256(m.as_bytes()), ld, layer)
+    (up, md, sha256(&layer), layer)
 }
 
 /// A caching Berth whose upstream `up` (prefix `up.local`, the default) is at `url`.
@@ -291,26 +281,6 @@ async fn corrupt_or_cut_blobs_are_never_cached_and_the_next_pull_is_whole() {
     assert!(body == layer, "whole after the faults");
     assert_blob_store_consistent(&dir.path().join("cache"));
     drop(up);
-}
-
-/// Reads a response to its end; returns when its first byte came, the bytes, and whether it
-/// was a 200 whose body ended cleanly.
-async fn read_timed(r: reqwest::Response) -> (std::time::Instant, Vec<u8>, bool) {
-    use futures::StreamExt;
-    let ok = r.status() == 200;
-    let mut first = None;
-    let mut body = Vec::new();
-    let mut stream = r.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(b) => {
-                first.get_or_insert_with(std::time::Instant::now);
-                body.extend_from_slice(&b);
-            }
-            Err(_) => return (first.unwrap_or_else(std::time::Instant::now), body, false),
-        }
-    }
-    (first.unwrap_or_else(std::time::Instant::now), body, ok)
 }
 
 /// A client that asks for a blob while another's fill of it is under way shares its one
@@ -818,17 +788,8 @@ async fn gc_keeps_cached_content_within_max_bytes_least_recently_pulled_first() 
         let layer: Vec<u8> = (0..1u32 << 20)
             .map(|j| (j * (i as u32 + 3) % 251) as u8)
             .collect();
-        let cd = push_blob(&c, &upstream, &format!("team/{name}"), config.as_bytes()).await;
-        let ld = push_blob(&c, &upstream, &format!("team/{name}"), &layer).await;
-        let m = image_manifest((&cd, config.len()), &[(&ld, layer.len())], "");
-        let r = c
-            .put(upstream.url(&format!("/v2/team/{name}/manifests/v1")))
-            .header("content-type", OCI_MANIFEST)
-            .body(m)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 201);
+        let repo = format!("team/{name}");
+        push_image_of(&c, &upstream, &repo, "v1", config.as_bytes(), &[&layer]).await;
     }
     let cfg = dir.path().join("cache.yaml");
     let root = dir.path().join("cache");
@@ -848,17 +809,8 @@ async fn gc_keeps_cached_content_within_max_bytes_least_recently_pulled_first() 
     }
     // A local image bigger than the whole budget.
     let big = vec![7u8; 3 << 20];
-    let cd = push_blob(&c, &cache, "local/big", b"{}").await;
-    let ld = push_blob(&c, &cache, "local/big", &big).await;
-    let m = image_manifest((&cd, 2), &[(&ld, big.len())], "");
-    let r = c
-        .put(cache.url("/v2/local/big/manifests/v1"))
-        .header("content-type", OCI_MANIFEST)
-        .body(m)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    push_image_of(&c, &cache, "local/big", "v1", b"{}", &[&big]).await;
+    let ld = sha256(&big);
     // Pulled in the order c (3 h ago), a (2 h ago), b (1 h ago): c is the least recent.
     for (name, d, hours) in [
         ("a", &digests[0], 2),

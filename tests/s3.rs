@@ -703,23 +703,15 @@ async fn a_pull_through_cache_on_s3_is_shared_by_its_replicas() {
     }
     let joiner = tokio::spawn({
         let (c, url) = (c.clone(), slow_url.clone());
-        async move {
-            let mut body = c.get(url).send().await.unwrap().bytes_stream();
-            let (mut at, mut got) = (None, Vec::new());
-            while let Some(chunk) = body.next().await {
-                at.get_or_insert_with(Instant::now);
-                got.extend_from_slice(&chunk.unwrap());
-            }
-            (at.unwrap(), got)
-        }
+        async move { common::read_timed(c.get(url).send().await.unwrap()).await }
     });
     while let Some(chunk) = first.next().await {
         lead.extend_from_slice(&chunk.unwrap());
     }
     let lead_done = Instant::now();
-    let (joined_at, joined) = joiner.await.unwrap();
+    let (joined_at, joined, clean) = joiner.await.unwrap();
     assert!(
-        lead == slow && joined == slow,
+        clean && lead == slow && joined == slow,
         "{} and {} bytes",
         lead.len(),
         joined.len()

@@ -178,9 +178,34 @@ pub async fn push_image(
 ) -> (String, String) {
     let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
     let layer = format!("layer bytes for {seed}").repeat(10);
-    let cd = push_blob(c, s, repo, config.as_bytes()).await;
-    let ld = push_blob(c, s, repo, layer.as_bytes()).await;
-    let m = image_manifest((&cd, config.len()), &[(&ld, layer.len())], "");
+    push_image_of(
+        c,
+        s,
+        repo,
+        reference,
+        config.as_bytes(),
+        &[layer.as_bytes()],
+    )
+    .await
+}
+
+/// Pushes an image of `config` and `layers` to `repo:reference`; returns the manifest and its
+/// digest.
+pub async fn push_image_of(
+    c: &reqwest::Client,
+    s: &Server,
+    repo: &str,
+    reference: &str,
+    config: &[u8],
+    layers: &[&[u8]],
+) -> (String, String) {
+    let cd = push_blob(c, s, repo, config).await;
+    let mut refs = Vec::new();
+    for l in layers {
+        refs.push((push_blob(c, s, repo, l).await, l.len()));
+    }
+    let refs: Vec<(&str, usize)> = refs.iter().map(|(d, n)| (d.as_str(), *n)).collect();
+    let m = image_manifest((&cd, config.len()), &refs, "");
     let r = c
         .put(s.url(&format!("/v2/{repo}/manifests/{reference}")))
         .header("content-type", OCI_MANIFEST)
@@ -191,6 +216,26 @@ pub async fn push_image(
     assert_eq!(r.status(), 201, "push manifest: {:?}", r.text().await);
     let d = sha256(m.as_bytes());
     (m, d)
+}
+
+/// Reads a response to its end; returns when its first byte came, the bytes, and whether it
+/// was a 200 whose body ended cleanly.
+pub async fn read_timed(r: reqwest::Response) -> (Instant, Vec<u8>, bool) {
+    use futures::StreamExt;
+    let ok = r.status() == 200;
+    let mut first = None;
+    let mut body = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) => {
+                first.get_or_insert_with(Instant::now);
+                body.extend_from_slice(&b);
+            }
+            Err(_) => return (first.unwrap_or_else(Instant::now), body, false),
+        }
+    }
+    (first.unwrap_or_else(Instant::now), body, ok)
 }
 
 /// Waits until `f` is true or the deadline passes.
