@@ -54,7 +54,10 @@ impl Registry {
         let Some(proxy) = &self.proxy else {
             return Ok(None);
         };
-        let is_local = if proxy.target(repo).is_none() && ns.is_none() && proxy.has_default() {
+        if let Some(t) = proxy.target(repo) {
+            return Ok(Some(t.local));
+        }
+        let is_local = if ns.is_none() && proxy.has_default() {
             match proxy.known_local(repo) {
                 Some(local) => local,
                 None => {

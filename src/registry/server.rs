@@ -76,8 +76,8 @@ async fn canonical(reg: &Registry, route: Route, method: &Method, query: &Query)
     // containerd asks a mirror for another registry's image with `ns`: with no upstream for
     // that registry, serving a local repository of the same name would be the wrong image.
     if let (Some(proxy), Some(ns)) = (&reg.proxy, query.get("ns").filter(|n| !n.is_empty()))
-        && proxy.target(repo).is_none()
         && proxy.by_ns(ns).is_none()
+        && proxy.target(repo).is_none()
     {
         return Err(RegistryError::UpstreamUnknown {
             code: "NAME_UNKNOWN",
