@@ -233,7 +233,8 @@ pub struct AuthConfig {
     /// Named groups of users, referred to by access rules.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, Vec<String>>,
-    /// Access rules: whatever no rule grants is denied.
+    /// Access rules: whatever no rule grants is denied. With no rules at all every
+    /// signed-in user may do everything (as with Distribution's htpasswd auth).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessRule>,
     /// Addresses or CIDRs of the proxies in front of Berth (an Ingress controller) whose
@@ -423,11 +424,50 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {source}")]
+    #[error("invalid config file {path}: {source}{hint}")]
     Parse {
         path: PathBuf,
         source: serde_yaml::Error,
+        /// ` (did you mean `x`?)` for an unknown key close to a valid one, else empty.
+        hint: String,
     },
+}
+
+/// For serde's "unknown field `x`, expected one of `a`, `b`": the valid key nearest to `x`,
+/// when it is close enough to be a typo.
+fn did_you_mean(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else {
+        return String::new();
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return String::new();
+    };
+    let nearest = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (edit_distance(&unknown.to_lowercase(), &k.to_lowercase()), k))
+        .min();
+    match nearest {
+        Some((d, k)) if d <= unknown.len().max(3) / 3 + 1 => format!(" (did you mean `{k}`?)"),
+        _ => String::new(),
+    }
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 impl Config {
@@ -438,6 +478,7 @@ impl Config {
         })?;
         serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
+            hint: did_you_mean(&source.to_string()),
             source,
         })
     }
@@ -454,6 +495,23 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_unknown_key_names_the_nearest_valid_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.yaml");
+        std::fs::write(&file, "storage:\n  filesytem:\n    root: /x\n").unwrap();
+        let e = Config::load(&file).unwrap_err().to_string();
+        assert!(e.contains("unknown field `filesytem`"), "{e}");
+        assert!(e.contains("line 2 column 3"), "{e}");
+        assert!(e.ends_with("(did you mean `filesystem`?)"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        std::fs::write(&file, "zzzzzzzz: 1\n").unwrap();
+        let e = Config::load(&file).unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "nothing is near: {e}");
+        assert_eq!(edit_distance("auht", "auth"), 2);
+        assert_eq!(edit_distance("", "ab"), 2);
+    }
 
     #[test]
     fn sizes_parse_with_binary_and_decimal_suffixes() {

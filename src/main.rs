@@ -13,7 +13,8 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "berth",
     version,
-    about = "A fast OCI registry and its Kubernetes operator"
+    about = "A fast OCI registry and its Kubernetes operator",
+    after_help = "Examples:\n  berth serve --root ./berth-data                 # a registry on localhost:5000\n  docker push localhost:5000/hello:1\n  berth gc --root ./berth-data --dry-run          # what garbage collection would delete\n  berth operator                                  # in a cluster: reconcile Registry resources\n\nEach command's --help says more."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -23,19 +24,35 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the OCI Distribution v1.1 registry.
+    #[command(
+        after_help = "Examples:\n  berth serve --root ./berth-data\n  berth serve --addr 0.0.0.0:5000 --htpasswd ./htpasswd --tls-cert cert.pem --tls-key key.pem\n  berth serve --config berth.yaml                 # storage, auth, proxy, gc: see README"
+    )]
     Serve(ServeArgs),
     /// Delete unreferenced blobs and manifests, apply tag retention, purge abandoned uploads.
     /// Safe to run while registries serve the same storage.
+    #[command(
+        after_help = "Examples:\n  berth gc --root ./berth-data --dry-run --json\n  berth gc --config berth.yaml --delete-untagged --rule 'ci/**:keep-last=10'"
+    )]
     Gc(GcArgs),
     /// Delete all of a registry's stored data (blobs, manifests, tags, uploads, robot accounts),
     /// and nothing else in its bucket or directory. Irreversible: needs --yes.
+    #[command(
+        after_help = "Examples:\n  berth purge --config berth.yaml --dry-run\n  berth purge --root ./berth-data --yes"
+    )]
     Purge(PurgeArgs),
     /// Manage robot accounts (CI credentials) in the registry's storage.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  berth token create --root ./berth-data --name ci --scope 'repository:team-a/**:pull,push' --expires 90d\n  berth token list --root ./berth-data"
+    )]
     Token(TokenCommand),
     /// Run the Kubernetes operator (Registry and GarbageCollection controllers).
+    #[command(
+        after_help = "Examples:\n  berth operator                                  # in-cluster, all namespaces\n  KUBECONFIG=~/.kube/config berth operator --namespace team --leader-elect false"
+    )]
     Operator(OperatorArgs),
     /// Print the CustomResourceDefinitions (Registry, GarbageCollection) as YAML.
+    #[command(after_help = "Example:\n  berth crd | kubectl apply --server-side -f -")]
     Crd,
 }
 
@@ -118,6 +135,9 @@ struct StoreArgs {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Create a robot account and print its secret (once: only a hash is stored).
+    #[command(
+        after_help = "Example:\n  berth token create --root ./berth-data --name ci --scope 'repository:team-a/*:pull,push'"
+    )]
     Create {
         #[command(flatten)]
         store: StoreArgs,
@@ -132,6 +152,7 @@ enum TokenCommand {
         expires: Option<String>,
     },
     /// Revoke a robot account at once.
+    #[command(after_help = "Example:\n  berth token revoke --root ./berth-data --name ci")]
     Revoke {
         #[command(flatten)]
         store: StoreArgs,
@@ -139,6 +160,7 @@ enum TokenCommand {
         name: String,
     },
     /// List robot accounts.
+    #[command(after_help = "Example:\n  berth token list --root ./berth-data")]
     List {
         #[command(flatten)]
         store: StoreArgs,

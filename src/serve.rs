@@ -438,7 +438,9 @@ fn warn_careless_auth(auth: &AuthConfig) {
     let auth_on = auth.htpasswd.is_some() || auth.token.is_some();
     if auth_on && auth.access.is_empty() {
         tracing::warn!(
-            "authentication is on but auth.access has no rules: every request except an admin's is denied"
+            "authentication is on and auth.access has no rules: as with Distribution, every \
+             signed-in user may pull, push and delete every repository and anonymous callers \
+             nothing; add auth.access rules to restrict"
         );
     }
 }

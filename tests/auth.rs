@@ -612,14 +612,48 @@ async fn open_registry_warns_and_htpasswd_flag_turns_auth_on() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // No rules: default deny, even for a valid user.
+    // No rules, as with Distribution's htpasswd: every signed-in user may do everything (said
+    // at start-up), anonymous callers nothing.
+    assert!(
+        s.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("auth.access has no rules") && l.contains("every signed-in user")),
+        "the start-up log says what no rules mean"
+    );
+    push_image_as(&c, &s, &basic("u", "p"), "any/where", "v1").await;
     let r = c
-        .get(s.url("/v2/x/tags/list"))
+        .get(s.url("/v2/any/where/manifests/v1"))
         .header("authorization", basic("u", "p"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(r.status(), 200);
+    let digest = r.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let r = c
+        .delete(s.url(&format!("/v2/any/where/manifests/{digest}")))
+        .header("authorization", basic("u", "p"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let r = c
+        .get(s.url("/v2/any/where/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "anonymous callers get nothing");
+    let r = c
+        .get(s.url("/v2/any/where/tags/list"))
+        .header("authorization", basic("u", "wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }
 
 #[tokio::test]

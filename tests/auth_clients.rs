@@ -92,6 +92,7 @@ fn docker_login_push_pull_with_basic_auth() {
 }
 
 fn docker_login_push_pull(tokens: bool) {
+    common::needs::need("docker");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), tokens);
     let s = Server::start_with(&["--config", cfg.to_str().unwrap()]);
@@ -161,6 +162,7 @@ fn docker_login_push_pull(tokens: bool) {
 
 #[tokio::test]
 async fn skopeo_copy_with_dest_creds() {
+    common::needs::need("skopeo");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), false);
     let s = Server::start_with(&["--config", cfg.to_str().unwrap()]);

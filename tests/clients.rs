@@ -97,31 +97,8 @@ fn run_ok(cmd: &mut Command) -> String {
     o.stdout
 }
 
-/// Fails the test, with a clear message, when `tool` cannot be run.
-fn require_tool(tool: &str, version_args: &[&str]) {
-    let r = Command::new(tool)
-        .args(version_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match r {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!(
-            "`{tool} {}` failed: this test needs a working {tool} (CI installs it); stderr: {}",
-            version_args.join(" "),
-            String::from_utf8_lossy(&o.stderr)
-        ),
-        Err(e) => panic!(
-            "{tool} is not installed or not on PATH ({e}): this test needs it (CI installs it)"
-        ),
-    }
-}
-
 fn require_docker() {
-    require_tool("docker", &["--version"]);
-    // The CLI alone is not enough: the daemon must answer too.
-    require_tool("docker", &["info", "--format", "{{.ServerVersion}}"]);
+    common::needs::need("docker");
 }
 
 fn docker() -> Command {
@@ -456,7 +433,7 @@ struct Platform {
 
 #[tokio::test]
 async fn skopeo_copy_both_ways() {
-    require_tool("skopeo", &["--version"]);
+    common::needs::need("skopeo");
     require_docker();
     let s = Server::start();
     let host = s.host().to_owned();

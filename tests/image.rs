@@ -3,6 +3,8 @@
 //! Docker engine, run it as it runs in Kubernetes (non-root, read-only root filesystem, a volume
 //! for data) and push and pull a blob through it.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ impl Drop for Cleanup {
 
 #[tokio::test]
 async fn image_builds_from_scratch_and_serves_a_push() {
+    common::needs::need("docker");
     let ctx = tempfile::tempdir().unwrap();
     let out = Command::new("bash")
         .arg(format!("{ROOT}/deploy/image/rootfs.sh"))

@@ -547,6 +547,8 @@ fn decode_claims(token: &str) -> serde_json::Value {
 /// skopeo pulls an image through the cache from CNCF Distribution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pulls_from_cncf_distribution_through_the_cache() {
+    common::needs::need("docker-registry");
+    common::needs::need("skopeo");
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

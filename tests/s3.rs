@@ -264,12 +264,7 @@ async fn two_replicas_on_one_bucket_are_one_registry() {
 }
 
 fn require_docker() {
-    let ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(ok, "the Docker engine is required (.ci/run starts dockerd)");
+    common::needs::need("docker");
 }
 
 fn run_ok(cmd: &mut Command) -> String {

@@ -183,7 +183,8 @@ pub struct AuthSpec {
     /// Named groups of users, referred to by `access` rules (Berth's `auth.groups`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, Vec<String>>,
-    /// Access rules (Berth's `auth.access`): whatever no rule grants is denied.
+    /// Access rules (Berth's `auth.access`): whatever no rule grants is denied. With no rules
+    /// at all every signed-in user may do everything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<AccessRuleSpec>,
     /// Addresses or CIDRs of the proxies in front of the pods (the Ingress controller's pods,

@@ -99,8 +99,9 @@ impl Garage {
         );
         let bin = garage_bin().unwrap_or_else(|| {
             panic!(
-                "the `garage` binary was not found (GARAGE_BIN, PATH, ~/.cargo/bin): \
-                 install it with `cargo install garage --locked`"
+                "this test needs garage (GARAGE_BIN, PATH or ~/.cargo/bin): `cargo install \
+                 garage --locked --version 2.5.0` (tests/run-all.sh installs everything the \
+                 tests need)"
             )
         });
         // Ports are picked by binding port 0 and releasing it, so another process can take one

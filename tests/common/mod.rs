@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod garage;
+pub mod needs;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -138,13 +138,16 @@ fn render_auth(reg: &Registry) -> Result<AuthConfig, BuildError> {
     let mut admins = vec![];
     if let Some(user) = admin_username(reg) {
         // The generated admin can do everything; the spec's rules decide for everyone else.
+        // Without rules Berth lets every signed-in user do everything, the admin included.
         admins.push(user.clone());
-        access.push(AccessRule {
-            repository: "**".into(),
-            users: vec![user],
-            groups: vec![],
-            actions: vec![Action::Pull, Action::Push, Action::Delete],
-        });
+        if !auth.access.is_empty() {
+            access.push(AccessRule {
+                repository: "**".into(),
+                users: vec![user],
+                groups: vec![],
+                actions: vec![Action::Pull, Action::Push, Action::Delete],
+            });
+        }
     }
     for rule in &auth.access {
         // Berth refuses a bad pattern at start-up; say so here instead of crash-looping.

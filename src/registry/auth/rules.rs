@@ -167,6 +167,9 @@ pub struct Rules {
     rules: Vec<CompiledRule>,
     /// user -> the groups it belongs to
     memberships: BTreeMap<String, Vec<String>>,
+    /// No rules were written: every signed-in user may do everything, as with Distribution's
+    /// htpasswd auth (anonymous callers still get nothing).
+    signed_in_may_do_everything: bool,
 }
 
 pub const ANONYMOUS: &str = "anonymous";
@@ -199,12 +202,24 @@ impl Rules {
                     .fold(Actions::NONE, |a, x| a.union(Actions::of(*x))),
             });
         }
-        Ok(Rules { rules, memberships })
+        Ok(Rules {
+            signed_in_may_do_everything: rules.is_empty(),
+            rules,
+            memberships,
+        })
+    }
+
+    /// True when no rule was written and every signed-in user may do everything.
+    pub fn is_open_to_signed_in(&self) -> bool {
+        self.signed_in_may_do_everything
     }
 
     /// What `user` (`None` for anonymous) may do on `repo`. Grants to `anonymous` apply to
     /// everyone.
     pub fn allowed(&self, user: Option<&str>, repo: &str) -> Actions {
+        if self.signed_in_may_do_everything && user.is_some_and(|u| u != ANONYMOUS) {
+            return Actions::ALL;
+        }
         let groups = user
             .and_then(|u| self.memberships.get(u))
             .map(Vec::as_slice)
@@ -312,6 +327,21 @@ mod tests {
         ] {
             assert!(RequestedScope::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn no_rules_let_every_signed_in_user_do_everything_and_anonymous_nothing() {
+        let open = Rules::compile(&[], &BTreeMap::new()).unwrap();
+        assert!(open.is_open_to_signed_in());
+        assert_eq!(open.allowed(Some("alice"), "any/thing"), Actions::ALL);
+        assert_eq!(open.allowed(None, "any/thing"), Actions::NONE);
+        assert_eq!(open.allowed(Some(ANONYMOUS), "any/thing"), Actions::NONE);
+        let access: Vec<AccessRule> =
+            serde_yaml::from_str("- {repository: \"a/**\", users: [bob], actions: [pull]}")
+                .unwrap();
+        let ruled = Rules::compile(&access, &BTreeMap::new()).unwrap();
+        assert!(!ruled.is_open_to_signed_in());
+        assert_eq!(ruled.allowed(Some("alice"), "any/thing"), Actions::NONE);
     }
 
     #[test]
