@@ -320,11 +320,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let format = settings.log_format;
             match runtime.block_on(serve::run(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("berth: {e}");
+                    fatal(format, "berth", &e);
                     ExitCode::FAILURE
                 }
             }
@@ -339,6 +339,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// The one line a fatal error makes: plain text for a person at a terminal, a JSON log line for
+/// a log collector, never both.
+fn fatal(format: LogFormat, command: &str, e: &dyn std::fmt::Display) {
+    match format {
+        LogFormat::Json => tracing::error!("{e}"),
+        _ => eprintln!("{command}: {e}"),
+    }
+}
+
 async fn open_store(a: &StoreArgs) -> Result<std::sync::Arc<dyn Store>, String> {
     let file = a
         .config
@@ -348,7 +357,7 @@ async fn open_store(a: &StoreArgs) -> Result<std::sync::Arc<dyn Store>, String> 
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
     let backend = Backend::choose(a.root.clone(), &file).map_err(|e| e.to_string())?;
-    berth::store::open(&backend)
+    berth::store::open_existing(&backend)
         .await
         .map_err(|e| e.to_string())
 }
@@ -450,8 +459,7 @@ fn run_operator(a: OperatorArgs) -> ExitCode {
     match runtime.block_on(run::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("berth: {e}");
+            fatal(a.log_format, "berth", &e);
             ExitCode::FAILURE
         }
     }
@@ -567,7 +575,7 @@ fn gc(a: GcArgs) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let store = match rt.block_on(berth::store::open(&backend)) {
+    let store = match rt.block_on(berth::store::open_existing(&backend)) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("berth gc: {e}");
@@ -655,8 +663,11 @@ fn purge(a: PurgeArgs) -> ExitCode {
     let report = match rt.block_on(berth::purge::run(&plan)) {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("berth purge: {e}");
+            fatal(
+                plan.config.log.format.unwrap_or_default(),
+                "berth purge",
+                &e,
+            );
             return ExitCode::from(if e.is_usage() { 2 } else { 1 });
         }
     };

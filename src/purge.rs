@@ -107,7 +107,9 @@ pub async fn run(plan: &PurgePlan) -> Result<PurgeReport, PurgeError> {
         return Err(PurgeError::MissingRoot(root.clone()));
     }
     tracing::info!(store = %describe, dry_run = plan.dry_run, "purging");
-    let store = store::open(&plan.backend).await.map_err(PurgeError::Open)?;
+    let store = store::open_existing(&plan.backend)
+        .await
+        .map_err(PurgeError::Open)?;
     let report = store
         .purge(plan.dry_run)
         .await

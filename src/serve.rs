@@ -182,7 +182,7 @@ pub enum ServeError {
     Store(#[from] OpenError),
     #[error("storage: {0}")]
     Storage(#[from] crate::store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {source}{}", bind_hint(source))]
     Bind {
         addr: String,
         source: std::io::Error,
@@ -297,7 +297,35 @@ async fn token_key_path(settings: &Settings, store: &dyn Store) -> Result<PathBu
     Ok(path)
 }
 
+/// What to do about a failed bind, for the one line a newcomer reads.
+fn bind_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "; another process holds that port: stop it or choose another with --addr"
+        }
+        std::io::ErrorKind::InvalidInput => "; expected host:port, e.g. 127.0.0.1:5000",
+        std::io::ErrorKind::PermissionDenied => {
+            "; ports below 1024 need privileges: choose a higher one with --addr"
+        }
+        std::io::ErrorKind::AddrNotAvailable => "; no network interface here has that address",
+        _ => "",
+    }
+}
+
 pub async fn run(settings: Settings) -> Result<(), ServeError> {
+    // What a newcomer gets wrong most (a busy port, a missing TLS file) fails before the
+    // storage is touched.
+    let tls = settings
+        .tls
+        .as_ref()
+        .map(|t| crate::tls::ReloadingTls::load(&t.cert, &t.key))
+        .transpose()?;
+    let listener = tokio::net::TcpListener::bind(&settings.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.addr.clone(),
+            source,
+        })?;
     let store = crate::store::open(&settings.storage).await?;
     let token_key = token_key_path(&settings, store.as_ref()).await?;
     let mut registry = Registry::new(store.clone(), settings.manifest_cache_bytes);
@@ -340,17 +368,6 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             settings.gc.clone(),
         ));
     }
-    let tls = settings
-        .tls
-        .as_ref()
-        .map(|t| crate::tls::ReloadingTls::load(&t.cert, &t.key))
-        .transpose()?;
-    let listener = tokio::net::TcpListener::bind(&settings.addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: settings.addr.clone(),
-            source,
-        })?;
     let local = listener.local_addr().map_err(ServeError::Serve)?;
     if let Some(a) = &registry.auth {
         a.set_listen_addr(local);

@@ -1,7 +1,8 @@
 //! The container image: assemble the FROM-scratch build context with deploy/image/rootfs.sh
 //! (from the test build of the binary, so no release build is needed), build it with the local
-//! Docker engine, run it as it runs in Kubernetes (non-root, read-only root filesystem, a volume
-//! for data) and push and pull a blob through it.
+//! Docker engine, check it holds a stripped binary and little else, run it as it runs in
+//! Kubernetes (non-root, read-only root filesystem, a volume for data) and as the README's one
+//! `docker run` does, and push and pull a blob through it.
 
 mod common;
 
@@ -34,7 +35,7 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(c) = &self.container {
-            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+            let _ = Command::new("docker").args(["rm", "-f", "-v", c]).output();
         }
         let _ = Command::new("docker")
             .args(["rmi", "-f", &self.image])
@@ -66,8 +67,37 @@ async fn image_builds_from_scratch_and_serves_a_push() {
     docker(&["build", "-q", "-t", &image, ctx.path().to_str().unwrap()]);
     let user = docker(&["image", "inspect", "-f", "{{.Config.User}}", &image]);
     assert_eq!(user, "65532:65532");
+
+    // The binary in the image is stripped; its symbols wait beside the build context.
+    let in_image = ctx.path().join("rootfs/usr/local/bin/berth");
+    let sections = |p: &std::path::Path| {
+        let out = Command::new("readelf").arg("-SW").arg(p).output().unwrap();
+        assert!(out.status.success(), "readelf (binutils) must be installed");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let stripped = sections(&in_image);
+    assert!(
+        !stripped.contains(".symtab")
+            && !stripped.contains(".debug_info")
+            && !stripped.contains(".debug_line"),
+        "the image's binary is stripped"
+    );
+    assert!(stripped.contains(".gnu_debuglink"));
+    assert!(sections(&ctx.path().join("berth.debug")).contains(".debug_line"));
+    // The image is that binary, a few libraries and certificates: little beside the binary
+    // (a release build's stripped binary is what makes it under 30 MB).
+    let size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", &image])
+        .parse()
+        .unwrap();
+    let binary = std::fs::metadata(&in_image).unwrap().len();
+    assert!(
+        size < binary + (4 << 20),
+        "image {size} bytes for a {binary}-byte binary"
+    );
     assert!(docker(&["run", "--rm", &image, "crd"]).contains("name: registries.berth.dev"));
 
+    // The README's command, with only the port bound to loopback: the declared volumes take
+    // the data and /tmp, so a read-only root needs nothing more.
     let id = docker(&[
         "run",
         "-d",
@@ -76,8 +106,6 @@ async fn image_builds_from_scratch_and_serves_a_push() {
         "ALL",
         "--security-opt",
         "no-new-privileges",
-        "--mount",
-        "type=volume,dst=/var/lib/berth",
         "-p",
         "127.0.0.1::5000",
         &image,

@@ -294,6 +294,10 @@ impl Backend {
 pub enum OpenError {
     #[error("storage: set either filesystem or s3, not both")]
     Ambiguous,
+    #[error(
+        "no registry storage at {0}: the directory does not exist (check --root or the config's storage.filesystem.root)"
+    )]
+    Missing(std::path::PathBuf),
     #[error("cannot open storage at {root}: {source}")]
     Filesystem {
         root: std::path::PathBuf,
@@ -304,6 +308,19 @@ pub enum OpenError {
 }
 
 /// Opens the chosen backend (checking that an object store answers).
+/// Opens the storage of a registry that already exists: what `gc`, `purge` and `token` work
+/// on. A filesystem root that is not there is an error, not a new empty registry (a typo in
+/// `--root` would otherwise collect nothing and say all is well).
+pub async fn open_existing(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenError> {
+    if let Backend::Filesystem(root) = backend
+        && !root.is_dir()
+    {
+        return Err(OpenError::Missing(root.clone()));
+    }
+    open(backend).await
+}
+
+/// Opens the storage, creating a filesystem root that is not there yet (what `serve` does).
 pub async fn open(backend: &Backend) -> Result<std::sync::Arc<dyn Store>, OpenError> {
     Ok(match backend {
         Backend::Filesystem(root) => {
