@@ -348,7 +348,9 @@ fn fatal(format: LogFormat, command: &str, e: &dyn std::fmt::Display) {
     }
 }
 
-async fn open_store(a: &StoreArgs) -> Result<std::sync::Arc<dyn Store>, String> {
+/// The registry's storage; `create` makes a filesystem root that is not there yet (a robot may
+/// be made before the first `serve`), else a missing root is an error.
+async fn open_store(a: &StoreArgs, create: bool) -> Result<std::sync::Arc<dyn Store>, String> {
     let file = a
         .config
         .as_deref()
@@ -357,9 +359,12 @@ async fn open_store(a: &StoreArgs) -> Result<std::sync::Arc<dyn Store>, String> 
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
     let backend = Backend::choose(a.root.clone(), &file).map_err(|e| e.to_string())?;
-    berth::store::open_existing(&backend)
-        .await
-        .map_err(|e| e.to_string())
+    let opened = if create {
+        berth::store::open(&backend).await
+    } else {
+        berth::store::open_existing(&backend).await
+    };
+    opened.map_err(|e| e.to_string())
 }
 
 fn token_command(cmd: TokenCommand) -> Result<(), String> {
@@ -375,7 +380,7 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
                 scopes,
                 expires,
             } => {
-                let store = open_store(&store).await?;
+                let store = open_store(&store, true).await?;
                 let expires = expires
                     .as_deref()
                     .map(robots::parse_duration)
@@ -398,7 +403,7 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
                 Ok(())
             }
             TokenCommand::Revoke { store, name } => {
-                let store = open_store(&store).await?;
+                let store = open_store(&store, false).await?;
                 robots::revoke(store.as_ref(), &name)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -406,7 +411,7 @@ fn token_command(cmd: TokenCommand) -> Result<(), String> {
                 Ok(())
             }
             TokenCommand::List { store } => {
-                let store = open_store(&store).await?;
+                let store = open_store(&store, false).await?;
                 let list = robots::list(store.as_ref()).await.map_err(|e| e.to_string())?;
                 println!("NAME\tSCOPES\tCREATED\tEXPIRES");
                 for r in list {

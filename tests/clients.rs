@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{OCI_INDEX, OCI_MANIFEST, Server, client, sha256};
+use common::{OCI_INDEX, OCI_MANIFEST, Server, client, get_json, sha256};
 use serde_json::{Value, json};
 
 /// Bound on any one external command.
@@ -145,12 +145,6 @@ fn docker_inspect(r: &str, fmt: &str) -> Option<String> {
 
 fn nonce() -> String {
     format!("{:016x}", rand::random::<u64>())
-}
-
-async fn get_json(url: &str) -> Value {
-    let r = client().get(url).send().await.expect("GET");
-    assert_eq!(r.status(), 200, "GET {url}");
-    r.json().await.expect("JSON body")
 }
 
 // ---------------------------------------------------------------------------------------------

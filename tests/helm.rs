@@ -5,26 +5,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
+use common::helm::helm;
 use common::*;
 use serde_json::Value;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn helm(args: &[&str]) -> Result<Value, String> {
-    common::needs::need("python3");
-    let out = Command::new("python3")
-        .arg(Path::new(ROOT).join("tests/helm/helm.py"))
-        .args(args)
-        .current_dir(ROOT)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(serde_json::from_slice(&out.stdout).unwrap())
-}
 
 fn chart_version() -> String {
     let chart: serde_yaml::Value = serde_yaml::from_str(

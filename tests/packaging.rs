@@ -12,21 +12,9 @@ mod common;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// Runs tests/helm/helm.py with `args`; its one JSON document.
+/// Helm's answer to `args`; the test fails with Helm's message on an error.
 fn helm(args: &[&str]) -> serde_json::Value {
-    common::needs::need("python3");
-    let out = Command::new("python3")
-        .arg(Path::new(ROOT).join("tests/helm/helm.py"))
-        .args(args)
-        .current_dir(ROOT)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "helm {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::helm::helm(args).unwrap_or_else(|e| panic!("helm {args:?}: {e}"))
 }
 
 type Objects = BTreeMap<(String, String), Value>;

@@ -160,14 +160,7 @@ async fn podman_builds_pushes_and_pulls_in_both_formats() {
         assert_eq!(label.trim(), "hello");
     }
     // Both tags are listed; pushing the same image again moves nothing and succeeds.
-    let tags: Value = client()
-        .get(s.url("/v2/team/hello/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags = get_json(&s.url("/v2/team/hello/tags/list")).await;
     assert_eq!(tags["tags"], serde_json::json!(["docker", "oci"]));
     let again = podman.ok(&[
         "push",
@@ -202,14 +195,7 @@ async fn buildah_commits_from_scratch_pushes_and_pulls() {
     let (media, m) = manifest(&s, "tools/made-by-buildah", "1", None).await;
     assert_eq!(media, "application/vnd.oci.image.manifest.v1+json");
     let config = m["config"]["digest"].as_str().unwrap();
-    let cfg: Value = client()
-        .get(s.url(&format!("/v2/tools/made-by-buildah/blobs/{config}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cfg = get_json(&s.url(&format!("/v2/tools/made-by-buildah/blobs/{config}"))).await;
     assert_eq!(cfg["config"]["Labels"]["made-by"], "buildah");
 
     let fresh = Tool::new("buildah");

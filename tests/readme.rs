@@ -51,14 +51,7 @@ async fn run_section(program: &str) {
     }
     // What was pushed is the example's file, and the pull brought the image back.
     let image = format!("localhost:{port}/hello:1");
-    let tags: serde_json::Value = client()
-        .get(s.url("/v2/hello/tags/list"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags = get_json(&s.url("/v2/hello/tags/list")).await;
     assert_eq!(tags["tags"], serde_json::json!(["1"]));
     let present = Command::new(program)
         .args(["image", "inspect", &image])

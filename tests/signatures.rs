@@ -49,7 +49,7 @@ async fn put_manifest(
     digest
 }
 
-async fn get_json(c: &reqwest::Client, url: String) -> Value {
+async fn get_artifact(c: &reqwest::Client, url: String) -> Value {
     let r = c
         .get(url)
         .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
@@ -184,7 +184,7 @@ async fn cosign_signatures_and_an_sbom_are_pushed_as_referrers_and_found_again()
     .await;
 
     // A verifier lists the referrers, filtered by kind, as cosign and oras discover do.
-    let all = get_json(&c, s.url(&format!("/v2/{repo}/referrers/{digest}"))).await;
+    let all = get_artifact(&c, s.url(&format!("/v2/{repo}/referrers/{digest}"))).await;
     assert_eq!(all["mediaType"], OCI_INDEX);
     let mut kinds: Vec<(String, String)> = all["manifests"]
         .as_array()
@@ -204,7 +204,7 @@ async fn cosign_signatures_and_an_sbom_are_pushed_as_referrers_and_found_again()
     ];
     want.sort();
     assert_eq!(kinds, want, "both referrers, each with its artifactType");
-    let sigs = get_json(
+    let sigs = get_artifact(
         &c,
         s.url(&format!(
             "/v2/{repo}/referrers/{digest}?artifactType={}",
@@ -218,7 +218,7 @@ async fn cosign_signatures_and_an_sbom_are_pushed_as_referrers_and_found_again()
 
     // Both signatures verify against the public key; a tampered payload does not.
     for reference in [sig_digest.as_str(), sig_tag.as_str()] {
-        let m = get_json(&c, s.url(&format!("/v2/{repo}/manifests/{reference}"))).await;
+        let m = get_artifact(&c, s.url(&format!("/v2/{repo}/manifests/{reference}"))).await;
         let l = &m["layers"][0];
         assert_eq!(l["mediaType"], SIMPLE_SIGNING);
         let body = get_blob(&c, &s, repo, l["digest"].as_str().unwrap()).await;
@@ -233,7 +233,7 @@ async fn cosign_signatures_and_an_sbom_are_pushed_as_referrers_and_found_again()
     }
 
     // The SBOM comes back whole.
-    let m = get_json(&c, s.url(&format!("/v2/{repo}/manifests/{sbom_digest}"))).await;
+    let m = get_artifact(&c, s.url(&format!("/v2/{repo}/manifests/{sbom_digest}"))).await;
     let got = get_blob(&c, &s, repo, m["layers"][0]["digest"].as_str().unwrap()).await;
     assert_eq!(got, sbom);
     let doc: Value = serde_json::from_slice(&got).unwrap();

@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod garage;
+pub mod helm;
 pub mod needs;
 
 use std::io::{BufRead, BufReader};
@@ -217,6 +218,13 @@ pub async fn push_image_of(
     assert_eq!(r.status(), 201, "push manifest: {:?}", r.text().await);
     let d = sha256(m.as_bytes());
     (m, d)
+}
+
+/// GETs `url`, expects 200 and returns the JSON body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let r = client().get(url).send().await.expect("GET");
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.json().await.expect("JSON body")
 }
 
 /// Reads a response to its end; returns when its first byte came, the bytes, and whether it
