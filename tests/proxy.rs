@@ -380,6 +380,66 @@ async fn late_joiners_stream_a_fill_under_way_and_share_its_fate() {
     drop(up);
 }
 
+/// Two replicas on one volume (a ReadWriteMany PVC): a blob both are asked for is fetched once,
+/// through the fill lease in the store; when the replica that fetches it dies mid-fill, the
+/// other takes the fetch over once the lease expires, and its client gets every byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_volume_fetch_once_and_take_over_from_a_dead_one() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (up, _, layer_digest, layer) = token_upstream(dir.path()).await;
+    let faults = Faults::start(&up.addr).await;
+    let mut a = cache(dir.path(), &faults.url(), "1h");
+    let b = cache(dir.path(), &faults.url(), "1h");
+    let c = client();
+    let path = format!("/v2/up.local/team/app/blobs/{layer_digest}");
+
+    // A fills slowly; B, asked meanwhile, waits for A instead of fetching too.
+    faults.set(Mode::Trickle { cut: false });
+    let mut on_a = c.get(a.url(&path)).send().await.unwrap().bytes_stream();
+    let mut got = 0;
+    while got < 256 << 10 {
+        got += on_a.next().await.unwrap().unwrap().len();
+    }
+    let on_b = tokio::spawn({
+        let (c, url) = (c.clone(), b.url(&path));
+        async move { read_timed(c.get(url).send().await.unwrap()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        faults.count("GET", &layer_digest, 200),
+        1,
+        "B waits for A's fetch: {:?}",
+        faults.seen()
+    );
+
+    // A dies with the fill half done; B takes over when A's lease expires.
+    a.kill9();
+    faults.set(Mode::Pass);
+    let (_, body, clean) = tokio::time::timeout(Duration::from_secs(40), on_b)
+        .await
+        .expect("B took the fetch over")
+        .unwrap();
+    assert!(
+        clean && body == layer,
+        "B's client got {} bytes",
+        body.len()
+    );
+    assert_eq!(
+        faults.count("GET", &layer_digest, 200),
+        2,
+        "{:?}",
+        faults.seen()
+    );
+
+    // Both replicas stored nothing twice and nothing torn: B serves it with the upstream gone.
+    faults.set(Mode::Down);
+    let (status, again, _) = get(&c, b.url(&path)).await;
+    assert_eq!(status, 200);
+    assert!(again == layer);
+    assert_blob_store_consistent(&dir.path().join("cache"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_pushes_and_misses_get_the_spec_answers() {
     let dir = tempfile::tempdir().unwrap();

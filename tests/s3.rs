@@ -610,6 +610,8 @@ async fn a_pull_through_cache_on_s3_is_shared_by_its_replicas() {
     let bd = push_blob(&c, &upstream, "team/app", &big).await;
     let slow = data(4 << 20, 10);
     let sd = push_blob(&c, &upstream, "team/app", &slow).await;
+    let storm = data(12 << 20, 11);
+    let stormd = push_blob(&c, &upstream, "team/app", &storm).await;
     let faults = Faults::start(upstream.host()).await;
 
     let g = Garage::start(1, 1);
@@ -684,6 +686,22 @@ async fn a_pull_through_cache_on_s3_is_shared_by_its_replicas() {
         faults.count("GET", "/blobs/", 200),
         1,
         "{:?}",
+        faults.seen()
+    );
+
+    // 20 clients split across A and B at once, on a blob neither has: the replicas agree
+    // through the fill lease in the bucket, and the upstream still sees one GET.
+    faults.clear();
+    let storm_url = |s: &Server| s.url(&format!("/v2/hub/team/app/blobs/{stormd}"));
+    let pulls = (0..20).map(|i| get_bytes(&c, storm_url(if i % 2 == 0 { &a } else { &b })));
+    for (status, body) in futures::future::join_all(pulls).await {
+        assert_eq!(status, 200);
+        assert!(body == storm, "a client got {} bytes", body.len());
+    }
+    assert_eq!(
+        faults.count("GET", &stormd, 200),
+        1,
+        "one fetch for both replicas: {:?}",
         faults.seen()
     );
 

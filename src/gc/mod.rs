@@ -458,7 +458,8 @@ pub async fn collect(
                 .unwrap_or(SystemTime::UNIX_EPOCH),
             opts.dry_run,
         )
-        .await?;
+        .await?
+        + crate::proxy::lease::sweep_stale(store, opts.dry_run).await?;
     report.duration_ms = began.elapsed().as_millis() as u64;
     Ok(report)
 }

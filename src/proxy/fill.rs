@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
+use super::lease::{self, Claim, Lease};
 use super::spool::Spool;
 use super::{Proxy, ProxyError, Target};
 use crate::oci::Digest;
@@ -101,12 +102,13 @@ async fn lead(
     tx: watch::Sender<FillState>,
     stream: bool,
 ) -> Result<BlobFill, ProxyError> {
-    let fill = Fill {
+    let mut fill = Fill {
         proxy: proxy.clone(),
         store,
         target: target.clone(),
         digest: digest.clone(),
         tx,
+        lease: None,
     };
     // The caller found the blob missing before it got here; a fill that ended in between
     // has linked it (a fill links before it leaves the flights), so look once more.
@@ -125,6 +127,17 @@ async fn lead(
             return Err(e.into());
         }
     }
+    match claim_across_replicas(&fill).await {
+        Ok(Some(lease)) => fill.lease = lease,
+        Ok(None) => {
+            fill.finish(Ok(()));
+            return Ok(BlobFill::Stored);
+        }
+        Err(e) => {
+            fill.finish(Err(e.to_string()));
+            return Err(e);
+        }
+    }
     let fetched = match target.upstream.blob(&target.remote, digest).await {
         Ok(Some(f)) => f,
         Ok(None) => {
@@ -132,18 +145,18 @@ async fn lead(
                 "upstream {} has no blob {digest} in {}",
                 target.upstream.url, target.remote
             );
-            fill.finish(Err(e.clone()));
+            fill.fail(e.clone()).await;
             return Err(ProxyError::NotFound(e));
         }
         Err(e) => {
-            fill.finish(Err(e.to_string()));
+            fill.fail(e.to_string()).await;
             return Err(e.into());
         }
     };
     let id = match fill.store.upload_create(&target.local).await {
         Ok(id) => id,
         Err(e) => {
-            fill.finish(Err(e.to_string()));
+            fill.fail(e.to_string()).await;
             return Err(e.into());
         }
     };
@@ -165,6 +178,37 @@ async fn lead(
         size: fetched.size,
         body: receiver_stream(client_rx),
     })
+}
+
+/// Makes this replica the one that fetches the blob, or waits for the replica that does.
+/// `Ok(Some(lease))`: fetch it (`None` inside when no lease could be written: fetch anyway,
+/// at worst twice across replicas); `Ok(None)`: another replica has stored and linked it.
+async fn claim_across_replicas(fill: &Fill) -> Result<Option<Option<Lease>>, ProxyError> {
+    let repo = Repository::new(&*fill.store, &fill.target.local);
+    loop {
+        match lease::claim(&fill.store, &fill.digest, &fill.proxy.replica).await {
+            Ok(Claim::Mine(l)) => return Ok(Some(Some(l))),
+            Ok(Claim::Theirs) => {}
+            Err(e) => {
+                tracing::warn!(digest = %fill.digest, error = %e, "cannot claim the fill across replicas; fetching it here");
+                return Ok(Some(None));
+            }
+        }
+        tracing::debug!(digest = %fill.digest, "another replica is fetching this blob; waiting for it");
+        // Until the blob is linked (served from the store), or the other replica's lease ends
+        // without it (it failed or died: claim again).
+        loop {
+            tokio::time::sleep(lease::POLL).await;
+            if repo.blob_linked(&fill.digest).await? {
+                return Ok(None);
+            }
+            match lease::held_elsewhere(&*fill.store, &fill.digest, &fill.proxy.replica).await {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// Where joiners will read the fill: the session itself when the store can read it, else a
@@ -332,9 +376,20 @@ struct Fill {
     target: Target,
     digest: Digest,
     tx: watch::Sender<FillState>,
+    /// This replica's claim on the fetch, held until the blob is linked or the fill failed.
+    lease: Option<Lease>,
 }
 
 impl Fill {
+    /// Ends a fill that failed before it ran: the lease goes first, so that a replica waiting
+    /// on it claims the fetch at once.
+    async fn fail(&mut self, why: String) {
+        if let Some(l) = self.lease.take() {
+            l.release().await;
+        }
+        self.finish(Err(why));
+    }
+
     /// Tells the requests that joined, and lets the next miss start a new fetch.
     fn finish(&self, outcome: Result<(), String>) {
         self.tx.send_modify(|s| s.outcome = Some(outcome));
@@ -348,7 +403,7 @@ impl Fill {
     /// Copies the upstream's bytes into the upload session and to the client, commits
     /// (which verifies the digest) and links the blob. The fill goes on if the client leaves.
     async fn run(
-        self,
+        mut self,
         id: UploadId,
         mut upstream: ByteStream,
         client: mpsc::Sender<std::io::Result<Bytes>>,
@@ -414,6 +469,9 @@ impl Fill {
             tracing::warn!(repository = %self.target.local, digest = %self.digest, error = %why, "pull-through fill failed");
             let _ = self.store.upload_cancel(&self.target.local, &id).await;
             let _ = client.send(Err(std::io::Error::other(why.clone()))).await;
+        }
+        if let Some(l) = self.lease.take() {
+            l.release().await;
         }
         self.finish(outcome);
     }

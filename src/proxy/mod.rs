@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod fill;
+pub mod lease;
 mod memo;
 pub mod metrics;
 mod spool;
@@ -93,6 +94,8 @@ pub struct Proxy {
     tag_flights: Mutex<HashMap<(RepoName, Tag), TagFlight>>,
     /// One upstream fetch per blob at a time: later requests join it.
     blob_flights: Mutex<HashMap<Digest, watch::Receiver<fill::FillState>>>,
+    /// This process among the replicas sharing the store: the holder name in fill leases.
+    replica: String,
     /// Cached manifests whose pull this process recorded within [`RECORD_PULLS_EVERY`].
     pulls: Memo<(RepoName, Digest), ()>,
     /// Cached tags known to be within their TTL (see `cache::fresh`).
@@ -162,6 +165,7 @@ impl Proxy {
             metrics,
             tag_flights: Mutex::new(HashMap::new()),
             blob_flights: Mutex::new(HashMap::new()),
+            replica: format!("{:032x}", rand::random::<u128>()),
             pulls: Memo::new(PULLS_MAX),
             local_names: Memo::new(LOCAL_NAMES_MAX),
             fresh_tags: Memo::new(FRESH_TAGS_MAX),

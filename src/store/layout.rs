@@ -14,6 +14,8 @@
 //! auth/robots/<name>.json                                a robot account (hash of its secret)
 //! auth/token-key.pem                                     the generated token signing key (object
 //!                                                        stores only; a local file otherwise)
+//! leases/fills/<alg>/<hex>                               which replica is filling this blob from
+//!                                                        an upstream (the pull-through cache)
 //! ```
 //! Repository names cannot contain a component starting with `_`, so the bookkeeping
 //! directories never collide with nested repositories (`a` and `a/b` coexist).
@@ -27,10 +29,11 @@ pub const BLOBS: &str = "blobs";
 pub const REPOSITORIES: &str = "repositories";
 pub const UPLOADS: &str = "uploads";
 pub const AUTH: &str = "auth";
+pub const LEASES: &str = "leases";
 /// Every top-level directory above: all that the registry writes under its root or prefix.
 /// `berth purge` removes these from a filesystem root or an unprefixed bucket, where anything
 /// beside them belongs to someone else.
-pub const TOP_LEVEL: [&str; 4] = [BLOBS, REPOSITORIES, UPLOADS, AUTH];
+pub const TOP_LEVEL: [&str; 5] = [BLOBS, REPOSITORIES, UPLOADS, AUTH, LEASES];
 
 /// Names of the per-repository bookkeeping directories.
 pub const REPO_BLOBS: &str = "_blobs";
@@ -126,6 +129,15 @@ impl MetaKey {
         MetaKey(format!("{AUTH}/token-key.pem"))
     }
 
+    /// Which replica is filling blob `d` from an upstream.
+    pub fn fill_lease(d: &Digest) -> Self {
+        MetaKey(format!(
+            "{}/{}",
+            MetaDir::fill_leases(d.algorithm()).0,
+            d.hex()
+        ))
+    }
+
     pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Self {
         MetaKey(format!(
             "{}/{}-{}",
@@ -143,6 +155,10 @@ impl MetaDir {
 
     pub fn robots() -> Self {
         MetaDir(format!("{AUTH}/robots"))
+    }
+
+    pub fn fill_leases(alg: Algorithm) -> Self {
+        MetaDir(format!("{LEASES}/fills/{alg}"))
     }
 
     pub fn repo(repo: &RepoName) -> Self {
