@@ -215,7 +215,10 @@ def main():
                 p.wait()
 
         def timed(port, repo, host="127.0.0.1", pid=None):
-            """MB/s of one pull, and the server's CPU seconds per GB over it."""
+            """MB/s of one pull, and the server's CPU seconds per GB over it. Dirty pages of the
+            phase before (a cache's fill, a push) are written back first, untimed, so that no
+            pull pays for another's writeback."""
+            os.sync()
             c0 = cpu_s(pid) if pid else 0
             t = time.monotonic()
             n = pull(port, repo, a.conc, host)

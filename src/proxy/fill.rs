@@ -470,9 +470,11 @@ impl Fill {
             let _ = self.store.upload_cancel(&self.target.local, &id).await;
             let _ = client.send(Err(std::io::Error::other(why.clone()))).await;
         }
-        if let Some(l) = self.lease.take() {
+        // Joiners first; a replica waiting on the lease sees the link before it sees the lease go.
+        let lease = self.lease.take();
+        self.finish(outcome);
+        if let Some(l) = lease {
             l.release().await;
         }
-        self.finish(outcome);
     }
 }

@@ -80,7 +80,7 @@ pub async fn claim(store: &Arc<dyn Store>, digest: &Digest, me: &str) -> Result<
     if holder(&**store, &key).await?.is_some_and(|h| h != me) {
         return Ok(Claim::Theirs);
     }
-    store.meta_put(&key, &doc(me)).await?;
+    store.meta_put_volatile(&key, &doc(me)).await?;
     // Another claimer that read "no lease" before this write landed has written by now if
     // it is as quick as this replica was; the read-back then sees one holder for both.
     tokio::time::sleep(started.elapsed() * 2 + Duration::from_millis(1)).await;
@@ -92,7 +92,7 @@ pub async fn claim(store: &Arc<dyn Store>, digest: &Digest, me: &str) -> Result<
         async move {
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
-                if let Err(e) = store.meta_put(&key, &doc(&me)).await {
+                if let Err(e) = store.meta_put_volatile(&key, &doc(&me)).await {
                     tracing::warn!(lease = key.as_str(), error = %e, "cannot renew a fill lease");
                 }
             }

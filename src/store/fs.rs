@@ -997,6 +997,13 @@ impl Store for FsStore {
         Ok(())
     }
 
+    async fn meta_put_volatile(&self, key: &MetaKey, value: &[u8]) -> Result<()> {
+        let p = self.path(key.as_str());
+        let v = value.to_vec();
+        blocking(move || write_via_rename(&p, &v, false)).await?;
+        Ok(())
+    }
+
     async fn meta_get(&self, key: &MetaKey) -> Result<Option<Bytes>> {
         let p = self.path(key.as_str());
         Ok(blocking(move || not_found_as_none(fs::read(p)))

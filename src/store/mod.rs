@@ -214,6 +214,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a metadata document atomically (replacing any previous value).
     async fn meta_put(&self, key: &MetaKey, value: &[u8]) -> Result<()>;
+    /// [`Store::meta_put`] for a document whose loss in a crash is harmless (a fill lease): as
+    /// atomic, but without waiting for the disk, and outside gc's touch protocol.
+    async fn meta_put_volatile(&self, key: &MetaKey, value: &[u8]) -> Result<()> {
+        self.meta_put(key, value).await
+    }
     /// Reads a metadata document.
     async fn meta_get(&self, key: &MetaKey) -> Result<Option<Bytes>>;
     /// Whether a metadata document exists.

@@ -1503,6 +1503,10 @@ impl Store for S3Store {
         self.put(key.as_str(), Bytes::copy_from_slice(value)).await
     }
 
+    async fn meta_put_volatile(&self, key: &MetaKey, value: &[u8]) -> Result<()> {
+        self.put(key.as_str(), Bytes::copy_from_slice(value)).await
+    }
+
     async fn meta_get(&self, key: &MetaKey) -> Result<Option<Bytes>> {
         self.get_bytes(key.as_str()).await
     }
