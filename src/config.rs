@@ -31,6 +31,11 @@ pub struct Config {
     /// (default true). Turn off to answer such requests with a new upload session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub automatic_cross_mount: Option<bool>,
+    /// Accept an index whose child manifests are not all here (default false): a mirror that
+    /// copies only some platforms keeps the index whole, so its digest and signatures hold,
+    /// and a pull of a platform it left out gets MANIFEST_UNKNOWN.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_sparse_indexes: bool,
     /// Garbage collection: `berth gc` and `serve --gc-interval` read this.
     #[serde(default)]
     pub gc: GcConfig,
@@ -435,7 +440,7 @@ pub enum ConfigError {
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`": the valid key nearest to `x`,
 /// when it is close enough to be a typo.
-fn did_you_mean(message: &str) -> String {
+pub fn did_you_mean(message: &str) -> String {
     let Some(rest) = message.split("unknown field `").nth(1) else {
         return String::new();
     };

@@ -5,6 +5,7 @@ pub mod config;
 pub mod gc;
 pub mod keys;
 pub mod listen;
+pub mod mirror;
 pub mod oci;
 pub mod operator;
 pub mod proxy;

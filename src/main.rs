@@ -51,6 +51,9 @@ enum Command {
         after_help = "Examples:\n  berth operator                                  # in-cluster, all namespaces\n  KUBECONFIG=~/.kube/config berth operator --namespace team --leader-elect false"
     )]
     Operator(OperatorArgs),
+    /// Copy a declared set of images from other registries into this one's storage.
+    #[command(subcommand)]
+    Mirror(MirrorCommand),
     /// Print the CustomResourceDefinitions (Registry, GarbageCollection) as YAML.
     #[command(after_help = "Example:\n  berth crd | kubectl apply --server-side -f -")]
     Crd,
@@ -167,6 +170,26 @@ enum TokenCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum MirrorCommand {
+    /// Copy the set's images (chosen tags, platforms, referrers) into a registry's storage;
+    /// what is there already is skipped, and a killed sync is resumed by running it again.
+    #[command(
+        after_help = "Example:\n  berth mirror sync --config set.yaml --root /var/lib/berth --json\n\nset.yaml:\n  mirrors:\n    - source: https://registry-1.docker.io/library/alpine\n      semver: \">=3.19 <4\"        # or tags: [regexes], newest: 3\n      platforms: [linux/amd64, linux/arm64]\n      referrers: true\n      destination: mirror/alpine"
+    )]
+    Sync {
+        /// The mirror set file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The storage root of the registry to fill (it may be serving meanwhile).
+        #[arg(long)]
+        root: PathBuf,
+        /// Print the report as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Args)]
 struct OperatorArgs {
     /// Watch only this namespace [default: all namespaces]
@@ -268,6 +291,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Operator(a) => run_operator(a),
+        Command::Mirror(m) => mirror(m),
         Command::Serve(a) => {
             let file = match a.config.as_deref().map(Config::load).transpose() {
                 Ok(f) => f,
@@ -336,6 +360,56 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn mirror(cmd: MirrorCommand) -> ExitCode {
+    let MirrorCommand::Sync { config, root, json } = cmd;
+    let mirrors = match berth::mirror::set::load(&config) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("berth mirror: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log_guard = match logging(LogFormat::Plain, "warn") {
+        Ok(g) => g,
+        Err(c) => return c,
+    };
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let store = match rt.block_on(berth::store::open(&Backend::Filesystem(root))) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("berth mirror: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(berth::mirror::sync::sync(&mirrors, store));
+    if json {
+        match serde_json::to_string(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => eprintln!("berth mirror: {e}"),
+        }
+    }
+    eprintln!(
+        "berth mirror: {} images, {} manifests and {} blobs ({} bytes) copied, {} blobs already there, {} errors",
+        report.images,
+        report.manifests_copied,
+        report.blobs_copied,
+        report.bytes_copied,
+        report.blobs_skipped,
+        report.errors.len()
+    );
+    for e in &report.errors {
+        eprintln!("berth mirror: {e}");
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -20,6 +20,7 @@ pub struct Settings {
     pub log_level: String,
     pub manifest_cache_bytes: usize,
     pub automatic_cross_mount: bool,
+    pub allow_sparse_indexes: bool,
     /// Run a garbage collection this often inside the server.
     pub gc_interval: Option<std::time::Duration>,
     pub gc: crate::gc::GcOptions,
@@ -154,6 +155,7 @@ impl Settings {
                 .automatic_cross_mount
                 .or(file.automatic_cross_mount)
                 .unwrap_or(true),
+            allow_sparse_indexes: file.allow_sparse_indexes,
             auth: AuthConfig {
                 htpasswd: o.htpasswd.or(file.auth.htpasswd.clone()),
                 ..file.auth.clone()
@@ -330,6 +332,7 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     let token_key = token_key_path(&settings, store.as_ref()).await?;
     let mut registry = Registry::new(store.clone(), settings.manifest_cache_bytes);
     registry.automatic_cross_mount = settings.automatic_cross_mount;
+    registry.allow_sparse_indexes = settings.allow_sparse_indexes;
     registry.upload_limits = crate::registry::uploads::UploadLimits::new(
         settings.limits.max_blob_bytes,
         settings.limits.max_upload_sessions,

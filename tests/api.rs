@@ -859,6 +859,89 @@ async fn manifest_validation() {
     }
 }
 
+/// `allowSparseIndexes`: an index may leave out platforms (what a platform-filtered mirror
+/// stores, keeping the index's digest); a pull of a left-out platform is MANIFEST_UNKNOWN, and
+/// gc keeps what is there. Off, such an index is MANIFEST_BLOB_UNKNOWN.
+#[tokio::test]
+async fn sparse_indexes_are_accepted_only_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("berth.yaml");
+    std::fs::write(&cfg, "allowSparseIndexes: true\n").unwrap();
+    let sparse = Server::start_with(&["--config", cfg.to_str().unwrap()]);
+    let strict = Server::start();
+    let c = client();
+    let absent = sha256(b"the arm64 image, not mirrored");
+    for s in [&sparse, &strict] {
+        let (m1, d1) = push_image(&c, s, "mirror/app", "amd64", "a").await;
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_INDEX}","manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{d1}","size":{},"platform":{{"architecture":"amd64","os":"linux"}}}},{{"mediaType":"{OCI_MANIFEST}","digest":"{absent}","size":1234,"platform":{{"architecture":"arm64","os":"linux"}}}}]}}"#,
+            m1.len()
+        );
+        let r = c
+            .put(s.url("/v2/mirror/app/manifests/1.0"))
+            .header("content-type", OCI_INDEX)
+            .body(index.clone())
+            .send()
+            .await
+            .unwrap();
+        if std::ptr::eq(s, &strict) {
+            assert_eq!(r.status(), 400);
+            assert_eq!(error_code(r).await, "MANIFEST_BLOB_UNKNOWN");
+            continue;
+        }
+        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        let r = c
+            .get(s.url("/v2/mirror/app/manifests/1.0"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            header(&r, "docker-content-digest"),
+            sha256(index.as_bytes())
+        );
+        let r = c
+            .get(s.url(&format!("/v2/mirror/app/manifests/{absent}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(error_code(r).await, "MANIFEST_UNKNOWN");
+        // Untag the amd64 image: the index still holds it, and gc keeps it and its blobs.
+        let r = c
+            .delete(s.url("/v2/mirror/app/manifests/amd64"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["gc", "--grace", "0s", "--delete-untagged", "--root"])
+            .arg(&s.root)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r = c
+            .get(s.url(&format!("/v2/mirror/app/manifests/{d1}")))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "gc kept the platform the index has");
+        let m: Value = r.json().await.unwrap();
+        let layer = m["layers"][0]["digest"].as_str().unwrap();
+        let r = c
+            .get(s.url(&format!("/v2/mirror/app/blobs/{layer}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}
+
 #[tokio::test]
 async fn indexes_docker_types_and_accept() {
     let s = Server::start();

@@ -164,6 +164,7 @@ fn every_command_says_what_it_does_and_shows_an_example() {
         &["token"],
         &["token", "create"],
         &["operator"],
+        &["mirror", "sync"],
         &["crd"],
     ] {
         let out = berth(&[cmd, &["--help"]].concat(), dir.path());

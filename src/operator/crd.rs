@@ -108,6 +108,10 @@ pub struct RegistrySpec {
     /// read from that upstream on a miss and kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySpec>,
+    /// Accept indexes whose child manifests are not all pushed (Berth's
+    /// `allowSparseIndexes`): what a platform-filtered mirror stores. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_sparse_indexes: bool,
     /// What happens to stored data when the Registry is deleted (default Retain).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,

@@ -21,6 +21,12 @@ use crate::oci::Digest;
 use crate::oci::manifest::MAX_MANIFEST_BYTES;
 use crate::store::ByteStream;
 
+/// A page of `GET /v2/<name>/tags/list`.
+#[derive(serde::Deserialize)]
+struct TagList {
+    tags: Option<Vec<String>>,
+}
+
 /// Every manifest type a client may pull, for upstream content negotiation.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -476,6 +482,50 @@ impl Upstream {
             bytes: buf.freeze(),
             media_type,
         }))
+    }
+
+    /// Every tag of `name`, following the upstream's pages (`n`/`last`); `None` when the
+    /// upstream has no such repository.
+    pub async fn tags(&self, name: &str) -> Result<Option<Vec<String>>, UpstreamError> {
+        const PAGE: usize = 1000;
+        let mut all: Vec<String> = Vec::new();
+        loop {
+            let path = match all.last() {
+                None => format!("tags/list?n={PAGE}"),
+                Some(last) => format!("tags/list?n={PAGE}&last={last}"),
+            };
+            let (resp, _permit) = self.send(Method::GET, name, &path, None).await?;
+            let Some(resp) = self.found(resp).await? else {
+                return Ok(if all.is_empty() { None } else { Some(all) });
+            };
+            let more = resp.headers().contains_key(reqwest::header::LINK);
+            let page: TagList = resp.json().await.map_err(|e| self.unreachable(e))?;
+            let got = page.tags.unwrap_or_default();
+            let done = !more || got.is_empty();
+            all.extend(got);
+            if done {
+                return Ok(Some(all));
+            }
+        }
+    }
+
+    /// The referrers of manifest `digest` (the descriptors of the referrers API's index);
+    /// empty when the upstream has none or does not implement the API.
+    pub async fn referrers(
+        &self,
+        name: &str,
+        digest: &Digest,
+    ) -> Result<Vec<crate::oci::Descriptor>, UpstreamError> {
+        let (resp, _permit) = self
+            .send(Method::GET, name, &format!("referrers/{digest}"), None)
+            .await?;
+        let Some(resp) = self.found(resp).await? else {
+            return Ok(Vec::new());
+        };
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        Ok(crate::oci::Manifest::parse(&bytes, None)
+            .map(|index| index.manifests)
+            .unwrap_or_default())
     }
 
     /// A blob's size (one HEAD), `None` when the upstream has no such blob.

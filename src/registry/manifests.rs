@@ -190,7 +190,7 @@ pub async fn put(
         tags.insert(0, tag);
     }
     Repository::new(&*reg.store, repo)
-        .publish(&digest, &bytes, &manifest, &tags)
+        .publish(&digest, &bytes, &manifest, &tags, reg.allow_sparse_indexes)
         .await?;
     reg.manifests.insert(digest.clone(), bytes);
 

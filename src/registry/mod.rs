@@ -28,6 +28,8 @@ pub struct Registry {
     pub tag_lists: tags::TagListCache,
     /// Mount a blob given `?mount=` without `from` when the registry already stores it.
     pub automatic_cross_mount: bool,
+    /// Accept indexes whose child manifests are not all stored (a platform-filtered mirror).
+    pub allow_sparse_indexes: bool,
     /// Access control; `None` is an open registry.
     pub auth: Option<Arc<auth::Auth>>,
     /// The largest blob and the open sessions one repository or user may have.
@@ -79,6 +81,7 @@ impl Registry {
             metrics: metrics::Metrics::new(),
             tag_lists: tags::TagListCache::default(),
             automatic_cross_mount: true,
+            allow_sparse_indexes: false,
             auth: None,
             upload_limits: uploads::UploadLimits::default(),
             proxy: None,

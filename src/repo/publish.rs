@@ -15,8 +15,9 @@ impl Repository<'_> {
     /// Checks that every blob and child manifest `m` references is in the repository,
     /// touching each so that gc's grace period restarts for it: a collection that raced this
     /// check either sees the touch and keeps the item, or has already removed it and the check
-    /// fails.
-    pub async fn touch_references(&self, m: &Manifest) -> Result<()> {
+    /// fails. With `sparse`, an index's children that are not here are allowed (and those that
+    /// are, touched).
+    pub async fn touch_references(&self, m: &Manifest, sparse: bool) -> Result<()> {
         let blob_checks = m.required_blobs().map(|d: &Descriptor| async move {
             let size = if self.blob_linked(&d.digest).await? {
                 self.store.blob_touch(&d.digest).await?
@@ -35,9 +36,10 @@ impl Repository<'_> {
         });
         try_join_all(blob_checks).await?;
         let child_checks = m.manifests.iter().map(|d| async move {
-            if self.touch_manifest(&d.digest).await?
-                && self.store.blob_touch(&d.digest).await?.is_some()
-            {
+            let present = self.touch_manifest(&d.digest).await?
+                && self.store.blob_touch(&d.digest).await?.is_some();
+            // With `sparse`, a missing child is a platform the index's pusher left out.
+            if present || sparse {
                 Ok(())
             } else {
                 Err(RepoError::Missing(d.digest.clone()))
@@ -52,14 +54,16 @@ impl Repository<'_> {
     /// order, so a reader never sees a tag that points at something missing. Nothing is
     /// recorded unless every reference is present, and if gc removed one between the first
     /// touch and the record, the record is undone and the reference reported missing.
+    /// `sparse` lets an index leave out child manifests (see [`Self::touch_references`]).
     pub async fn publish(
         &self,
         digest: &Digest,
         bytes: &Bytes,
         m: &Manifest,
         tags: &[&Tag],
+        sparse: bool,
     ) -> Result<()> {
-        self.touch_references(m).await?;
+        self.touch_references(m, sparse).await?;
         let existed = self.has_manifest(digest).await?;
         self.store.blob_put(digest, bytes.clone()).await?;
         self.link_manifest(digest, &m.media_type).await?;
@@ -70,7 +74,7 @@ impl Repository<'_> {
         // Now that the manifest is recorded, touch everything again. If a collection removed
         // something between the first touch and the record, this is where it shows.
         let recheck = async {
-            self.touch_references(m).await?;
+            self.touch_references(m, sparse).await?;
             if self.store.blob_touch(digest).await?.is_none() {
                 return Err(RepoError::Missing(digest.clone()));
             }

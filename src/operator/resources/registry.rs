@@ -294,6 +294,7 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
             })
             .unwrap_or_default(),
         proxy: super::proxy::render_proxy(reg)?,
+        allow_sparse_indexes: spec.allow_sparse_indexes,
         ..Config::default()
     })
 }
@@ -991,6 +992,7 @@ deletionPolicy: Delete
             )
             .unwrap(),
         );
+        r.spec.allow_sparse_indexes = true;
         check_spec(&r).unwrap();
         let c = render_config(&r).unwrap();
         let cm = config_map(&r, &c).unwrap();
@@ -1007,6 +1009,7 @@ deletionPolicy: Delete
         assert_eq!(l.max_connections, 300);
         assert_eq!(l.header_read_timeout, std::time::Duration::from_secs(15));
         assert_eq!(l.idle_timeout, std::time::Duration::from_secs(90));
+        assert!(settings.allow_sparse_indexes);
         let proxies =
             crate::registry::proxies::TrustedProxies::parse(&settings.auth.trusted_proxies)
                 .unwrap();

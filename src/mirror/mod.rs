@@ -1,0 +1,8 @@
+//! Mirroring for isolated networks: a declared set of images copied from other registries
+//! into this one (`berth mirror sync`). The set file and its tag and platform selection are
+//! in `set` and `select`; the copy in `sync`, which reads sources with the pull-through
+//! cache's upstream client (token flow, rate limits) and writes through the repository layer.
+
+pub mod select;
+pub mod set;
+pub mod sync;

@@ -1,0 +1,315 @@
+//! Copying a mirror set into a registry's own storage (`berth mirror sync --root`).
+//!
+//! Each chosen tag's manifest is copied children first: blobs (each verified by its digest
+//! as it is written, and linked only then), an index's chosen platforms, then the manifest
+//! itself through the repository layer's `publish`, the same write path a push takes, so gc's
+//! touch protocol holds while a registry serves the same storage. What the destination
+//! already has by digest is linked or skipped without a byte moved; a sync that was killed is
+//! resumed by running it again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use super::set::Mirror;
+use crate::oci::{Descriptor, Digest, Manifest, ManifestKind, RepoName, Tag};
+use crate::proxy::metrics::ProxyMetrics;
+use crate::proxy::{Upstream, UpstreamError};
+use crate::repo::{RepoError, Repository};
+use crate::store::{Store, StoreError};
+
+/// Blobs copied at once per image.
+const BLOB_CONCURRENCY: usize = 4;
+/// Tags copied at once per mirror.
+const TAG_CONCURRENCY: usize = 4;
+
+/// What a sync did; printed as one JSON line with `--json`.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// Tags copied or found up to date.
+    pub images: u64,
+    pub manifests_copied: u64,
+    pub blobs_copied: u64,
+    /// Blobs the destination had (by digest): nothing moved.
+    pub blobs_skipped: u64,
+    pub bytes_copied: u64,
+    /// One line per failure; the sync goes on with the rest.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Repo(#[from] RepoError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One mirror's source and destination, and the running totals.
+struct Copier<'a> {
+    mirror: &'a Mirror,
+    source: Upstream,
+    store: &'a dyn Store,
+    report: Mutex<Report>,
+    /// Manifests done in this run (indexes share children; referrers may repeat).
+    done: Mutex<HashSet<Digest>>,
+    /// One copy of a digest at a time: tags copied at once share layers and children, and
+    /// the second waits for the first, then finds it there.
+    busy: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Copies every mirror of the set into `store`; failures are counted in the report, never
+/// fatal to the rest.
+pub async fn sync(mirrors: &[Mirror], store: Arc<dyn Store>) -> Report {
+    let mut total = Report::default();
+    for m in mirrors {
+        let r = sync_one(m, &*store).await;
+        total.images += r.images;
+        total.manifests_copied += r.manifests_copied;
+        total.blobs_copied += r.blobs_copied;
+        total.blobs_skipped += r.blobs_skipped;
+        total.bytes_copied += r.bytes_copied;
+        total.errors.extend(r.errors);
+    }
+    total
+}
+
+async fn sync_one(m: &Mirror, store: &dyn Store) -> Report {
+    let source = match Upstream::from_config(0, &m.upstream_config(), ProxyMetrics::default()) {
+        Ok(u) => u,
+        Err(e) => {
+            return Report {
+                errors: vec![format!("{}: {}: {}", m.registry, e.field, e.reason)],
+                ..Report::default()
+            };
+        }
+    };
+    let c = Copier {
+        mirror: m,
+        source,
+        store,
+        report: Mutex::new(Report::default()),
+        done: Mutex::new(HashSet::new()),
+        busy: Mutex::new(HashMap::new()),
+    };
+    let from = format!("{}/{}", m.registry, m.repository);
+    let tags = match c.source.tags(&m.repository).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            c.error(format!("{from}: no such repository"));
+            return c.finish();
+        }
+        Err(e) => {
+            c.error(format!("{from}: cannot list tags: {e}"));
+            return c.finish();
+        }
+    };
+    let chosen = m.tags.choose(&tags);
+    tracing::info!(source = %from, destination = %m.destination, tags = chosen.len(), "mirroring");
+    futures::stream::iter(chosen)
+        .for_each_concurrent(TAG_CONCURRENCY, |tag| {
+            let (c, from) = (&c, &from);
+            async move {
+                match c.copy_tag(tag).await {
+                    Ok(()) => c.with(|r| r.images += 1),
+                    Err(e) => c.error(format!("{from}:{tag}: {e}")),
+                }
+            }
+        })
+        .await;
+    c.finish()
+}
+
+impl Copier<'_> {
+    fn with(&self, f: impl FnOnce(&mut Report)) {
+        f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn error(&self, e: String) {
+        tracing::warn!("{e}");
+        self.with(|r| r.errors.push(e));
+    }
+
+    fn finish(self) -> Report {
+        self.report.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until no other task of this sync is copying `digest`.
+    async fn exclusive(&self, digest: &Digest) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    fn repo(&self) -> Repository<'_> {
+        Repository::new(self.store, &self.mirror.destination)
+    }
+
+    async fn copy_tag(&self, tag: &str) -> Result<(), CopyError> {
+        let tag: Tag = tag
+            .parse()
+            .map_err(|_| CopyError::Invalid(format!("the source's tag {tag:?} is not valid")))?;
+        let (digest, bytes, media) = self.fetch_manifest(tag.as_str(), None).await?;
+        let m = Manifest::parse(&bytes, media.as_deref())
+            .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
+        self.copy_manifest(&digest, &bytes, &m).await?;
+        // The tag last: it never points at something not all there.
+        if self.repo().tag(&tag).await?.as_ref() != Some(&digest) {
+            self.repo().set_tag(&tag, &digest).await?;
+        }
+        Ok(())
+    }
+
+    /// A manifest's bytes from the source, checked against `want` (or the digest it has).
+    async fn fetch_manifest(
+        &self,
+        reference: &str,
+        want: Option<&Digest>,
+    ) -> Result<(Digest, Bytes, Option<String>), CopyError> {
+        let name = &self.mirror.repository;
+        let fetched = self
+            .source
+            .manifest(name, reference)
+            .await?
+            .ok_or_else(|| CopyError::Invalid(format!("the source has no manifest {reference}")))?;
+        let alg = want.map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
+        let digest = alg.digest_of(&fetched.bytes);
+        if let Some(w) = want
+            && w != &digest
+        {
+            return Err(CopyError::Invalid(format!(
+                "the source sent manifest bytes of digest {digest} for {w}"
+            )));
+        }
+        Ok((digest, fetched.bytes, fetched.media_type))
+    }
+
+    /// Copies `m` and all it needs (children first), then its referrers when asked.
+    async fn copy_manifest(
+        &self,
+        digest: &Digest,
+        bytes: &Bytes,
+        m: &Manifest,
+    ) -> Result<(), CopyError> {
+        let _only = self.exclusive(digest).await;
+        if self
+            .done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(digest)
+        {
+            return Ok(());
+        }
+        let mut sparse = false;
+        if m.kind == ManifestKind::Index {
+            for child in &m.manifests {
+                if !self.wanted(child) {
+                    sparse = true;
+                    continue;
+                }
+                self.copy_child(child).await?;
+            }
+        }
+        if !self.repo().has_manifest(digest).await? {
+            futures::stream::iter(m.required_blobs().filter(|d| !d.is_foreign()))
+                .map(|d| self.copy_blob(d))
+                .buffer_unordered(BLOB_CONCURRENCY)
+                .try_collect::<Vec<()>>()
+                .await?;
+            self.repo().publish(digest, bytes, m, &[], sparse).await?;
+            self.with(|r| r.manifests_copied += 1);
+        }
+        if self.mirror.referrers {
+            for r in self
+                .source
+                .referrers(&self.mirror.repository, digest)
+                .await?
+            {
+                self.copy_child(&r).await?;
+            }
+        }
+        // Only a copy that succeeded counts: a later path to it tries again.
+        self.done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.clone());
+        Ok(())
+    }
+
+    /// Copies a manifest named by a descriptor (an index's child, a referrer).
+    async fn copy_child(&self, d: &Descriptor) -> Result<(), CopyError> {
+        let (digest, bytes, media) = self
+            .fetch_manifest(&d.digest.to_string(), Some(&d.digest))
+            .await?;
+        let m = Manifest::parse(&bytes, media.as_deref().or(Some(&d.media_type)))
+            .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
+        Box::pin(self.copy_manifest(&digest, &bytes, &m)).await
+    }
+
+    /// Whether an index entry is a platform the mirror takes (entries without a platform,
+    /// such as attestation manifests, go with the index).
+    fn wanted(&self, child: &Descriptor) -> bool {
+        let platforms = &self.mirror.platforms;
+        let Some(p) = child.platform.as_ref().filter(|_| !platforms.is_empty()) else {
+            return true;
+        };
+        let field = |k: &str| p.get(k).and_then(|v| v.as_str());
+        let (Some(os), Some(arch)) = (field("os"), field("architecture")) else {
+            return true;
+        };
+        if os == "unknown" && arch == "unknown" {
+            return true; // buildx's attestation manifests ride along with the images
+        }
+        platforms
+            .iter()
+            .any(|want| want.matches(os, arch, field("variant")))
+    }
+
+    /// Makes blob `d` servable by the destination: linked if the store has it, else copied
+    /// from the source through an upload session that verifies its digest.
+    async fn copy_blob(&self, d: &Descriptor) -> Result<(), CopyError> {
+        let _only = self.exclusive(&d.digest).await;
+        let repo = self.repo();
+        if repo.blob_linked(&d.digest).await? || repo.mount_blob(&d.digest, None).await? {
+            self.with(|r| r.blobs_skipped += 1);
+            return Ok(());
+        }
+        let fetched = self
+            .source
+            .blob(&self.mirror.repository, &d.digest)
+            .await?
+            .ok_or_else(|| CopyError::Invalid(format!("the source has no blob {}", d.digest)))?;
+        let dest: &RepoName = &self.mirror.destination;
+        let id = self.store.upload_create(dest).await?;
+        let written = match self
+            .store
+            .upload_append_commit(dest, &id, Some(0), None, fetched.body, &d.digest)
+            .await
+        {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.store.upload_cancel(dest, &id).await;
+                return Err(e.into());
+            }
+        };
+        repo.link_blob(&d.digest).await?;
+        self.with(|r| {
+            r.blobs_copied += 1;
+            r.bytes_copied += written;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,393 @@
+//! `berth mirror sync` from a real registry on loopback (another `berth serve`, with a fault
+//! proxy in between) into a storage root that a `berth serve` then serves: tag selection,
+//! platform filtering into a sparse index whose digest is the source's, referrers, a second
+//! sync that moves nothing, a source cut off mid-copy and the re-run that finishes it.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::faults::{Faults, Mode};
+use common::*;
+use serde_json::{Value, json};
+
+/// Pushes a two-platform index (amd64, arm64; a shared base layer) to `repo:tag`; returns its
+/// digest and the amd64 and arm64 manifests' digests.
+async fn push_index(
+    c: &reqwest::Client,
+    s: &Server,
+    repo: &str,
+    tag: &str,
+) -> (String, String, String) {
+    let base = vec![7u8; 300 << 10];
+    let mut children = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let config = format!(r#"{{"architecture":"{arch}","os":"linux","tag":"{tag}"}}"#);
+        let own = format!("{arch} layer of {tag} ").repeat(20_000);
+        let (m, d) = push_image_of(
+            c,
+            s,
+            repo,
+            &format!("build-{arch}-{tag}"),
+            config.as_bytes(),
+            &[&base, own.as_bytes()],
+        )
+        .await;
+        children.push(json!({
+            "mediaType": OCI_MANIFEST, "digest": d, "size": m.len(),
+            "platform": {"architecture": arch, "os": "linux"}
+        }));
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": children
+    }))
+    .unwrap();
+    let r = c
+        .put(s.url(&format!("/v2/{repo}/manifests/{tag}")))
+        .header("content-type", OCI_INDEX)
+        .body(index.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    (
+        sha256(&index),
+        children[0]["digest"].as_str().unwrap().to_owned(),
+        children[1]["digest"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A cosign-style signature of `subject` (an artifact manifest with it as subject).
+async fn push_signature(
+    c: &reqwest::Client,
+    s: &Server,
+    repo: &str,
+    subject: &str,
+    size: usize,
+) -> String {
+    let empty = push_blob(c, s, repo, b"{}").await;
+    let sig = push_blob(c, s, repo, b"a signature payload").await;
+    let m = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty, "size": 2},
+        "layers": [{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "digest": sig, "size": 19}],
+        "subject": {"mediaType": OCI_INDEX, "digest": subject, "size": size}
+    }))
+    .unwrap();
+    let d = sha256(&m);
+    let r = c
+        .put(s.url(&format!("/v2/{repo}/manifests/{d}")))
+        .header("content-type", OCI_MANIFEST)
+        .body(m)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    d
+}
+
+fn sync(set: &Path, root: &Path) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["mirror", "sync", "--json", "--config"])
+        .arg(set)
+        .arg("--root")
+        .arg(root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(stdout.trim()).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        report,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn status(c: &reqwest::Client, url: String) -> u16 {
+    c.get(url)
+        .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_copies_chosen_tags_and_platforms_with_referrers_and_resumes() {
+    let c = client();
+    let source = Server::start();
+    let repo = "library/alpine";
+    let mut indexes = Vec::new();
+    for tag in ["3.18", "3.20", "3.21"] {
+        indexes.push(push_index(&c, &source, repo, tag).await);
+    }
+    let (i21, _, _) = &indexes[2];
+    let i21_size = c
+        .get(source.url(&format!("/v2/{repo}/manifests/3.21")))
+        .header("accept", OCI_INDEX)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let sig = push_signature(&c, &source, repo, i21, i21_size).await;
+    let faults = Faults::start(source.host()).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/{repo}\n    tags: [\"3\\\\.2[0-9]\"]\n    platforms: [linux/amd64]\n    referrers: true\n    destination: mirror/alpine\n",
+            faults.url()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("dest");
+    let (ok, report, err) = sync(&set, &root);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 2, "{report}");
+    assert_eq!(report["errors"], json!([]));
+    // Per tag: the index, the amd64 image, its config and two layers (the base shared).
+    assert_eq!(report["manifestsCopied"], 2 * 2 + 1, "{report}");
+    assert_eq!(report["blobsCopied"], 2 * 2 + 1 + 2, "{report}");
+    assert_eq!(
+        report["blobsSkipped"], 1,
+        "the shared base layer once: {report}"
+    );
+
+    let dest = Server::start_on(&root, &[]);
+    let tags = get_json(&dest.url("/v2/mirror/alpine/tags/list")).await;
+    assert_eq!(tags["tags"], json!(["3.20", "3.21"]));
+    for (index, amd64, arm64) in &indexes[1..] {
+        let r = c
+            .get(dest.url(&format!("/v2/mirror/alpine/manifests/{index}")))
+            .header("accept", OCI_INDEX)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "the index is kept whole, digest and all");
+        assert_eq!(sha256(&r.bytes().await.unwrap()), *index);
+        assert_eq!(
+            status(
+                &c,
+                dest.url(&format!("/v2/mirror/alpine/manifests/{amd64}"))
+            )
+            .await,
+            200
+        );
+        assert_eq!(
+            status(
+                &c,
+                dest.url(&format!("/v2/mirror/alpine/manifests/{arm64}"))
+            )
+            .await,
+            404,
+            "arm64 was left out"
+        );
+        let m = get_json(&dest.url(&format!("/v2/mirror/alpine/manifests/{amd64}"))).await;
+        for l in m["layers"].as_array().unwrap() {
+            let d = l["digest"].as_str().unwrap();
+            let r = c
+                .get(dest.url(&format!("/v2/mirror/alpine/blobs/{d}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(sha256(&r.bytes().await.unwrap()), d);
+        }
+    }
+    let refs = get_json(&dest.url(&format!("/v2/mirror/alpine/referrers/{i21}"))).await;
+    assert_eq!(
+        refs["manifests"][0]["digest"],
+        sig.as_str(),
+        "the signature came along"
+    );
+    assert_eq!(
+        status(&c, dest.url("/v2/mirror/alpine/manifests/3.18")).await,
+        404
+    );
+
+    // Nothing changed: nothing moves.
+    faults.clear();
+    let (ok, again, err) = sync(&set, &root);
+    assert!(ok, "{err}");
+    assert_eq!(again["images"], 2);
+    assert_eq!(again["blobsCopied"], 0, "{again}");
+    assert_eq!(again["bytesCopied"], 0);
+    assert_eq!(again["manifestsCopied"], 0);
+    assert_eq!(
+        faults.count("GET", "/blobs/", 200),
+        0,
+        "{:?}",
+        faults.seen()
+    );
+
+    // A new tag, and the source cut off mid-blob: an error, nothing torn; the re-run finishes.
+    let (i22, amd22, _) = push_index(&c, &source, repo, "3.22").await;
+    faults.set(Mode::Cut);
+    let (ok, cut, _) = sync(&set, &root);
+    assert!(!ok, "a cut-off sync fails: {cut}");
+    assert!(!cut["errors"].as_array().unwrap().is_empty());
+    assert_blob_store_consistent(&root);
+    assert_eq!(
+        status(&c, dest.url("/v2/mirror/alpine/manifests/3.22")).await,
+        404
+    );
+    faults.set(Mode::Pass);
+    let (ok, resumed, err) = sync(&set, &root);
+    assert!(ok, "{err}");
+    assert_eq!(resumed["errors"], json!([]));
+    assert_eq!(
+        status(&c, dest.url(&format!("/v2/mirror/alpine/manifests/{i22}"))).await,
+        200
+    );
+    assert_eq!(
+        status(
+            &c,
+            dest.url(&format!("/v2/mirror/alpine/manifests/{amd22}"))
+        )
+        .await,
+        200
+    );
+    let tags = get_json(&dest.url("/v2/mirror/alpine/tags/list")).await;
+    assert_eq!(tags["tags"], json!(["3.20", "3.21", "3.22"]));
+    assert_blob_store_consistent(&root);
+}
+
+#[test]
+fn a_bad_set_file_is_one_line_naming_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(&set, "mirrors:\n  - source: https://ghcr.io/org/app\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["mirror", "sync", "--config"])
+        .arg(&set)
+        .arg("--root")
+        .arg(dir.path().join("dest"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("mirrors[0].tags: say which tags"), "{err}");
+    assert!(!dir.path().join("dest").exists());
+}
+
+/// A child process killed and reaped however the test ends.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CNCF Distribution (`docker-registry`) as the source, filled by `skopeo copy --all` from a
+/// Berth; skopeo then reads what the mirror stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_from_cncf_distribution_and_skopeo_reads_the_result() {
+    common::needs::need("docker-registry");
+    common::needs::need("skopeo");
+    let c = client();
+    let seed = Server::start();
+    let (index, amd64, _) = push_index(&c, &seed, "team/app", "1.0").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dcfg = dir.path().join("dist.yml");
+    std::fs::write(
+        &dcfg,
+        format!(
+            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("dist").display()
+        ),
+    )
+    .unwrap();
+    let _dist = Reaped(
+        Command::new("docker-registry")
+            .args(["serve", dcfg.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let dist_url = format!("http://127.0.0.1:{port}");
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        }),
+        "Distribution did not start"
+    );
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    skopeo(&[
+        "copy",
+        "--all",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{}/team/app:1.0", seed.host()),
+        &format!("docker://127.0.0.1:{port}/team/app:1.0"),
+    ]);
+
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!("mirrors:\n  - source: {dist_url}/team/app\n    semver: \">=1 <2\"\n    platforms: [linux/amd64]\n"),
+    )
+    .unwrap();
+    let root = dir.path().join("dest");
+    let (ok, report, err) = sync(&set, &root);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 1, "{report}");
+
+    let dest = Server::start_on(&root, &[]);
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{}/team/app:1.0", dest.host()),
+    ]);
+    assert_eq!(
+        sha256(&raw),
+        index,
+        "skopeo reads the source's index, digest unchanged"
+    );
+    let layout = dir.path().join("out");
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--override-arch",
+        "amd64",
+        "--override-os",
+        "linux",
+        "--src-tls-verify=false",
+        &format!("docker://{}/team/app:1.0", dest.host()),
+        &format!("oci:{}:x", layout.display()),
+    ]);
+    let copied: Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        copied["manifests"][0]["digest"],
+        amd64.as_str(),
+        "the amd64 image, whole"
+    );
+}
