@@ -175,15 +175,25 @@ enum MirrorCommand {
     /// Copy the set's images (chosen tags, platforms, referrers) into a registry's storage;
     /// what is there already is skipped, and a killed sync is resumed by running it again.
     #[command(
-        after_help = "Example:\n  berth mirror sync --config set.yaml --root /var/lib/berth --json\n\nset.yaml:\n  mirrors:\n    - source: https://registry-1.docker.io/library/alpine\n      semver: \">=3.19 <4\"        # or tags: [regexes], newest: 3\n      platforms: [linux/amd64, linux/arm64]\n      referrers: true\n      destination: mirror/alpine"
+        after_help = "Example:\n  berth mirror sync --config set.yaml --root /var/lib/berth --json\n  berth mirror sync --config set.yaml --to https://registry.site.example --to-username ci --to-password-file ci.pw\n\nset.yaml:\n  mirrors:\n    - source: https://registry-1.docker.io/library/alpine\n      semver: \">=3.19 <4\"        # or tags: [regexes], newest: 3\n      platforms: [linux/amd64, linux/arm64]\n      referrers: true\n      destination: mirror/alpine"
     )]
+    #[command(group(clap::ArgGroup::new("into").required(true).args(["root", "to"])))]
     Sync {
         /// The mirror set file.
         #[arg(long)]
         config: PathBuf,
         /// The storage root of the registry to fill (it may be serving meanwhile).
         #[arg(long)]
-        root: PathBuf,
+        root: Option<PathBuf>,
+        /// The registry to push to, e.g. https://registry.example.com (any OCI registry).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// User at --to (Basic, or to obtain a token with push rights).
+        #[arg(long, requires = "to_password_file")]
+        to_username: Option<String>,
+        /// File holding the password or token for --to-username.
+        #[arg(long, requires = "to_username")]
+        to_password_file: Option<PathBuf>,
         /// Print the report as one JSON line.
         #[arg(long)]
         json: bool,
@@ -364,7 +374,14 @@ fn main() -> ExitCode {
 }
 
 fn mirror(cmd: MirrorCommand) -> ExitCode {
-    let MirrorCommand::Sync { config, root, json } = cmd;
+    let MirrorCommand::Sync {
+        config,
+        root,
+        to,
+        to_username,
+        to_password_file,
+        json,
+    } = cmd;
     let mirrors = match berth::mirror::set::load(&config) {
         Ok(m) => m,
         Err(e) => {
@@ -380,14 +397,39 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    let store = match rt.block_on(berth::store::open(&Backend::Filesystem(root))) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("berth mirror: {e}");
-            return ExitCode::FAILURE;
+    use berth::mirror::dest::Destination;
+    let dest = match (root, to) {
+        (Some(root), _) => match rt.block_on(berth::store::open(&Backend::Filesystem(root))) {
+            Ok(s) => Destination::Store(s),
+            Err(e) => {
+                eprintln!("berth mirror: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        (None, Some(url)) => {
+            let cfg = berth::config::UpstreamConfig {
+                prefix: "destination".into(),
+                url,
+                username: to_username,
+                password_file: to_password_file,
+                ..Default::default()
+            };
+            match berth::proxy::Upstream::from_config(0, &cfg, Default::default()) {
+                Ok(u) => Destination::Registry(Box::new(u)),
+                Err(e) => {
+                    let flag = match e.field {
+                        "passwordFile" => "--to-password-file",
+                        "username" => "--to-username",
+                        _ => "--to",
+                    };
+                    eprintln!("berth mirror: {flag}: {}", e.reason);
+                    return ExitCode::from(2);
+                }
+            }
         }
+        (None, None) => return ExitCode::from(2), // clap requires one
     };
-    let report = rt.block_on(berth::mirror::sync::sync(&mirrors, store));
+    let report = rt.block_on(berth::mirror::sync::sync(&mirrors, &dest, !json));
     if json {
         match serde_json::to_string(&report) {
             Ok(j) => println!("{j}"),

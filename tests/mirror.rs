@@ -89,11 +89,15 @@ async fn push_signature(
 }
 
 fn sync(set: &Path, root: &Path) -> (bool, Value, String) {
+    sync_into(set, &["--root", root.to_str().unwrap()])
+}
+
+/// `berth mirror sync --json --config SET` with `into` (`--root DIR` or `--to URL ...`).
+fn sync_into(set: &Path, into: &[&str]) -> (bool, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
         .args(["mirror", "sync", "--json", "--config"])
         .arg(set)
-        .arg("--root")
-        .arg(root)
+        .args(into)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -389,5 +393,121 @@ async fn sync_from_cncf_distribution_and_skopeo_reads_the_result() {
         copied["manifests"][0]["digest"],
         amd64.as_str(),
         "the amd64 image, whole"
+    );
+}
+
+/// `--to`: pushing into a running Berth with token auth, as any client pushes; a wrong
+/// password and a destination that refuses sparse indexes are clear errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_pushes_into_a_registry_with_token_auth() {
+    let c = client();
+    let source = Server::start();
+    let mut digests = Vec::new();
+    for tag in ["2.0", "2.1"] {
+        digests.push(push_index(&c, &source, "team/app", tag).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd, &[("ci", "ci-pw")]);
+    let cfg = dir.path().join("dest.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "allowSparseIndexes: true\nauth:\n  htpasswd: {}\n  token: {{}}\n  access:\n    - repository: \"mirror/**\"\n      users: [ci]\n      actions: [pull, push]\n",
+            htpasswd.display()
+        ),
+    )
+    .unwrap();
+    let dest = Server::start_with(&["--config", cfg.to_str().unwrap()]);
+    let strict = Server::start();
+    let pw = dir.path().join("ci.pw");
+    std::fs::write(&pw, "ci-pw\n").unwrap();
+    let bad_pw = dir.path().join("bad.pw");
+    std::fs::write(&bad_pw, "nope\n").unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    newest: 5\n    platforms: [linux/amd64]\n    destination: mirror/app\n",
+            source.url("")
+        ),
+    )
+    .unwrap();
+    let to = dest.url("");
+    let push = |pw: &Path| {
+        sync_into(
+            &set,
+            &[
+                "--to",
+                &to,
+                "--to-username",
+                "ci",
+                "--to-password-file",
+                pw.to_str().unwrap(),
+            ],
+        )
+    };
+
+    let (ok, report, err) = push(&pw);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 2, "{report}");
+    assert_eq!(report["errors"], json!([]));
+    let auth = basic("ci", "ci-pw");
+    let get = |path: String| {
+        c.get(dest.url(&path))
+            .header("authorization", auth.clone())
+            .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+    };
+    let tags: Value = get("/v2/mirror/app/tags/list".into())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["tags"], json!(["2.0", "2.1"]));
+    for (index, amd64, arm64) in &digests {
+        let r = get(format!("/v2/mirror/app/manifests/{index}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(sha256(&r.bytes().await.unwrap()), *index);
+        assert_eq!(
+            get(format!("/v2/mirror/app/manifests/{amd64}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        assert_eq!(
+            get(format!("/v2/mirror/app/manifests/{arm64}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404
+        );
+    }
+
+    let (ok, again, err) = push(&pw);
+    assert!(ok, "{err}");
+    assert_eq!(again["bytesCopied"], 0, "{again}");
+    assert_eq!(again["manifestsCopied"], 0, "{again}");
+
+    let (ok, denied, _) = push(&bad_pw);
+    assert!(!ok, "a wrong password must fail");
+    let e = denied["errors"].to_string();
+    assert!(
+        e.contains("401") || e.to_lowercase().contains("unauthorized") || e.contains("refused"),
+        "{e}"
+    );
+
+    let (ok, refused, _) = sync_into(&set, &["--to", &strict.url("")]);
+    assert!(!ok);
+    assert!(
+        refused["errors"].to_string().contains("allowSparseIndexes"),
+        "{refused}"
     );
 }

@@ -1,4 +1,4 @@
-//! Copying a mirror set into a registry's own storage (`berth mirror sync --root`).
+//! Copying a mirror set into a registry (`berth mirror sync`), its storage or its API.
 //!
 //! Each chosen tag's manifest is copied children first: blobs (each verified by its digest
 //! as it is written, and linked only then), an index's chosen platforms, then the manifest
@@ -14,12 +14,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use super::dest::{DestError, Destination};
 use super::set::Mirror;
-use crate::oci::{Descriptor, Digest, Manifest, ManifestKind, RepoName, Tag};
+use crate::oci::{Descriptor, Digest, Manifest, ManifestKind, Tag};
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::{Upstream, UpstreamError};
-use crate::repo::{RepoError, Repository};
-use crate::store::{Store, StoreError};
 
 /// Blobs copied at once per image.
 const BLOB_CONCURRENCY: usize = 4;
@@ -46,9 +45,7 @@ enum CopyError {
     #[error("{0}")]
     Upstream(#[from] UpstreamError),
     #[error("{0}")]
-    Store(#[from] StoreError),
-    #[error("{0}")]
-    Repo(#[from] RepoError),
+    Dest(#[from] DestError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -57,7 +54,9 @@ enum CopyError {
 struct Copier<'a> {
     mirror: &'a Mirror,
     source: Upstream,
-    store: &'a dyn Store,
+    dest: &'a Destination,
+    /// A line per image on stderr (off for `--json`).
+    progress: bool,
     report: Mutex<Report>,
     /// Manifests done in this run (indexes share children; referrers may repeat).
     done: Mutex<HashSet<Digest>>,
@@ -66,12 +65,12 @@ struct Copier<'a> {
     busy: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// Copies every mirror of the set into `store`; failures are counted in the report, never
+/// Copies every mirror of the set into `dest`; failures are counted in the report, never
 /// fatal to the rest.
-pub async fn sync(mirrors: &[Mirror], store: Arc<dyn Store>) -> Report {
+pub async fn sync(mirrors: &[Mirror], dest: &Destination, progress: bool) -> Report {
     let mut total = Report::default();
     for m in mirrors {
-        let r = sync_one(m, &*store).await;
+        let r = sync_one(m, dest, progress).await;
         total.images += r.images;
         total.manifests_copied += r.manifests_copied;
         total.blobs_copied += r.blobs_copied;
@@ -82,7 +81,7 @@ pub async fn sync(mirrors: &[Mirror], store: Arc<dyn Store>) -> Report {
     total
 }
 
-async fn sync_one(m: &Mirror, store: &dyn Store) -> Report {
+async fn sync_one(m: &Mirror, dest: &Destination, progress: bool) -> Report {
     let source = match Upstream::from_config(0, &m.upstream_config(), ProxyMetrics::default()) {
         Ok(u) => u,
         Err(e) => {
@@ -95,7 +94,8 @@ async fn sync_one(m: &Mirror, store: &dyn Store) -> Report {
     let c = Copier {
         mirror: m,
         source,
-        store,
+        dest,
+        progress,
         report: Mutex::new(Report::default()),
         done: Mutex::new(HashSet::new()),
         busy: Mutex::new(HashMap::new()),
@@ -119,7 +119,12 @@ async fn sync_one(m: &Mirror, store: &dyn Store) -> Report {
             let (c, from) = (&c, &from);
             async move {
                 match c.copy_tag(tag).await {
-                    Ok(()) => c.with(|r| r.images += 1),
+                    Ok(()) => {
+                        c.with(|r| r.images += 1);
+                        if c.progress {
+                            eprintln!("berth mirror: {}:{tag} from {from}", m.destination);
+                        }
+                    }
                     Err(e) => c.error(format!("{from}:{tag}: {e}")),
                 }
             }
@@ -134,7 +139,7 @@ impl Copier<'_> {
     }
 
     fn error(&self, e: String) {
-        tracing::warn!("{e}");
+        tracing::debug!("{e}");
         self.with(|r| r.errors.push(e));
     }
 
@@ -154,10 +159,6 @@ impl Copier<'_> {
         lock.lock_owned().await
     }
 
-    fn repo(&self) -> Repository<'_> {
-        Repository::new(self.store, &self.mirror.destination)
-    }
-
     async fn copy_tag(&self, tag: &str) -> Result<(), CopyError> {
         let tag: Tag = tag
             .parse()
@@ -167,8 +168,12 @@ impl Copier<'_> {
             .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
         self.copy_manifest(&digest, &bytes, &m).await?;
         // The tag last: it never points at something not all there.
-        if self.repo().tag(&tag).await?.as_ref() != Some(&digest) {
-            self.repo().set_tag(&tag, &digest).await?;
+        let dest = &self.mirror.destination;
+        if self.dest.tag(dest, &tag).await?.as_ref() != Some(&digest) {
+            let sparse = m.kind == ManifestKind::Index && !self.mirror.platforms.is_empty();
+            self.dest
+                .put_manifest(dest, &digest, &bytes, &m, Some(&tag), sparse)
+                .await?;
         }
         Ok(())
     }
@@ -223,13 +228,16 @@ impl Copier<'_> {
                 self.copy_child(child).await?;
             }
         }
-        if !self.repo().has_manifest(digest).await? {
+        let dest = &self.mirror.destination;
+        if !self.dest.has_manifest(dest, digest).await? {
             futures::stream::iter(m.required_blobs().filter(|d| !d.is_foreign()))
                 .map(|d| self.copy_blob(d))
                 .buffer_unordered(BLOB_CONCURRENCY)
                 .try_collect::<Vec<()>>()
                 .await?;
-            self.repo().publish(digest, bytes, m, &[], sparse).await?;
+            self.dest
+                .put_manifest(dest, digest, bytes, m, None, sparse)
+                .await?;
             self.with(|r| r.manifests_copied += 1);
         }
         if self.mirror.referrers {
@@ -278,12 +286,12 @@ impl Copier<'_> {
             .any(|want| want.matches(os, arch, field("variant")))
     }
 
-    /// Makes blob `d` servable by the destination: linked if the store has it, else copied
-    /// from the source through an upload session that verifies its digest.
+    /// Makes blob `d` servable by the destination: there already (or linked from another of
+    /// the store's repositories), else copied from the source; the destination verifies it.
     async fn copy_blob(&self, d: &Descriptor) -> Result<(), CopyError> {
         let _only = self.exclusive(&d.digest).await;
-        let repo = self.repo();
-        if repo.blob_linked(&d.digest).await? || repo.mount_blob(&d.digest, None).await? {
+        let dest = &self.mirror.destination;
+        if self.dest.has_blob(dest, &d.digest).await? {
             self.with(|r| r.blobs_skipped += 1);
             return Ok(());
         }
@@ -292,20 +300,11 @@ impl Copier<'_> {
             .blob(&self.mirror.repository, &d.digest)
             .await?
             .ok_or_else(|| CopyError::Invalid(format!("the source has no blob {}", d.digest)))?;
-        let dest: &RepoName = &self.mirror.destination;
-        let id = self.store.upload_create(dest).await?;
-        let written = match self
-            .store
-            .upload_append_commit(dest, &id, Some(0), None, fetched.body, &d.digest)
-            .await
-        {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = self.store.upload_cancel(dest, &id).await;
-                return Err(e.into());
-            }
-        };
-        repo.link_blob(&d.digest).await?;
+        let size = fetched.size.or(Some(d.size));
+        let written = self
+            .dest
+            .put_blob(dest, &d.digest, fetched.body, size)
+            .await?;
         self.with(|r| {
             r.blobs_copied += 1;
             r.bytes_copied += written;

@@ -4,6 +4,10 @@
 //! `Retry-After` has passed, so a fleet pulling through the cache never hammers an upstream
 //! that asked us to slow down.
 
+mod write;
+
+pub use write::Body;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
