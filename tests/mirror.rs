@@ -262,6 +262,26 @@ async fn sync_copies_chosen_tags_and_platforms_with_referrers_and_resumes() {
     let tags = get_json(&dest.url("/v2/mirror/alpine/tags/list")).await;
     assert_eq!(tags["tags"], json!(["3.20", "3.21", "3.22"]));
     assert_blob_store_consistent(&root);
+
+    // A source sending wrong bytes: refused by digest, nothing of the image visible.
+    let (i23, _, _) = push_index(&c, &source, repo, "3.23").await;
+    faults.set(Mode::Corrupt);
+    let (ok, bad, _) = sync(&set, &root);
+    assert!(!ok, "{bad}");
+    let e = bad["errors"].to_string();
+    assert!(
+        e.contains("3.23") && e.to_lowercase().contains("digest"),
+        "{e}"
+    );
+    assert_eq!(
+        status(&c, dest.url(&format!("/v2/mirror/alpine/manifests/{i23}"))).await,
+        404
+    );
+    assert_eq!(
+        status(&c, dest.url("/v2/mirror/alpine/manifests/3.23")).await,
+        404
+    );
+    assert_blob_store_consistent(&root);
 }
 
 #[test]
@@ -283,56 +303,18 @@ fn a_bad_set_file_is_one_line_naming_the_entry() {
     assert!(!dir.path().join("dest").exists());
 }
 
-/// A child process killed and reaped however the test ends.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// CNCF Distribution (`docker-registry`) as the source, filled by `skopeo copy --all` from a
 /// Berth; skopeo then reads what the mirror stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_from_cncf_distribution_and_skopeo_reads_the_result() {
-    common::needs::need("docker-registry");
     common::needs::need("skopeo");
     let c = client();
     let seed = Server::start();
     let (index, amd64, _) = push_index(&c, &seed, "team/app", "1.0").await;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dcfg = dir.path().join("dist.yml");
-    std::fs::write(
-        &dcfg,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("dist").display()
-        ),
-    )
-    .unwrap();
-    let _dist = Reaped(
-        Command::new("docker-registry")
-            .args(["serve", dcfg.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let dist_url = format!("http://127.0.0.1:{port}");
-    assert!(
-        wait_until(std::time::Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        }),
-        "Distribution did not start"
-    );
+    let dist = Distribution::start(dir.path());
+    let (port, dist_url) = (dist.port, dist.url());
     let skopeo = |args: &[&str]| {
         let out = Command::new("skopeo").args(args).output().unwrap();
         assert!(

@@ -607,34 +607,11 @@ fn decode_claims(token: &str) -> serde_json::Value {
 /// skopeo pulls an image through the cache from CNCF Distribution.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_pulls_from_cncf_distribution_through_the_cache() {
-    common::needs::need("docker-registry");
     common::needs::need("skopeo");
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dcfg = dir.path().join("dist.yml");
-    std::fs::write(
-        &dcfg,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-            dir.path().join("dist").display()
-        ),
-    )
-    .unwrap();
-    let mut dist = std::process::Command::new("docker-registry")
-        .args(["serve", dcfg.to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("docker-registry (CNCF Distribution) must be installed");
-    let base = format!("http://127.0.0.1:{port}");
+    let dist = Distribution::start(dir.path());
+    let (port, base) = (dist.port, dist.url());
     let c = client();
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    }));
     // Seed Distribution with skopeo from an OCI layout we write.
     let src = dir.path().join("src");
     let local = Server::start();
@@ -687,8 +664,6 @@ async fn skopeo_pulls_from_cncf_distribution_through_the_cache() {
         upstream_digest,
         "the same manifest, byte for byte (local push was {digest})"
     );
-    let _ = dist.kill();
-    let _ = dist.wait();
 }
 
 /// `proxy.retention.unpulledFor`: gc removes cached manifests nobody pulled within the window

@@ -122,6 +122,59 @@ impl Drop for Server {
     }
 }
 
+/// CNCF Distribution (Debian's `docker-registry`) on a loopback port over `dir`, stopped and
+/// reaped however the test ends.
+pub struct Distribution {
+    child: Child,
+    pub port: u16,
+}
+
+impl Distribution {
+    pub fn start(dir: &Path) -> Distribution {
+        needs::need("docker-registry");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .expect("its address")
+            .port();
+        let cfg = dir.join("dist.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("dist").display()
+            ),
+        )
+        .expect("write dist.yml");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn docker-registry");
+        let d = Distribution { child, port };
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "Distribution did not start"
+        );
+        d
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Distribution {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     Algorithm::Sha256.digest_of(bytes).to_string()
 }
