@@ -198,6 +198,24 @@ enum MirrorCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the set's images to one tar file (an OCI image layout) to carry across an air gap.
+    #[command(
+        after_help = "Examples:\n  berth mirror export --config set.yaml --out site-2026-12.tar\n  berth mirror export --config set.yaml --out site-2027-01.tar --since site-2026-12.tar   # only new blobs\n  skopeo inspect oci-archive:site-2026-12.tar:mirror/alpine:3.21"
+    )]
+    Export {
+        /// The mirror set file.
+        #[arg(long)]
+        config: PathBuf,
+        /// The bundle to write (in place only once it is whole).
+        #[arg(long, value_name = "BUNDLE.tar")]
+        out: PathBuf,
+        /// An earlier bundle: blobs it holds are left out of this one.
+        #[arg(long, value_name = "OLD.tar")]
+        since: Option<PathBuf>,
+        /// Print the report as one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -374,14 +392,22 @@ fn main() -> ExitCode {
 }
 
 fn mirror(cmd: MirrorCommand) -> ExitCode {
-    let MirrorCommand::Sync {
-        config,
-        root,
-        to,
-        to_username,
-        to_password_file,
-        json,
-    } = cmd;
+    let (config, root, to, to_username, to_password_file, bundle, json) = match cmd {
+        MirrorCommand::Sync {
+            config,
+            root,
+            to,
+            to_username,
+            to_password_file,
+            json,
+        } => (config, root, to, to_username, to_password_file, None, json),
+        MirrorCommand::Export {
+            config,
+            out,
+            since,
+            json,
+        } => (config, None, None, None, None, Some((out, since)), json),
+    };
     let mirrors = match berth::mirror::set::load(&config) {
         Ok(m) => m,
         Err(e) => {
@@ -399,6 +425,29 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
     };
     use berth::mirror::dest::Destination;
     let dest = match (root, to) {
+        _ if bundle.is_some() => {
+            let Some((out, since)) = &bundle else {
+                return ExitCode::FAILURE;
+            };
+            let have = match since
+                .as_deref()
+                .map(berth::mirror::bundle::blobs_of)
+                .transpose()
+            {
+                Ok(h) => h.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("berth mirror: --since: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match berth::mirror::bundle::Writer::create(out, have) {
+                Ok(w) => Destination::Bundle(w),
+                Err(e) => {
+                    eprintln!("berth mirror: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         (Some(root), _) => match rt.block_on(berth::store::open(&Backend::Filesystem(root))) {
             Ok(s) => Destination::Store(s),
             Err(e) => {
@@ -429,7 +478,18 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
         }
         (None, None) => return ExitCode::from(2), // clap requires one
     };
-    let report = rt.block_on(berth::mirror::sync::sync(&mirrors, &dest, !json));
+    let mut report = rt.block_on(berth::mirror::sync::sync(&mirrors, &dest, !json));
+    if let Destination::Bundle(w) = dest {
+        // A bundle with an image missing is not written: the next export starts afresh.
+        if report.errors.is_empty() {
+            match w.finish() {
+                Ok(path) => eprintln!("berth mirror: wrote {}", path.display()),
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        } else {
+            w.abandon();
+        }
+    }
     if json {
         match serde_json::to_string(&report) {
             Ok(j) => println!("{j}"),

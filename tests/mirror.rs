@@ -493,3 +493,156 @@ async fn sync_pushes_into_a_registry_with_token_auth() {
         "{refused}"
     );
 }
+
+/// The entries of a tar file.
+fn tar_names(path: &Path) -> Vec<String> {
+    let mut a = tar::Archive::new(std::fs::File::open(path).unwrap());
+    a.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// `mirror export`: a bundle skopeo reads by `<repository>:<tag>`, an incremental one with
+/// `--since` that leaves out what the first holds, and none at all when the source lies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
+    common::needs::need("skopeo");
+    let c = client();
+    let source = Server::start();
+    let repo = "library/alpine";
+    let (i20, _, _) = push_index(&c, &source, repo, "3.20").await;
+    let (i21, amd21, _) = push_index(&c, &source, repo, "3.21").await;
+    let faults = Faults::start(source.host()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/{repo}\n    tags: [\"3\\\\.2[0-9]\"]\n    platforms: [linux/amd64]\n    destination: mirror/alpine\n",
+            faults.url()
+        ),
+    )
+    .unwrap();
+    let export = |out: &Path, since: Option<&Path>| {
+        let mut args = vec!["--out".to_owned(), out.display().to_string()];
+        if let Some(s) = since {
+            args.extend(["--since".to_owned(), s.display().to_string()]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["mirror", "export", "--json", "--config"])
+            .arg(&set)
+            .args(&args)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+            .unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let b1 = dir.path().join("b1.tar");
+    let (ok, report, err) = export(&b1, None);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 2, "{report}");
+    let names = tar_names(&b1);
+    assert_eq!(names.first().map(String::as_str), Some("oci-layout"));
+    assert_eq!(names.last().map(String::as_str), Some("index.json"));
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    for (tag, index) in [("3.20", &i20), ("3.21", &i21)] {
+        let raw = skopeo(&[
+            "inspect",
+            "--raw",
+            &format!("oci-archive:{}:mirror/alpine:{tag}", b1.display()),
+        ]);
+        assert_eq!(
+            sha256(&raw),
+            **index,
+            "{tag}: the index as the source has it"
+        );
+    }
+    // skopeo copies the amd64 image out of the bundle into a registry, whole.
+    let dest = Server::start();
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--override-arch",
+        "amd64",
+        "--override-os",
+        "linux",
+        "--dest-tls-verify=false",
+        &format!("oci-archive:{}:mirror/alpine:3.21", b1.display()),
+        &format!("docker://{}/site/alpine:3.21", dest.host()),
+    ]);
+    let r = c
+        .get(dest.url("/v2/site/alpine/manifests/3.21"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["docker-content-digest"].to_str().unwrap(),
+        amd21
+    );
+
+    // The next bundle, --since the first: only what is new.
+    push_index(&c, &source, repo, "3.22").await;
+    let b2 = dir.path().join("b2.tar");
+    let (ok, report, err) = export(&b2, Some(&b1));
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 3, "{report}");
+    assert_eq!(
+        report["blobsCopied"], 2,
+        "3.22's config and own layer: {report}"
+    );
+    assert_eq!(
+        report["manifestsCopied"], 2,
+        "3.22's index and amd64 image: {report}"
+    );
+    let old: std::collections::HashSet<String> = tar_names(&b1)
+        .into_iter()
+        .filter(|n| n.starts_with("blobs/"))
+        .collect();
+    let new: Vec<String> = tar_names(&b2)
+        .into_iter()
+        .filter(|n| n.starts_with("blobs/"))
+        .collect();
+    assert_eq!(new.len(), 4, "{new:?}");
+    assert!(new.iter().all(|n| !old.contains(n)), "nothing of b1 again");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        &format!("oci-archive:{}:mirror/alpine:3.22", b2.display()),
+    ]);
+    assert_eq!(Manifest::media(&raw), OCI_INDEX);
+
+    // A source that sends wrong bytes: no bundle, and nothing half-written left beside it.
+    push_index(&c, &source, repo, "3.23").await;
+    faults.set(Mode::Corrupt);
+    let b3 = dir.path().join("b3.tar");
+    let (ok, report, _) = export(&b3, Some(&b2));
+    assert!(!ok, "{report}");
+    assert!(report["errors"].to_string().contains("digest"), "{report}");
+    assert!(!b3.exists() && !dir.path().join("b3.partial").exists());
+}
+
+/// The media type a manifest's bytes declare.
+struct Manifest;
+
+impl Manifest {
+    fn media(raw: &[u8]) -> String {
+        let v: Value = serde_json::from_slice(raw).unwrap();
+        v["mediaType"].as_str().unwrap_or_default().to_owned()
+    }
+}

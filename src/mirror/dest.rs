@@ -1,5 +1,6 @@
 //! Where a sync writes: a registry's storage directly (`--root`, through the repository layer,
-//! as a push would), or a registry over HTTP (`--to`, pushed to as any client pushes).
+//! as a push would), a registry over HTTP (`--to`, pushed to as any client pushes), or a
+//! bundle to carry across an air gap (`export`).
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use crate::store::{ByteStream, Store, StoreError};
 pub enum Destination {
     Store(Arc<dyn Store>),
     Registry(Box<Upstream>),
+    Bundle(super::bundle::Writer),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,8 @@ pub enum DestError {
     Repo(#[from] RepoError),
     #[error("destination: {0}")]
     Http(#[from] UpstreamError),
+    #[error("{0}")]
+    Bundle(#[from] super::bundle::BundleError),
     #[error("destination refused {what}: {status} {message}")]
     Refused {
         what: String,
@@ -65,6 +69,7 @@ impl Destination {
     pub async fn has_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, DestError> {
         match self {
             Destination::Store(s) => Ok(Repository::new(&**s, repo).has_manifest(digest).await?),
+            Destination::Bundle(b) => Ok(b.has(digest)),
             Destination::Registry(r) => {
                 let resp = r
                     .write(
@@ -84,6 +89,8 @@ impl Destination {
     pub async fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, DestError> {
         match self {
             Destination::Store(s) => Ok(Repository::new(&**s, repo).tag(tag).await?),
+            // Every image the set names is named in the bundle's index.
+            Destination::Bundle(_) => Ok(None),
             Destination::Registry(r) => {
                 match r.manifest_digest(repo.as_str(), tag.as_str()).await {
                     Ok(d) => Ok(d),
@@ -114,6 +121,7 @@ impl Destination {
                     .await?;
                 Ok(())
             }
+            Destination::Bundle(b) => Ok(b.put_manifest(repo, digest, bytes, m, tag).await?),
             Destination::Registry(r) => {
                 let reference = tag.map_or_else(|| digest.to_string(), |t| t.as_str().to_owned());
                 let resp = r
@@ -146,6 +154,7 @@ impl Destination {
                 let r = Repository::new(&**s, repo);
                 Ok(r.blob_linked(digest).await? || r.mount_blob(digest, None).await?)
             }
+            Destination::Bundle(b) => Ok(b.has(digest)),
             Destination::Registry(r) => {
                 let resp = r
                     .write(
@@ -187,6 +196,7 @@ impl Destination {
                     }
                 }
             }
+            Destination::Bundle(b) => Ok(b.put_blob(digest, body, size.unwrap_or(0)).await?),
             Destination::Registry(r) => {
                 let start = r
                     .write(

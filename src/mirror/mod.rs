@@ -3,6 +3,7 @@
 //! in `set` and `select`; the copy in `sync`, which reads sources with the pull-through
 //! cache's upstream client (token flow, rate limits) and writes through the repository layer.
 
+pub mod bundle;
 pub mod dest;
 pub mod select;
 pub mod set;
