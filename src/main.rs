@@ -177,23 +177,27 @@ enum MirrorCommand {
     #[command(
         after_help = "Example:\n  berth mirror sync --config set.yaml --root /var/lib/berth --json\n  berth mirror sync --config set.yaml --to https://registry.site.example --to-username ci --to-password-file ci.pw\n\nset.yaml:\n  mirrors:\n    - source: https://registry-1.docker.io/library/alpine\n      semver: \">=3.19 <4\"        # or tags: [regexes], newest: 3\n      platforms: [linux/amd64, linux/arm64]\n      referrers: true\n      destination: mirror/alpine"
     )]
-    #[command(group(clap::ArgGroup::new("into").required(true).args(["root", "to"])))]
     Sync {
         /// The mirror set file.
         #[arg(long)]
         config: PathBuf,
-        /// The storage root of the registry to fill (it may be serving meanwhile).
+        #[command(flatten)]
+        into: MirrorInto,
+        /// Print the report as one JSON line.
         #[arg(long)]
-        root: Option<PathBuf>,
-        /// The registry to push to, e.g. https://registry.example.com (any OCI registry).
-        #[arg(long, value_name = "URL")]
-        to: Option<String>,
-        /// User at --to (Basic, or to obtain a token with push rights).
-        #[arg(long, requires = "to_password_file")]
-        to_username: Option<String>,
-        /// File holding the password or token for --to-username.
-        #[arg(long, requires = "to_username")]
-        to_password_file: Option<PathBuf>,
+        json: bool,
+    },
+    /// Copy every image of a bundle (from `mirror export`) into a registry; each blob is
+    /// verified before it is used, and a failed import is finished by running it again.
+    #[command(
+        after_help = "Examples:\n  berth mirror import site-2026-12.tar --root /var/lib/berth\n  berth mirror import site-2026-12.tar --to https://registry.site.example --to-username ci --to-password-file ci.pw"
+    )]
+    Import {
+        /// The bundle.
+        #[arg(value_name = "BUNDLE.tar")]
+        bundle: PathBuf,
+        #[command(flatten)]
+        into: MirrorInto,
         /// Print the report as one JSON line.
         #[arg(long)]
         json: bool,
@@ -391,30 +395,60 @@ fn main() -> ExitCode {
     }
 }
 
-fn mirror(cmd: MirrorCommand) -> ExitCode {
-    let (config, root, to, to_username, to_password_file, bundle, json) = match cmd {
-        MirrorCommand::Sync {
-            config,
-            root,
-            to,
-            to_username,
-            to_password_file,
-            json,
-        } => (config, root, to, to_username, to_password_file, None, json),
-        MirrorCommand::Export {
-            config,
-            out,
-            since,
-            json,
-        } => (config, None, None, None, None, Some((out, since)), json),
+/// Where `--root`/`--to` (and its credentials) point a mirror command.
+#[derive(Args)]
+struct MirrorInto {
+    /// The storage root of the registry to fill (it may be serving meanwhile).
+    #[arg(long, required_unless_present = "to", conflicts_with = "to")]
+    root: Option<PathBuf>,
+    /// The registry to push to, e.g. https://registry.example.com (any OCI registry).
+    #[arg(long, value_name = "URL")]
+    to: Option<String>,
+    /// User at --to (Basic, or to obtain a token with push rights).
+    #[arg(long, requires = "to_password_file")]
+    to_username: Option<String>,
+    /// File holding the password or token for --to-username.
+    #[arg(long, requires = "to_username")]
+    to_password_file: Option<PathBuf>,
+}
+
+fn mirror_destination(
+    into: MirrorInto,
+    rt: &tokio::runtime::Runtime,
+) -> Result<berth::mirror::dest::Destination, ExitCode> {
+    use berth::mirror::dest::Destination;
+    if let Some(root) = into.root {
+        return match rt.block_on(berth::store::open(&Backend::Filesystem(root))) {
+            Ok(s) => Ok(Destination::Store(s)),
+            Err(e) => {
+                eprintln!("berth mirror: {e}");
+                Err(ExitCode::FAILURE)
+            }
+        };
+    }
+    let cfg = berth::config::UpstreamConfig {
+        prefix: "destination".into(),
+        url: into.to.unwrap_or_default(),
+        username: into.to_username,
+        password_file: into.to_password_file,
+        ..Default::default()
     };
-    let mirrors = match berth::mirror::set::load(&config) {
-        Ok(m) => m,
+    match berth::proxy::Upstream::from_config(0, &cfg, Default::default()) {
+        Ok(u) => Ok(Destination::Registry(Box::new(u))),
         Err(e) => {
-            eprintln!("berth mirror: {e}");
-            return ExitCode::from(2);
+            let flag = match e.field {
+                "passwordFile" => "--to-password-file",
+                "username" => "--to-username",
+                _ => "--to",
+            };
+            eprintln!("berth mirror: {flag}: {}", e.reason);
+            Err(ExitCode::from(2))
         }
-    };
+    }
+}
+
+fn mirror(cmd: MirrorCommand) -> ExitCode {
+    use berth::mirror::{bundle, dest::Destination, set, sync};
     let _log_guard = match logging(LogFormat::Plain, "warn") {
         Ok(g) => g,
         Err(c) => return c,
@@ -423,73 +457,82 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
         Ok(r) => r,
         Err(c) => return c,
     };
-    use berth::mirror::dest::Destination;
-    let dest = match (root, to) {
-        _ if bundle.is_some() => {
-            let Some((out, since)) = &bundle else {
-                return ExitCode::FAILURE;
+    let load = |config: &std::path::Path| {
+        set::load(config).map_err(|e| {
+            eprintln!("berth mirror: {e}");
+            ExitCode::from(2)
+        })
+    };
+    let (report, json) = match cmd {
+        MirrorCommand::Sync { config, into, json } => {
+            let mirrors = match load(&config) {
+                Ok(m) => m,
+                Err(c) => return c,
             };
-            let have = match since
-                .as_deref()
-                .map(berth::mirror::bundle::blobs_of)
-                .transpose()
-            {
+            let dest = match mirror_destination(into, &rt) {
+                Ok(d) => d,
+                Err(c) => return c,
+            };
+            (rt.block_on(sync::sync(&mirrors, &dest, !json)), json)
+        }
+        MirrorCommand::Import {
+            bundle: path,
+            into,
+            json,
+        } => {
+            let reader = match bundle::Reader::open(&path) {
+                Ok(r) => std::sync::Arc::new(r),
+                Err(e) => {
+                    eprintln!("berth mirror: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let dest = match mirror_destination(into, &rt) {
+                Ok(d) => d,
+                Err(c) => return c,
+            };
+            (rt.block_on(sync::import(reader, &dest, !json)), json)
+        }
+        MirrorCommand::Export {
+            config,
+            out,
+            since,
+            json,
+        } => {
+            let mirrors = match load(&config) {
+                Ok(m) => m,
+                Err(c) => return c,
+            };
+            let have = match since.as_deref().map(bundle::blobs_of).transpose() {
                 Ok(h) => h.unwrap_or_default(),
                 Err(e) => {
                     eprintln!("berth mirror: --since: {e}");
                     return ExitCode::from(2);
                 }
             };
-            match berth::mirror::bundle::Writer::create(out, have) {
-                Ok(w) => Destination::Bundle(w),
+            let dest = match bundle::Writer::create(&out, have) {
+                Ok(w) => Destination::Bundle(Box::new(w)),
                 Err(e) => {
                     eprintln!("berth mirror: {e}");
                     return ExitCode::FAILURE;
                 }
-            }
-        }
-        (Some(root), _) => match rt.block_on(berth::store::open(&Backend::Filesystem(root))) {
-            Ok(s) => Destination::Store(s),
-            Err(e) => {
-                eprintln!("berth mirror: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        (None, Some(url)) => {
-            let cfg = berth::config::UpstreamConfig {
-                prefix: "destination".into(),
-                url,
-                username: to_username,
-                password_file: to_password_file,
-                ..Default::default()
             };
-            match berth::proxy::Upstream::from_config(0, &cfg, Default::default()) {
-                Ok(u) => Destination::Registry(Box::new(u)),
-                Err(e) => {
-                    let flag = match e.field {
-                        "passwordFile" => "--to-password-file",
-                        "username" => "--to-username",
-                        _ => "--to",
-                    };
-                    eprintln!("berth mirror: {flag}: {}", e.reason);
-                    return ExitCode::from(2);
+            let mut report = rt.block_on(sync::sync(&mirrors, &dest, !json));
+            let Destination::Bundle(w) = dest else {
+                return ExitCode::FAILURE;
+            };
+            // A bundle with an image missing is not written: the next export starts afresh.
+            if report.errors.is_empty() {
+                match w.finish() {
+                    Ok(path) => eprintln!("berth mirror: wrote {}", path.display()),
+                    Err(e) => report.errors.push(e.to_string()),
                 }
+            } else {
+                w.abandon();
             }
+            (report, json)
         }
-        (None, None) => return ExitCode::from(2), // clap requires one
     };
-    let mut report = rt.block_on(berth::mirror::sync::sync(&mirrors, &dest, !json));
-    if let Destination::Bundle(w) = dest {
-        // A bundle with an image missing is not written: the next export starts afresh.
-        if report.errors.is_empty() {
-            match w.finish() {
-                Ok(path) => eprintln!("berth mirror: wrote {}", path.display()),
-                Err(e) => report.errors.push(e.to_string()),
-            }
-        } else {
-            w.abandon();
-        }
-    }
     if json {
         match serde_json::to_string(&report) {
             Ok(j) => println!("{j}"),

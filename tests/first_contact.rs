@@ -165,6 +165,8 @@ fn every_command_says_what_it_does_and_shows_an_example() {
         &["token", "create"],
         &["operator"],
         &["mirror", "sync"],
+        &["mirror", "export"],
+        &["mirror", "import"],
         &["crd"],
     ] {
         let out = berth(&[cmd, &["--help"]].concat(), dir.path());

@@ -512,14 +512,25 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
     let source = Server::start();
     let repo = "library/alpine";
     let (i20, _, _) = push_index(&c, &source, repo, "3.20").await;
-    let (i21, amd21, _) = push_index(&c, &source, repo, "3.21").await;
+    let (i21, amd21, arm21) = push_index(&c, &source, repo, "3.21").await;
+    let i21_size = c
+        .get(source.url(&format!("/v2/{repo}/manifests/3.21")))
+        .header("accept", OCI_INDEX)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    let sig = push_signature(&c, &source, repo, &i21, i21_size).await;
     let faults = Faults::start(source.host()).await;
     let dir = tempfile::tempdir().unwrap();
     let set = dir.path().join("set.yaml");
     std::fs::write(
         &set,
         format!(
-            "mirrors:\n  - source: {}/{repo}\n    tags: [\"3\\\\.2[0-9]\"]\n    platforms: [linux/amd64]\n    destination: mirror/alpine\n",
+            "mirrors:\n  - source: {}/{repo}\n    tags: [\"3\\\\.2[0-9]\"]\n    platforms: [linux/amd64]\n    referrers: true\n    destination: mirror/alpine\n",
             faults.url()
         ),
     )
@@ -606,9 +617,10 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
         report["blobsCopied"], 2,
         "3.22's config and own layer: {report}"
     );
+    // Manifests are written again (small; each bundle names whole images), blobs are not.
     assert_eq!(
-        report["manifestsCopied"], 2,
-        "3.22's index and amd64 image: {report}"
+        report["manifestsCopied"], 7,
+        "three indexes, three amd64 images, the signature: {report}"
     );
     let old: std::collections::HashSet<String> = tar_names(&b1)
         .into_iter()
@@ -618,8 +630,12 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
         .into_iter()
         .filter(|n| n.starts_with("blobs/"))
         .collect();
-    assert_eq!(new.len(), 4, "{new:?}");
-    assert!(new.iter().all(|n| !old.contains(n)), "nothing of b1 again");
+    assert_eq!(new.len(), 9, "{new:?}");
+    assert_eq!(
+        new.iter().filter(|n| old.contains(*n)).count(),
+        5,
+        "of b1, only its five manifests again"
+    );
     let raw = skopeo(&[
         "inspect",
         "--raw",
@@ -627,7 +643,110 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
     ]);
     assert_eq!(Manifest::media(&raw), OCI_INDEX);
 
+    // Import: b1 into a fresh root, then b2 on top; what a registry serves from it is the
+    // source's index (sparse), the amd64 image, the signature.
+    let root = dir.path().join("site");
+    let import = |bundle: &Path, into: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["mirror", "import", "--json"])
+            .arg(bundle)
+            .args(into)
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
+            .unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            report,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let at_root = ["--root", root.to_str().unwrap()];
+    let (ok, report, err) = import(&b1, &at_root);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 2, "{report}");
+    let (ok, report, err) = import(&b2, &at_root);
+    assert!(ok, "{err}");
+    assert_eq!(report["blobsCopied"], 2, "only 3.22's own blobs: {report}");
+    let site = Server::start_on(&root, &[]);
+    let tags = get_json(&site.url("/v2/mirror/alpine/tags/list")).await;
+    assert_eq!(tags["tags"], json!(["3.20", "3.21", "3.22"]));
+    let r = c
+        .get(site.url("/v2/mirror/alpine/manifests/3.21"))
+        .header("accept", OCI_INDEX)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&r.bytes().await.unwrap()), i21);
+    assert_eq!(
+        status(
+            &c,
+            site.url(&format!("/v2/mirror/alpine/manifests/{amd21}"))
+        )
+        .await,
+        200
+    );
+    assert_eq!(
+        status(
+            &c,
+            site.url(&format!("/v2/mirror/alpine/manifests/{arm21}"))
+        )
+        .await,
+        404
+    );
+    let refs = get_json(&site.url(&format!("/v2/mirror/alpine/referrers/{i21}"))).await;
+    assert_eq!(
+        refs["manifests"][0]["digest"],
+        sig.as_str(),
+        "the signature came across"
+    );
+    assert_blob_store_consistent(&root);
+    // Re-running an import moves nothing.
+    let (ok, again, _) = import(&b1, &at_root);
+    assert!(ok && again["blobsCopied"] == 0, "{again}");
+
+    // An incremental bundle alone: the blobs it leaves out are named, nothing is published.
+    let lone = dir.path().join("lone");
+    let (ok, report, _) = import(&b2, &["--root", lone.to_str().unwrap()]);
+    assert!(!ok, "{report}");
+    assert!(report["errors"].to_string().contains("no blob"), "{report}");
+    let lone_site = Server::start_on(&lone, &[]);
+    assert_eq!(
+        status(&c, lone_site.url("/v2/mirror/alpine/manifests/3.20")).await,
+        404
+    );
+
+    // A tampered bundle (one byte of a layer flipped) and a truncated one are refused.
+    let mut bytes = std::fs::read(&b1).unwrap();
+    let m = get_json(&site.url(&format!("/v2/mirror/alpine/manifests/{amd21}"))).await;
+    let layer = m["layers"][1]["digest"].as_str().unwrap().to_owned();
+    let hex = layer.trim_start_matches("sha256:");
+    let name_at = bytes
+        .windows(hex.len())
+        .position(|w| w == hex.as_bytes())
+        .expect("the layer's entry");
+    let data_at = (name_at / 512 + 1) * 512; // the header's block, then the data
+    bytes[data_at + 100] ^= 0xff;
+    let tampered = dir.path().join("tampered.tar");
+    std::fs::write(&tampered, &bytes).unwrap();
+    let fresh = dir.path().join("fresh");
+    let (ok, report, _) = import(&tampered, &["--root", fresh.to_str().unwrap()]);
+    assert!(!ok, "{report}");
+    let e = report["errors"].to_string();
+    assert!(e.contains(hex), "the bad blob is named: {e}");
+    let fresh_site = Server::start_on(&fresh, &[]);
+    assert_eq!(
+        status(&c, fresh_site.url("/v2/mirror/alpine/manifests/3.21")).await,
+        404
+    );
+    let truncated = dir.path().join("truncated.tar");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _, err) = import(&truncated, &["--root", fresh.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("truncated"), "{err}");
+
     // A source that sends wrong bytes: no bundle, and nothing half-written left beside it.
+
     push_index(&c, &source, repo, "3.23").await;
     faults.set(Mode::Corrupt);
     let b3 = dir.path().join("b3.tar");

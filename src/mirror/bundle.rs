@@ -4,18 +4,24 @@
 //! `oci-archive:bundle.tar:<repository>:<tag>`. With `--since` a bundle leaves out the blobs an
 //! earlier one holds; its index still names every image.
 //!
+//! Referrers (signatures, SBOMs) are listed in the index too, without a ref name, so that an
+//! import finds them. `mirror import` reads a bundle as a source (`Reader`): one pass over
+//! the tar's headers finds every entry, then manifests and blobs are read where they lie.
+//!
 //! Blobs are streamed from the source straight into the tar (one at a time: a tar is written
 //! in order), each checked against its digest and size as it passes; a mismatch ends the
 //! export, and a bundle is renamed into place only once it is whole.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::json;
 
-use crate::oci::{Digest, Digester, Manifest, RepoName, Tag};
+use crate::oci::manifest::MAX_MANIFEST_BYTES;
+use crate::oci::{Descriptor, Digest, Digester, Manifest, RepoName, Tag};
+use crate::proxy::upstream::{FetchedBlob, FetchedManifest};
 use crate::store::ByteStream;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -37,8 +43,11 @@ pub struct Writer {
     tmp: PathBuf,
     /// Held across each blob's write (a tar is written in order); `None` once a write failed.
     tar: tokio::sync::Mutex<Option<tar::Builder<std::fs::File>>>,
-    /// Blobs in this bundle or in the one given with `--since`.
-    have: Mutex<HashSet<Digest>>,
+    /// What this bundle holds so far.
+    written: Mutex<HashSet<Digest>>,
+    /// The blobs of the bundle given with `--since`. Manifests are written again all the
+    /// same (they are small), so that every bundle names whole images.
+    since: HashSet<Digest>,
     refs: Mutex<Vec<serde_json::Value>>,
 }
 
@@ -94,16 +103,23 @@ impl Writer {
             out: out.to_owned(),
             tmp,
             tar: tokio::sync::Mutex::new(Some(tar)),
-            have: Mutex::new(since),
+            written: Mutex::new(HashSet::new()),
+            since,
             refs: Mutex::new(Vec::new()),
         })
     }
 
-    pub fn has(&self, d: &Digest) -> bool {
-        self.have
+    /// Whether the bundle holds manifest `d` already.
+    pub fn has_manifest(&self, d: &Digest) -> bool {
+        self.written
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(d)
+    }
+
+    /// Whether blob `d` is in this bundle or in the one it is `--since`.
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.since.contains(d) || self.has_manifest(d)
     }
 
     /// Writes a manifest's bytes (once) and, with `tag`, names it in the index.
@@ -115,23 +131,28 @@ impl Writer {
         m: &Manifest,
         tag: Option<&Tag>,
     ) -> Result<(), BundleError> {
-        if !self.has(digest) {
+        if !self.has_manifest(digest) {
             use futures::StreamExt;
             let body: ByteStream =
                 futures::stream::once(std::future::ready(Ok(bytes.clone()))).boxed();
             self.put_blob(digest, body, bytes.len() as u64).await?;
         }
-        if let Some(t) = tag {
-            self.refs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(json!({
-                    "mediaType": m.media_type,
-                    "digest": digest.to_string(),
-                    "size": bytes.len(),
-                    "annotations": { REF_NAME: format!("{repo}:{}", t.as_str()) },
-                }));
+        let mut entry = json!({
+            "mediaType": m.media_type,
+            "digest": digest.to_string(),
+            "size": bytes.len(),
+        });
+        match (tag, &m.subject) {
+            (Some(t), _) => {
+                entry["annotations"] = json!({ REF_NAME: format!("{repo}:{}", t.as_str()) })
+            }
+            (None, Some(_)) => {} // a referrer: listed so that an import finds it
+            (None, None) => return Ok(()),
         }
+        self.refs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(entry);
         Ok(())
     }
 
@@ -184,7 +205,7 @@ impl Writer {
         if result.is_ok() {
             // After a bad entry the bundle is given up: the slot stays empty.
             *slot = Some(tar);
-            self.have
+            self.written
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(digest.clone());
@@ -257,4 +278,190 @@ impl<R: Read> Read for Checked<R> {
         }
         Ok(n)
     }
+}
+
+/// A bundle read as a mirror source: where each entry lies, and its index.
+pub struct Reader {
+    path: PathBuf,
+    /// digest -> (offset of its bytes in the file, size)
+    entries: HashMap<Digest, (u64, u64)>,
+    /// `<repository>:<tag>` -> the manifest's descriptor
+    refs: BTreeMap<String, Descriptor>,
+    /// subject -> the referrers the bundle carries (index entries without a ref name)
+    referrers: HashMap<Digest, Vec<Descriptor>>,
+}
+
+impl Reader {
+    /// Reads the tar's headers and its `index.json`; a truncated or unreadable bundle is
+    /// refused here, before anything is copied.
+    pub fn open(path: &Path) -> Result<Reader, BundleError> {
+        let bad = |reason: String| BundleError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(reason),
+        };
+        let file = std::fs::File::open(path).map_err(io(path))?;
+        let file_len = file.metadata().map_err(io(path))?.len();
+        let mut archive = tar::Archive::new(file);
+        let mut entries = HashMap::new();
+        let mut index = None;
+        for entry in archive.entries_with_seek().map_err(io(path))? {
+            let mut entry = entry.map_err(|e| bad(format!("truncated or corrupt: {e}")))?;
+            let name = entry
+                .path()
+                .map_err(io(path))?
+                .to_string_lossy()
+                .into_owned();
+            if name == "index.json" {
+                let mut text = Vec::new();
+                entry
+                    .read_to_end(&mut text)
+                    .map_err(|e| bad(format!("index.json: {e}")))?;
+                index = Some(text);
+            } else if let Some((alg, hex)) =
+                name.strip_prefix("blobs/").and_then(|r| r.split_once('/'))
+                && let Ok(alg) = crate::oci::Algorithm::parse(alg)
+                && let Ok(d) = Digest::from_parts(alg, hex)
+            {
+                let (at, n) = (entry.raw_file_position(), entry.size());
+                if at + n > file_len {
+                    return Err(bad(format!("truncated: blob {d} runs past the end")));
+                }
+                entries.insert(d, (at, n));
+            }
+        }
+        let index = index.ok_or_else(|| bad("truncated: it has no index.json".into()))?;
+        let index = Manifest::parse(&index, Some("application/vnd.oci.image.index.v1+json"))
+            .map_err(|e| bad(format!("index.json: {e}")))?;
+        let mut reader = Reader {
+            path: path.to_owned(),
+            entries,
+            refs: BTreeMap::new(),
+            referrers: HashMap::new(),
+        };
+        for d in index.manifests {
+            match d
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .cloned()
+            {
+                Some(name) => {
+                    reader.refs.insert(name, d);
+                }
+                None => {
+                    // A referrer: its subject is in its own bytes.
+                    let bytes = reader.read_sync(&d.digest)?;
+                    if let Some(subject) = Manifest::parse(&bytes, Some(&d.media_type))
+                        .ok()
+                        .and_then(|m| m.subject)
+                    {
+                        reader.referrers.entry(subject.digest).or_default().push(d);
+                    }
+                }
+            }
+        }
+        Ok(reader)
+    }
+
+    /// The repositories the bundle names, with their tags.
+    pub fn repositories(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for name in self.refs.keys() {
+            if let Some((repo, tag)) = name.rsplit_once(':') {
+                out.entry(repo.to_owned()).or_default().push(tag.to_owned());
+            }
+        }
+        out
+    }
+
+    pub fn tags(&self, repo: &str) -> Vec<String> {
+        self.repositories().remove(repo).unwrap_or_default()
+    }
+
+    pub fn holds(&self, d: &Digest) -> bool {
+        self.entries.contains_key(d)
+    }
+
+    /// The referrers of `digest` the bundle carries.
+    pub fn referrers(&self, digest: &Digest) -> Vec<Descriptor> {
+        self.referrers.get(digest).cloned().unwrap_or_default()
+    }
+
+    /// The manifest a tag or digest names, checked against its digest.
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<FetchedManifest>, BundleError> {
+        let (digest, media_type) = match self.refs.get(&format!("{repo}:{reference}")) {
+            Some(d) => (d.digest.clone(), Some(d.media_type.clone())),
+            None => match reference.parse::<Digest>() {
+                Ok(d) => (d, None),
+                Err(_) => return Ok(None),
+            },
+        };
+        if !self.holds(&digest) {
+            return Ok(None);
+        }
+        let (path, d) = (self.path.clone(), digest.clone());
+        let entry = self.entries.get(&digest).copied();
+        let bytes = tokio::task::spawn_blocking(move || read_entry(&path, &d, entry))
+            .await
+            .map_err(|e| BundleError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })??;
+        Ok(Some(FetchedManifest {
+            bytes: bytes.into(),
+            media_type,
+        }))
+    }
+
+    /// A blob's bytes as they lie in the bundle; the destination verifies its digest.
+    pub async fn blob(&self, d: &Digest) -> Result<Option<FetchedBlob>, BundleError> {
+        use futures::StreamExt;
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let Some(&(at, size)) = self.entries.get(d) else {
+            return Ok(None);
+        };
+        let mut f = tokio::fs::File::open(&self.path)
+            .await
+            .map_err(io(&self.path))?;
+        f.seek(std::io::SeekFrom::Start(at))
+            .await
+            .map_err(io(&self.path))?;
+        let body = tokio_util::io::ReaderStream::with_capacity(f.take(size), 1 << 20).boxed();
+        Ok(Some(FetchedBlob {
+            size: Some(size),
+            body,
+        }))
+    }
+
+    fn read_sync(&self, d: &Digest) -> Result<Vec<u8>, BundleError> {
+        read_entry(&self.path, d, self.entries.get(d).copied())
+    }
+}
+
+/// A manifest entry's bytes, refused when they are not what their name says.
+fn read_entry(path: &Path, d: &Digest, entry: Option<(u64, u64)>) -> Result<Vec<u8>, BundleError> {
+    use std::io::{Seek, SeekFrom};
+    let bad = |reason: String| BundleError::Bad {
+        digest: d.clone(),
+        reason,
+    };
+    let (at, size) = entry.ok_or_else(|| bad("not in the bundle".into()))?;
+    if size > MAX_MANIFEST_BYTES as u64 {
+        return Err(bad(format!("{size} bytes: too large for a manifest")));
+    }
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    f.seek(SeekFrom::Start(at)).map_err(io(path))?;
+    let mut buf = Vec::with_capacity(size as usize);
+    f.take(size).read_to_end(&mut buf).map_err(io(path))?;
+    let got = d.algorithm().digest_of(&buf);
+    if &got != d {
+        return Err(bad(format!(
+            "the bundle's bytes have digest {got}: the bundle was altered"
+        )));
+    }
+    Ok(buf)
 }

@@ -16,7 +16,7 @@ use crate::store::{ByteStream, Store, StoreError};
 pub enum Destination {
     Store(Arc<dyn Store>),
     Registry(Box<Upstream>),
-    Bundle(super::bundle::Writer),
+    Bundle(Box<super::bundle::Writer>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ impl Destination {
     pub async fn has_manifest(&self, repo: &RepoName, digest: &Digest) -> Result<bool, DestError> {
         match self {
             Destination::Store(s) => Ok(Repository::new(&**s, repo).has_manifest(digest).await?),
-            Destination::Bundle(b) => Ok(b.has(digest)),
+            Destination::Bundle(b) => Ok(b.has_manifest(digest)),
             Destination::Registry(r) => {
                 let resp = r
                     .write(
@@ -154,7 +154,7 @@ impl Destination {
                 let r = Repository::new(&**s, repo);
                 Ok(r.blob_linked(digest).await? || r.mount_blob(digest, None).await?)
             }
-            Destination::Bundle(b) => Ok(b.has(digest)),
+            Destination::Bundle(b) => Ok(b.has_blob(digest)),
             Destination::Registry(r) => {
                 let resp = r
                     .write(

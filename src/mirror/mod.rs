@@ -7,4 +7,5 @@ pub mod bundle;
 pub mod dest;
 pub mod select;
 pub mod set;
+pub mod source;
 pub mod sync;

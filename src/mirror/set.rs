@@ -77,6 +77,24 @@ pub struct Mirror {
 }
 
 impl Mirror {
+    /// What an import copies of a bundle: each image it names in `repo`, whole as the
+    /// bundle holds it, into the repository of the same name.
+    pub fn of_bundle(repo: &str, tags: &[String]) -> Result<Mirror, String> {
+        let exact: Vec<String> = tags.iter().map(|t| regex::escape(t)).collect();
+        Ok(Mirror {
+            registry: "bundle".into(),
+            repository: repo.to_owned(),
+            tags: TagSelect::new(&exact, None, None).map_err(|e| e.to_string())?,
+            platforms: Vec::new(),
+            referrers: true,
+            destination: repo
+                .parse()
+                .map_err(|_| format!("{repo:?} is not a repository name"))?,
+            username: None,
+            password_file: None,
+        })
+    }
+
     /// How the upstream client of the pull-through cache is configured for this source.
     pub fn upstream_config(&self) -> UpstreamConfig {
         UpstreamConfig {

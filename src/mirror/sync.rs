@@ -16,9 +16,10 @@ use serde::Serialize;
 
 use super::dest::{DestError, Destination};
 use super::set::Mirror;
+use super::source::{Source, SourceError};
 use crate::oci::{Descriptor, Digest, Manifest, ManifestKind, Tag};
+use crate::proxy::Upstream;
 use crate::proxy::metrics::ProxyMetrics;
-use crate::proxy::{Upstream, UpstreamError};
 
 /// Blobs copied at once per image.
 const BLOB_CONCURRENCY: usize = 4;
@@ -43,7 +44,7 @@ pub struct Report {
 #[derive(Debug, thiserror::Error)]
 enum CopyError {
     #[error("{0}")]
-    Upstream(#[from] UpstreamError),
+    Source(#[from] SourceError),
     #[error("{0}")]
     Dest(#[from] DestError),
     #[error("{0}")]
@@ -53,7 +54,7 @@ enum CopyError {
 /// One mirror's source and destination, and the running totals.
 struct Copier<'a> {
     mirror: &'a Mirror,
-    source: Upstream,
+    source: &'a Source,
     dest: &'a Destination,
     /// A line per image on stderr (off for `--json`).
     progress: bool,
@@ -66,31 +67,58 @@ struct Copier<'a> {
 }
 
 /// Copies every mirror of the set into `dest`; failures are counted in the report, never
-/// fatal to the rest.
+/// fatal to the rest. Each mirror's source is its registry.
 pub async fn sync(mirrors: &[Mirror], dest: &Destination, progress: bool) -> Report {
     let mut total = Report::default();
     for m in mirrors {
-        let r = sync_one(m, dest, progress).await;
-        total.images += r.images;
-        total.manifests_copied += r.manifests_copied;
-        total.blobs_copied += r.blobs_copied;
-        total.blobs_skipped += r.blobs_skipped;
-        total.bytes_copied += r.bytes_copied;
-        total.errors.extend(r.errors);
+        let source = match Upstream::from_config(0, &m.upstream_config(), ProxyMetrics::default()) {
+            Ok(u) => Source::Registry(Box::new(u)),
+            Err(e) => {
+                total
+                    .errors
+                    .push(format!("{}: {}: {}", m.registry, e.field, e.reason));
+                continue;
+            }
+        };
+        let r = sync_one(m, &source, dest, progress).await;
+        total.add(r);
     }
     total
 }
 
-async fn sync_one(m: &Mirror, dest: &Destination, progress: bool) -> Report {
-    let source = match Upstream::from_config(0, &m.upstream_config(), ProxyMetrics::default()) {
-        Ok(u) => u,
-        Err(e) => {
-            return Report {
-                errors: vec![format!("{}: {}: {}", m.registry, e.field, e.reason)],
-                ..Report::default()
-            };
-        }
-    };
+/// Copies every image a bundle names into `dest` (`mirror import`).
+pub async fn import(
+    bundle: std::sync::Arc<super::bundle::Reader>,
+    dest: &Destination,
+    progress: bool,
+) -> Report {
+    let mut total = Report::default();
+    let source = Source::Bundle(bundle.clone());
+    for (repo, tags) in bundle.repositories() {
+        let m = match Mirror::of_bundle(&repo, &tags) {
+            Ok(m) => m,
+            Err(e) => {
+                total.errors.push(format!("{repo}: {e}"));
+                continue;
+            }
+        };
+        total.add(sync_one(&m, &source, dest, progress).await);
+    }
+    total
+}
+
+impl Report {
+    fn add(&mut self, r: Report) {
+        self.images += r.images;
+        self.manifests_copied += r.manifests_copied;
+        self.blobs_copied += r.blobs_copied;
+        self.blobs_skipped += r.blobs_skipped;
+        self.bytes_copied += r.bytes_copied;
+        self.errors.extend(r.errors);
+    }
+}
+
+async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress: bool) -> Report {
     let c = Copier {
         mirror: m,
         source,
@@ -170,7 +198,10 @@ impl Copier<'_> {
         // The tag last: it never points at something not all there.
         let dest = &self.mirror.destination;
         if self.dest.tag(dest, &tag).await?.as_ref() != Some(&digest) {
-            let sparse = m.kind == ManifestKind::Index && !self.mirror.platforms.is_empty();
+            let sparse = m.kind == ManifestKind::Index
+                && m.manifests
+                    .iter()
+                    .any(|c| !self.wanted(c) || self.source.left_out(&c.digest));
             self.dest
                 .put_manifest(dest, &digest, &bytes, &m, Some(&tag), sparse)
                 .await?;
@@ -221,7 +252,7 @@ impl Copier<'_> {
         let mut sparse = false;
         if m.kind == ManifestKind::Index {
             for child in &m.manifests {
-                if !self.wanted(child) {
+                if !self.wanted(child) || self.source.left_out(&child.digest) {
                     sparse = true;
                     continue;
                 }
@@ -304,7 +335,8 @@ impl Copier<'_> {
         let written = self
             .dest
             .put_blob(dest, &d.digest, fetched.body, size)
-            .await?;
+            .await
+            .map_err(|e| CopyError::Invalid(format!("blob {}: {e}", d.digest)))?;
         self.with(|r| {
             r.blobs_copied += 1;
             r.bytes_copied += written;
