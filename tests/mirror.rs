@@ -765,3 +765,74 @@ impl Manifest {
         v["mediaType"].as_str().unwrap_or_default().to_owned()
     }
 }
+
+/// kill -9 in the middle of a sync (a slow source) leaves nothing torn, and the next sync
+/// finishes the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_killed_mid_copy_is_finished_by_the_next() {
+    let c = client();
+    let source = Server::start();
+    // A 4 MiB layer: at the trickle's pace (2.5 MB/s) its copy takes over a second.
+    let big: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let config = br#"{"os":"linux","architecture":"amd64"}"#;
+    let (_, digest) = push_image_of(&c, &source, "team/app", "1.0", config, &[&big]).await;
+    let faults = Faults::start(source.host()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    newest: 1\n",
+            faults.url()
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("dest");
+    faults.set(Mode::Trickle { cut: false });
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["mirror", "sync", "--json", "--config"])
+        .arg(&set)
+        .arg("--root")
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let layer = sha256(&big);
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            faults.count("GET", &layer, 200) > 0
+        }),
+        "the sync started copying the layer"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL, with the layer half copied
+    child.wait().unwrap();
+    assert_blob_store_consistent(&root);
+    let dest = Server::start_on(&root, &[]);
+    assert_eq!(
+        status(&c, dest.url("/v2/team/app/manifests/1.0")).await,
+        404
+    );
+
+    faults.set(Mode::Pass);
+    let (ok, report, err) = sync(&set, &root);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 1, "{report}");
+    let r = c
+        .get(dest.url("/v2/team/app/manifests/1.0"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+    let r = c
+        .get(dest.url(&format!("/v2/team/app/blobs/{layer}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.bytes().await.unwrap() == big, "the layer, whole");
+    assert_blob_store_consistent(&root);
+}
