@@ -88,6 +88,35 @@ async fn push_signature(
     d
 }
 
+/// Signs `repo:tag` (whose index is `index`) as cosign does; returns the signature's digest.
+async fn sign(c: &reqwest::Client, s: &Server, repo: &str, tag: &str, index: &str) -> String {
+    let size = c
+        .get(s.url(&format!("/v2/{repo}/manifests/{tag}")))
+        .header("accept", OCI_INDEX)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len();
+    push_signature(c, s, repo, index, size).await
+}
+
+/// The set most tests use: 3.2x tags of `source/repo`, amd64 only, with referrers, into
+/// `mirror/alpine`.
+fn alpine_set(dir: &Path, source: &str, repo: &str) -> std::path::PathBuf {
+    let set = dir.join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {source}/{repo}\n    tags: [\"3\\\\.2[0-9]\"]\n    platforms: [linux/amd64]\n    referrers: true\n    destination: mirror/alpine\n"
+        ),
+    )
+    .unwrap();
+    set
+}
+
 fn sync(set: &Path, root: &Path) -> (bool, Value, String) {
     sync_into(set, &["--root", root.to_str().unwrap()])
 }
@@ -129,29 +158,10 @@ async fn sync_copies_chosen_tags_and_platforms_with_referrers_and_resumes() {
         indexes.push(push_index(&c, &source, repo, tag).await);
     }
     let (i21, _, _) = &indexes[2];
-    let i21_size = c
-        .get(source.url(&format!("/v2/{repo}/manifests/3.21")))
-        .header("accept", OCI_INDEX)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .len();
-    let sig = push_signature(&c, &source, repo, i21, i21_size).await;
+    let sig = sign(&c, &source, repo, "3.21", i21).await;
     let faults = Faults::start(source.host()).await;
-
     let dir = tempfile::tempdir().unwrap();
-    let set = dir.path().join("set.yaml");
-    std::fs::write(
-        &set,
-        format!(
-            "mirrors:\n  - source: {}/{repo}\n    tags: [\"3\\\\.2[0-9]\"]\n    platforms: [linux/amd64]\n    referrers: true\n    destination: mirror/alpine\n",
-            faults.url()
-        ),
-    )
-    .unwrap();
+    let set = alpine_set(dir.path(), &faults.url(), repo);
     let root = dir.path().join("dest");
     let (ok, report, err) = sync(&set, &root);
     assert!(ok, "{err}");
@@ -513,28 +523,10 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
     let repo = "library/alpine";
     let (i20, _, _) = push_index(&c, &source, repo, "3.20").await;
     let (i21, amd21, arm21) = push_index(&c, &source, repo, "3.21").await;
-    let i21_size = c
-        .get(source.url(&format!("/v2/{repo}/manifests/3.21")))
-        .header("accept", OCI_INDEX)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .len();
-    let sig = push_signature(&c, &source, repo, &i21, i21_size).await;
+    let sig = sign(&c, &source, repo, "3.21", &i21).await;
     let faults = Faults::start(source.host()).await;
     let dir = tempfile::tempdir().unwrap();
-    let set = dir.path().join("set.yaml");
-    std::fs::write(
-        &set,
-        format!(
-            "mirrors:\n  - source: {}/{repo}\n    tags: [\"3\\\\.2[0-9]\"]\n    platforms: [linux/amd64]\n    referrers: true\n    destination: mirror/alpine\n",
-            faults.url()
-        ),
-    )
-    .unwrap();
+    let set = alpine_set(dir.path(), &faults.url(), repo);
     let export = |out: &Path, since: Option<&Path>| {
         let mut args = vec!["--out".to_owned(), out.display().to_string()];
         if let Some(s) = since {
