@@ -123,10 +123,16 @@ fn sync(set: &Path, root: &Path) -> (bool, Value, String) {
 
 /// `berth mirror sync --json --config SET` with `into` (`--root DIR` or `--to URL ...`).
 fn sync_into(set: &Path, into: &[&str]) -> (bool, Value, String) {
+    let set = set.to_str().unwrap();
+    mirror(&[&["sync", "--config", set][..], into].concat())
+}
+
+/// `berth mirror ARGS --json`: whether it succeeded, its report, its stderr.
+fn mirror(args: &[&str]) -> (bool, Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["mirror", "sync", "--json", "--config"])
-        .arg(set)
-        .args(into)
+        .arg("mirror")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,6 +142,17 @@ fn sync_into(set: &Path, into: &[&str]) -> (bool, Value, String) {
         report,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs skopeo, which must succeed; its stdout.
+fn skopeo(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("skopeo").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 async fn status(c: &reqwest::Client, url: String) -> u16 {
@@ -325,15 +342,6 @@ async fn sync_from_cncf_distribution_and_skopeo_reads_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let dist = Distribution::start(dir.path());
     let (port, dist_url) = (dist.port, dist.url());
-    let skopeo = |args: &[&str]| {
-        let out = Command::new("skopeo").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
     skopeo(&[
         "copy",
         "--all",
@@ -528,23 +536,12 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let set = alpine_set(dir.path(), &faults.url(), repo);
     let export = |out: &Path, since: Option<&Path>| {
-        let mut args = vec!["--out".to_owned(), out.display().to_string()];
+        let (set, out) = (set.to_str().unwrap(), out.to_str().unwrap());
+        let mut args = vec!["export", "--config", set, "--out", out];
         if let Some(s) = since {
-            args.extend(["--since".to_owned(), s.display().to_string()]);
+            args.extend(["--since", s.to_str().unwrap()]);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["mirror", "export", "--json", "--config"])
-            .arg(&set)
-            .args(&args)
-            .output()
-            .unwrap();
-        let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
-            .unwrap_or(Value::Null);
-        (
-            out.status.success(),
-            report,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        mirror(&args)
     };
 
     let b1 = dir.path().join("b1.tar");
@@ -554,15 +551,6 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
     let names = tar_names(&b1);
     assert_eq!(names.first().map(String::as_str), Some("oci-layout"));
     assert_eq!(names.last().map(String::as_str), Some("index.json"));
-    let skopeo = |args: &[&str]| {
-        let out = Command::new("skopeo").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
     for (tag, index) in [("3.20", &i20), ("3.21", &i21)] {
         let raw = skopeo(&[
             "inspect",
@@ -639,19 +627,7 @@ async fn export_writes_bundles_skopeo_reads_and_since_leaves_out_old_blobs() {
     // source's index (sparse), the amd64 image, the signature.
     let root = dir.path().join("site");
     let import = |bundle: &Path, into: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["mirror", "import", "--json"])
-            .arg(bundle)
-            .args(into)
-            .output()
-            .unwrap();
-        let report: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim())
-            .unwrap_or(Value::Null);
-        (
-            out.status.success(),
-            report,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        mirror(&[&["import", bundle.to_str().unwrap()][..], into].concat())
     };
     let at_root = ["--root", root.to_str().unwrap()];
     let (ok, report, err) = import(&b1, &at_root);

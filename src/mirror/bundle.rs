@@ -62,6 +62,12 @@ fn blob_path(d: &Digest) -> String {
     format!("blobs/{}/{}", d.algorithm(), d.hex())
 }
 
+/// The digest a `blobs/<alg>/<hex>` entry holds ([`blob_path`] read back).
+fn entry_digest(name: &str) -> Option<Digest> {
+    let (alg, hex) = name.strip_prefix("blobs/")?.split_once('/')?;
+    Digest::from_parts(crate::oci::Algorithm::parse(alg).ok()?, hex).ok()
+}
+
 /// The blobs an earlier bundle holds (its `blobs/<alg>/<hex>` entries).
 pub fn blobs_of(path: &Path) -> Result<HashSet<Digest>, BundleError> {
     let file = std::fs::File::open(path).map_err(io(path))?;
@@ -74,11 +80,7 @@ pub fn blobs_of(path: &Path) -> Result<HashSet<Digest>, BundleError> {
             .map_err(io(path))?
             .to_string_lossy()
             .into_owned();
-        if let Some(rest) = name.strip_prefix("blobs/")
-            && let Some((alg, hex)) = rest.split_once('/')
-            && let Ok(alg) = crate::oci::Algorithm::parse(alg)
-            && let Ok(d) = Digest::from_parts(alg, hex)
-        {
+        if let Some(d) = entry_digest(&name) {
             out.insert(d);
         }
     }
@@ -317,11 +319,7 @@ impl Reader {
                     .read_to_end(&mut text)
                     .map_err(|e| bad(format!("index.json: {e}")))?;
                 index = Some(text);
-            } else if let Some((alg, hex)) =
-                name.strip_prefix("blobs/").and_then(|r| r.split_once('/'))
-                && let Ok(alg) = crate::oci::Algorithm::parse(alg)
-                && let Ok(d) = Digest::from_parts(alg, hex)
-            {
+            } else if let Some(d) = entry_digest(&name) {
                 let (at, n) = (entry.raw_file_position(), entry.size());
                 if at + n > file_len {
                     return Err(bad(format!("truncated: blob {d} runs past the end")));

@@ -198,12 +198,8 @@ impl Copier<'_> {
         // The tag last: it never points at something not all there.
         let dest = &self.mirror.destination;
         if self.dest.tag(dest, &tag).await?.as_ref() != Some(&digest) {
-            let sparse = m.kind == ManifestKind::Index
-                && m.manifests
-                    .iter()
-                    .any(|c| !self.wanted(c) || self.source.left_out(&c.digest));
             self.dest
-                .put_manifest(dest, &digest, &bytes, &m, Some(&tag), sparse)
+                .put_manifest(dest, &digest, &bytes, &m, Some(&tag), self.sparse(&m))
                 .await?;
         }
         Ok(())
@@ -249,13 +245,8 @@ impl Copier<'_> {
         {
             return Ok(());
         }
-        let mut sparse = false;
         if m.kind == ManifestKind::Index {
-            for child in &m.manifests {
-                if !self.wanted(child) || self.source.left_out(&child.digest) {
-                    sparse = true;
-                    continue;
-                }
+            for child in m.manifests.iter().filter(|c| self.takes(c)) {
                 self.copy_child(child).await?;
             }
         }
@@ -267,7 +258,7 @@ impl Copier<'_> {
                 .try_collect::<Vec<()>>()
                 .await?;
             self.dest
-                .put_manifest(dest, digest, bytes, m, None, sparse)
+                .put_manifest(dest, digest, bytes, m, None, self.sparse(m))
                 .await?;
             self.with(|r| r.manifests_copied += 1);
         }
@@ -296,6 +287,17 @@ impl Copier<'_> {
         let m = Manifest::parse(&bytes, media.as_deref().or(Some(&d.media_type)))
             .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
         Box::pin(self.copy_manifest(&digest, &bytes, &m)).await
+    }
+
+    /// Whether the copy takes an index's child: a platform the mirror wants, which the source
+    /// has (a bundle holds only the platforms its set chose).
+    fn takes(&self, child: &Descriptor) -> bool {
+        self.wanted(child) && !self.source.left_out(&child.digest)
+    }
+
+    /// Whether `m` is an index the copy leaves children of out (a sparse index).
+    fn sparse(&self, m: &Manifest) -> bool {
+        m.kind == ManifestKind::Index && !m.manifests.iter().all(|c| self.takes(c))
     }
 
     /// Whether an index entry is a platform the mirror takes (entries without a platform,

@@ -216,6 +216,18 @@ impl Upstream {
         }
     }
 
+    /// Our credentials as an `Authorization: Basic` value.
+    fn basic_auth(&self) -> Option<String> {
+        use base64::Engine;
+        self.credentials.as_ref().map(|(u, p)| {
+            let raw = format!("{u}:{p}");
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(raw)
+            )
+        })
+    }
+
     fn cached_token(&self, scope: &str) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         tokens
@@ -350,14 +362,7 @@ impl Upstream {
                     self.fetch_token(&challenge, &scope).await?
                 ))
             } else {
-                self.credentials.as_ref().map(|(u, p)| {
-                    use base64::Engine;
-                    let raw = format!("{u}:{p}");
-                    format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD.encode(raw)
-                    )
-                })
+                self.basic_auth()
             };
             if auth.is_some() {
                 resp = build(auth).send().await.map_err(|e| self.unreachable(e))?;

@@ -42,14 +42,7 @@ impl Upstream {
             .await
             .map_err(|e| self.unreachable(e))?;
         let scope = format!("repository:{name}:pull,push");
-        let basic = self.credentials.as_ref().map(|(u, p)| {
-            use base64::Engine;
-            let raw = format!("{u}:{p}");
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            )
-        });
+        let basic = self.basic_auth();
         let build = |auth: Option<&str>| {
             let mut r = self.http.request(method.clone(), &url);
             if let Some(t) = content_type {
