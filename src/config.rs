@@ -54,6 +54,39 @@ pub struct Config {
     /// from the upstream with that prefix and keeps what it fetched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyConfig>,
+    /// Push replication: every push and delete in matching repositories is sent on to another
+    /// registry, from a durable queue in the store, with a periodic full reconcile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<ReplicationRule>,
+}
+
+/// One replication target and what it receives.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplicationRule {
+    /// Names the rule's queue and metrics: lowercase letters, digits and `-`.
+    pub name: String,
+    /// Which repositories (a glob as in access rules: `prod/**`).
+    pub repositories: String,
+    /// The destination registry's base URL, `https://dr.example.com`.
+    pub url: String,
+    /// Put before each repository's name at the destination (`dr/` sends `prod/app` to
+    /// `dr/prod/app`); default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// User at the destination (Basic, or to obtain Bearer tokens with push scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password or token for `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// What is replicated: `push`, `delete` (default both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+    /// How often every matching tag is compared with the destination and what differs is
+    /// copied, catching what events missed (default `1h`; `0s` never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile_every: Option<String>,
 }
 
 /// The pull-through cache: the upstreams, each under a local name prefix.

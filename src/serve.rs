@@ -29,6 +29,8 @@ pub struct Settings {
     pub limits: Limits,
     /// The pull-through cache, checked (upstream URLs, credentials files) at resolve time.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// Push replication, checked (URLs, patterns, credentials files) at resolve time.
+    pub replication: Option<Arc<crate::mirror::replicate::Replication>>,
 }
 
 /// The `limits` section, resolved: what one client may hold and for how long.
@@ -132,11 +134,15 @@ impl Settings {
             .transpose()
             .map_err(|e| ServeError::Option(e.to_string()))?
             .map(Arc::new);
+        let replication = crate::mirror::replicate::Replication::from_config(&file.replication)
+            .map_err(|e| ServeError::Option(e.to_string()))?
+            .map(Arc::new);
         Ok(Settings {
             gc,
             gc_interval,
             limits,
             proxy,
+            replication,
             addr: o
                 .addr
                 .or(file.addr.clone())
@@ -362,6 +368,14 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
             tracing::info!(prefix = %u.prefix, upstream = %u.url, default = u.default, offline = u.offline, tag_ttl = ?u.tag_ttl, "pull-through cache");
         }
     }
+    if let Some(r) = &settings.replication {
+        registry.metrics.register_replication(&r.metrics);
+        for (name, url) in r.rules() {
+            tracing::info!(rule = %name, destination = %url, "push replication");
+        }
+        r.spawn(registry.store.clone());
+    }
+    registry.replication = settings.replication.clone();
     let registry = Arc::new(registry);
     tokio::spawn(purge_idle_uploads(registry.clone(), settings.gc.upload_ttl));
     if let Some(every) = settings.gc_interval {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use reqwest::Method;
 
-use crate::oci::{Digest, Manifest, RepoName, Tag};
+use crate::oci::{Digest, Manifest, Reference, RepoName, Tag};
 use crate::proxy::upstream::Body;
 use crate::proxy::{Upstream, UpstreamError};
 use crate::repo::{RepoError, Repository};
@@ -35,6 +35,36 @@ pub enum DestError {
         status: u16,
         message: String,
     },
+}
+
+/// Whether a status may change if asked again later: the destination busy or down, or
+/// refusing credentials an administrator may fix; not a refusal of the content itself.
+pub fn transient_status(status: u16) -> bool {
+    matches!(status, 401 | 403 | 408 | 429) || status >= 500
+}
+
+impl DestError {
+    /// Whether trying again later may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            DestError::Store(_) | DestError::Repo(RepoError::Store(_)) => true,
+            DestError::Repo(_) | DestError::Bundle(_) => false,
+            DestError::Http(e) => upstream_retryable(e),
+            DestError::Refused { status, .. } => transient_status(*status),
+        }
+    }
+}
+
+/// Whether an upstream client's failure may pass: unreachable, rate-limited, a transient
+/// status.
+pub fn upstream_retryable(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Status { status, .. } => transient_status(*status),
+        UpstreamError::TooLarge { .. } => false,
+        UpstreamError::Offline(_)
+        | UpstreamError::RateLimited { .. }
+        | UpstreamError::Unreachable { .. } => true,
+    }
 }
 
 /// A refusal's status and OCI error message, for the one line a failed image gets.
@@ -142,6 +172,41 @@ impl Destination {
                     "index"
                 };
                 Err(refused(format!("{kind} {digest}"), resp).await)
+            }
+        }
+    }
+
+    /// Deletes a tag or (by digest) a manifest of `repo`, as replication does after a delete
+    /// here. Returns `false` when the destination did not have it (which counts as done).
+    pub async fn delete(&self, repo: &RepoName, reference: &Reference) -> Result<bool, DestError> {
+        match self {
+            Destination::Store(s) => {
+                let r = Repository::new(&**s, repo);
+                Ok(match reference {
+                    Reference::Tag(t) => r.delete_tag(t).await?,
+                    Reference::Digest(d) => r.delete_manifest(d, None).await?,
+                })
+            }
+            Destination::Bundle(_) => Err(DestError::Refused {
+                what: format!("a delete of {repo}:{reference}"),
+                status: 0,
+                message: "a bundle is written whole, not edited".into(),
+            }),
+            Destination::Registry(r) => {
+                let resp = r
+                    .write(
+                        Method::DELETE,
+                        repo.as_str(),
+                        &format!("/v2/{repo}/manifests/{reference}"),
+                        None,
+                        Body::Empty,
+                    )
+                    .await?;
+                match resp.status().as_u16() {
+                    200..=299 => Ok(true),
+                    404 => Ok(false),
+                    _ => Err(refused(format!("a delete of {repo}:{reference}"), resp).await),
+                }
             }
         }
     }

@@ -71,6 +71,15 @@ impl TagSelect {
 
     /// The chosen tags of `tags`, newest version first when `newest` is set, else in the
     /// order given.
+    /// Every tag.
+    pub fn all() -> TagSelect {
+        TagSelect {
+            regexes: Vec::new(),
+            range: Vec::new(),
+            newest: None,
+        }
+    }
+
     pub fn choose<'a>(&self, tags: &'a [String]) -> Vec<&'a str> {
         let mut chosen: Vec<&str> = tags
             .iter()

@@ -95,6 +95,21 @@ impl Mirror {
         })
     }
 
+    /// What replication copies of a repository of this registry: every tag, with referrers,
+    /// into `destination`.
+    pub fn local(repo: &RepoName, destination: RepoName) -> Mirror {
+        Mirror {
+            registry: "local".into(),
+            repository: repo.to_string(),
+            tags: TagSelect::all(),
+            platforms: Vec::new(),
+            referrers: true,
+            destination,
+            username: None,
+            password_file: None,
+        }
+    }
+
     /// How the upstream client of the pull-through cache is configured for this source.
     pub fn upstream_config(&self) -> UpstreamConfig {
         UpstreamConfig {

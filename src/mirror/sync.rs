@@ -42,13 +42,27 @@ pub struct Report {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum CopyError {
+pub enum CopyError {
     #[error("{0}")]
     Source(#[from] SourceError),
     #[error("{0}")]
     Dest(#[from] DestError),
+    #[error("blob {digest}: {source}")]
+    Blob { digest: Digest, source: DestError },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl CopyError {
+    /// Whether the same copy may succeed later (a side down, busy or refusing credentials),
+    /// rather than never (content the destination refuses, a source that lies).
+    pub fn retryable(&self) -> bool {
+        match self {
+            CopyError::Source(e) => e.retryable(),
+            CopyError::Dest(e) | CopyError::Blob { source: e, .. } => e.retryable(),
+            CopyError::Invalid(_) => false,
+        }
+    }
 }
 
 /// One mirror's source and destination, and the running totals.
@@ -118,16 +132,31 @@ impl Report {
     }
 }
 
-async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress: bool) -> Report {
-    let c = Copier {
-        mirror: m,
-        source,
-        dest,
-        progress,
-        report: Mutex::new(Report::default()),
-        done: Mutex::new(HashSet::new()),
-        busy: Mutex::new(HashMap::new()),
-    };
+/// Copies manifest `digest` of `m`'s repository (children, blobs and, when `m` takes them,
+/// referrers first) and points `tags` at it: one push, replicated. The report counts what
+/// moved; the error says whether trying again may help.
+pub async fn copy_image(
+    m: &Mirror,
+    source: &Source,
+    dest: &Destination,
+    digest: &Digest,
+    tags: &[Tag],
+) -> Result<Report, CopyError> {
+    let c = Copier::new(m, source, dest, false);
+    let (digest, bytes, media) = c.fetch_manifest(&digest.to_string(), Some(digest)).await?;
+    let parsed = Manifest::parse(&bytes, media.as_deref())
+        .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
+    c.copy_manifest(&digest, &bytes, &parsed).await?;
+    for tag in tags {
+        c.point(tag, &digest, &bytes, &parsed).await?;
+    }
+    c.with(|r| r.images += 1);
+    Ok(c.finish())
+}
+
+/// Copies every chosen tag of one mirror.
+pub async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress: bool) -> Report {
+    let c = Copier::new(m, source, dest, progress);
     let from = format!("{}/{}", m.registry, m.repository);
     let tags = match c.source.tags(&m.repository).await {
         Ok(Some(t)) => t,
@@ -142,11 +171,12 @@ async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress: boo
     };
     let chosen = m.tags.choose(&tags);
     tracing::info!(source = %from, destination = %m.destination, tags = chosen.len(), "mirroring");
+    let chosen: Vec<String> = chosen.into_iter().map(str::to_owned).collect();
     futures::stream::iter(chosen)
         .for_each_concurrent(TAG_CONCURRENCY, |tag| {
             let (c, from) = (&c, &from);
             async move {
-                match c.copy_tag(tag).await {
+                match c.copy_tag(&tag).await {
                     Ok(()) => {
                         c.with(|r| r.images += 1);
                         if c.progress {
@@ -161,7 +191,37 @@ async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress: boo
     c.finish()
 }
 
-impl Copier<'_> {
+impl<'a> Copier<'a> {
+    fn new(mirror: &'a Mirror, source: &'a Source, dest: &'a Destination, progress: bool) -> Self {
+        Copier {
+            mirror,
+            source,
+            dest,
+            progress,
+            report: Mutex::new(Report::default()),
+            done: Mutex::new(HashSet::new()),
+            busy: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Points `tag` at the copied manifest, unless it points there already. Done last: a
+    /// tag never points at something not all there.
+    async fn point(
+        &self,
+        tag: &Tag,
+        digest: &Digest,
+        bytes: &Bytes,
+        m: &Manifest,
+    ) -> Result<(), CopyError> {
+        let dest = &self.mirror.destination;
+        if self.dest.tag(dest, tag).await?.as_ref() != Some(digest) {
+            self.dest
+                .put_manifest(dest, digest, bytes, m, Some(tag), self.sparse(m))
+                .await?;
+        }
+        Ok(())
+    }
+
     fn with(&self, f: impl FnOnce(&mut Report)) {
         f(&mut self.report.lock().unwrap_or_else(|p| p.into_inner()));
     }
@@ -195,14 +255,7 @@ impl Copier<'_> {
         let m = Manifest::parse(&bytes, media.as_deref())
             .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
         self.copy_manifest(&digest, &bytes, &m).await?;
-        // The tag last: it never points at something not all there.
-        let dest = &self.mirror.destination;
-        if self.dest.tag(dest, &tag).await?.as_ref() != Some(&digest) {
-            self.dest
-                .put_manifest(dest, &digest, &bytes, &m, Some(&tag), self.sparse(&m))
-                .await?;
-        }
-        Ok(())
+        self.point(&tag, &digest, &bytes, &m).await
     }
 
     /// A manifest's bytes from the source, checked against `want` (or the digest it has).
@@ -246,14 +299,22 @@ impl Copier<'_> {
             return Ok(());
         }
         if m.kind == ManifestKind::Index {
-            for child in m.manifests.iter().filter(|c| self.takes(c)) {
+            // Collected first: an iterator adapter held across an await keeps the future
+            // from being Send (replication runs it in a spawned task).
+            let children: Vec<&Descriptor> = m.manifests.iter().filter(|c| self.takes(c)).collect();
+            for child in children {
                 self.copy_child(child).await?;
             }
         }
         let dest = &self.mirror.destination;
         if !self.dest.has_manifest(dest, digest).await? {
-            futures::stream::iter(m.required_blobs().filter(|d| !d.is_foreign()))
-                .map(|d| self.copy_blob(d))
+            let blobs: Vec<Descriptor> = m
+                .required_blobs()
+                .filter(|d| !d.is_foreign())
+                .cloned()
+                .collect();
+            futures::stream::iter(blobs)
+                .map(|d| async move { self.copy_blob(&d).await })
                 .buffer_unordered(BLOB_CONCURRENCY)
                 .try_collect::<Vec<()>>()
                 .await?;
@@ -338,7 +399,10 @@ impl Copier<'_> {
             .dest
             .put_blob(dest, &d.digest, fetched.body, size)
             .await
-            .map_err(|e| CopyError::Invalid(format!("blob {}: {e}", d.digest)))?;
+            .map_err(|source| CopyError::Blob {
+                digest: d.digest.clone(),
+                source,
+            })?;
         self.with(|r| {
             r.blobs_copied += 1;
             r.bytes_copied += written;

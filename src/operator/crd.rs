@@ -108,6 +108,12 @@ pub struct RegistrySpec {
     /// read from that upstream on a miss and kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxySpec>,
+    /// Push replication (Berth's `replication`): each push and delete in a rule's
+    /// repositories is sent on to another registry, from a durable queue in the registry's
+    /// storage, with a periodic full reconcile.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub replication: Vec<ReplicationRuleSpec>,
     /// Accept indexes whose child manifests are not all pushed (Berth's
     /// `allowSparseIndexes`): what a platform-filtered mirror stores. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -438,6 +444,44 @@ pub struct UpstreamSpec {
     /// Never contact the upstream: serve only what is cached.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub offline: bool,
+}
+
+/// One replication target.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationRuleSpec {
+    /// Names the rule's queue and metrics: lowercase letters, digits and `-`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub name: String,
+    /// Which repositories (a glob: `prod/**`).
+    #[schemars(length(min = 1, max = 256))]
+    pub repositories: String,
+    /// The destination registry's base URL.
+    #[schemars(regex(pattern = r"^https?://[^\s/]+/?$"))]
+    pub url: String,
+    /// Put before each repository's name at the destination (`dr/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// User at the destination; with `passwordSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A Secret whose `password` key holds the password or token for `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
+    /// `push`, `delete` (default both).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ReplicationAction>,
+    /// How often everything is compared with the destination (default `1h`; `0s` never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|[smhd])$"))]
+    pub reconcile_every: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationAction {
+    Push,
+    Delete,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

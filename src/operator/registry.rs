@@ -76,6 +76,7 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
         referenced_secrets.push((ti.public_key_secret.clone(), vec![build::PUBLIC_KEY]));
     }
     referenced_secrets.extend(build::upstream_secrets(reg));
+    referenced_secrets.extend(build::replication_secrets(reg));
     if let Some(s3) = &reg.spec.storage.s3 {
         referenced_secrets.push((
             s3.credentials_secret.clone(),
@@ -883,6 +884,7 @@ pub fn references_secret(reg: &Registry, secret: &str) -> bool {
         || build::trusted_issuers(reg).any(|t| t.public_key_secret == secret)
         || build::upstream_secrets(reg)
             .iter()
+            .chain(&build::replication_secrets(reg))
             .any(|(s, _)| s == secret)
 }
 

@@ -75,7 +75,22 @@ async fn holder(store: &dyn Store, key: &MetaKey) -> Result<Option<String>, Stor
 
 /// Claims the fill of `digest` for `me` (this process's id), or finds another replica's.
 pub async fn claim(store: &Arc<dyn Store>, digest: &Digest, me: &str) -> Result<Claim, StoreError> {
-    let key = MetaKey::fill_lease(digest);
+    claim_key(store, MetaKey::fill_lease(digest), me, FILL_SETTLE).await
+}
+
+/// The least a fill claimer waits before reading its claim back: a busy machine's scheduling
+/// delays are milliseconds, and a cold fetch costs far more than this.
+const FILL_SETTLE: Duration = Duration::from_millis(10);
+
+/// Claims the lease at `key` for `me`: the same protocol for any one-holder job (a fill, the
+/// delivery of a queue's events). `settle` is the least wait before the read-back: longer
+/// makes two holders rarer, for jobs where a second holder costs more than a moment's wait.
+pub async fn claim_key(
+    store: &Arc<dyn Store>,
+    key: MetaKey,
+    me: &str,
+    settle: Duration,
+) -> Result<Claim, StoreError> {
     let started = std::time::Instant::now();
     if holder(&**store, &key).await?.is_some_and(|h| h != me) {
         return Ok(Claim::Theirs);
@@ -83,7 +98,7 @@ pub async fn claim(store: &Arc<dyn Store>, digest: &Digest, me: &str) -> Result<
     store.meta_put_volatile(&key, &doc(me)).await?;
     // Another claimer that read "no lease" before this write landed has written by now if
     // it is as quick as this replica was; the read-back then sees one holder for both.
-    tokio::time::sleep(started.elapsed() * 2 + Duration::from_millis(1)).await;
+    tokio::time::sleep((started.elapsed() * 2 + Duration::from_millis(1)).max(settle)).await;
     if holder(&**store, &key).await?.as_deref() != Some(me) {
         return Ok(Claim::Theirs);
     }
@@ -93,7 +108,7 @@ pub async fn claim(store: &Arc<dyn Store>, digest: &Digest, me: &str) -> Result<
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;
                 if let Err(e) = store.meta_put_volatile(&key, &doc(&me)).await {
-                    tracing::warn!(lease = key.as_str(), error = %e, "cannot renew a fill lease");
+                    tracing::warn!(lease = key.as_str(), error = %e, "cannot renew a lease");
                 }
             }
         }
@@ -117,11 +132,16 @@ pub async fn held_elsewhere(
 }
 
 impl Lease {
+    /// Whether this lease is still ours: a holder stalled past the TTL may have been replaced.
+    pub async fn still_held(&self, me: &str) -> Result<bool, StoreError> {
+        Ok(holder(&*self.store, &self.key).await?.as_deref() == Some(me))
+    }
+
     /// Stops renewing and removes the lease (after the blob is linked, or the fill failed).
     pub async fn release(self) {
         self.renew.abort();
         if let Err(e) = self.store.meta_delete(&self.key).await {
-            tracing::debug!(lease = self.key.as_str(), error = %e, "cannot remove a fill lease; it expires");
+            tracing::debug!(lease = self.key.as_str(), error = %e, "cannot remove a lease; it expires");
         }
     }
 }

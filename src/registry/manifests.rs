@@ -193,6 +193,9 @@ pub async fn put(
         .publish(&digest, &bytes, &manifest, &tags, reg.allow_sparse_indexes)
         .await?;
     reg.manifests.insert(digest.clone(), bytes);
+    if let Some(r) = &reg.replication {
+        r.pushed(&*reg.store, repo, &digest, &tags).await?;
+    }
 
     let mut resp = (
         StatusCode::CREATED,
@@ -223,16 +226,20 @@ pub async fn put(
 
 pub async fn delete(reg: &Registry, repo: &RepoName, reference: &str) -> Result<Response> {
     let reference: Reference = reference.parse()?;
-    let repo = Repository::new(&*reg.store, repo);
-    let deleted = match reference {
-        Reference::Tag(tag) => repo.delete_tag(&tag).await?,
+    let name = repo;
+    let repo = Repository::new(&*reg.store, name);
+    let deleted = match &reference {
+        Reference::Tag(tag) => repo.delete_tag(tag).await?,
         Reference::Digest(digest) => {
-            let bytes = bytes_of(reg, &digest).await.ok();
-            repo.delete_manifest(&digest, bytes.as_ref()).await?
+            let bytes = bytes_of(reg, digest).await.ok();
+            repo.delete_manifest(digest, bytes.as_ref()).await?
         }
     };
     if !deleted {
         return Err(RegistryError::ManifestUnknown);
+    }
+    if let Some(r) = &reg.replication {
+        r.deleted(&*reg.store, name, &reference).await?;
     }
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

@@ -166,6 +166,41 @@ impl Metrics {
         );
     }
 
+    /// Adds push replication's gauges and counters (per rule) to /metrics.
+    pub fn register_replication(&mut self, m: &crate::mirror::replicate::ReplicationMetrics) {
+        let r = &mut self.registry;
+        r.register(
+            "replication_queue_depth",
+            "Replication events waiting for delivery",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "replication_lag_seconds",
+            "Age of the oldest replication event waiting (0 when none wait)",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "replication_delivered_events",
+            "Replication events delivered by this process",
+            m.delivered.clone(),
+        );
+        r.register(
+            "replication_failures",
+            "Replication deliveries that failed and will be retried",
+            m.failures.clone(),
+        );
+        r.register(
+            "replication_dropped_events",
+            "Replication events the destination refused for good",
+            m.dropped.clone(),
+        );
+        r.register(
+            "replication_reconciled_manifests",
+            "Manifests a periodic reconcile found missing at the destination and copied",
+            m.reconciled.clone(),
+        );
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

@@ -36,6 +36,8 @@ pub struct Registry {
     pub upload_limits: uploads::UploadLimits,
     /// The pull-through cache's upstreams; `None` when nothing is proxied.
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// Push replication rules; each push and delete they cover is queued before the answer.
+    pub replication: Option<Arc<crate::mirror::replicate::Replication>>,
 }
 
 impl Registry {
@@ -85,6 +87,7 @@ impl Registry {
             auth: None,
             upload_limits: uploads::UploadLimits::default(),
             proxy: None,
+            replication: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 mod blobs;
 mod manifests;
 mod publish;
+pub mod queue;
 mod referrers;
 mod tags;
 

@@ -16,6 +16,10 @@
 //!                                                        stores only; a local file otherwise)
 //! leases/fills/<alg>/<hex>                               which replica is filling this blob from
 //!                                                        an upstream (the pull-through cache)
+//! leases/queues/<queue>                                  which replica delivers a queue's events
+//! queues/<queue>/<entry>                                 an event waiting for delivery (push
+//!                                                        replication); entries sort in order
+//! queues/<queue>.reconciled                              when its rule last reconciled
 //! ```
 //! Repository names cannot contain a component starting with `_`, so the bookkeeping
 //! directories never collide with nested repositories (`a` and `a/b` coexist).
@@ -30,10 +34,11 @@ pub const REPOSITORIES: &str = "repositories";
 pub const UPLOADS: &str = "uploads";
 pub const AUTH: &str = "auth";
 pub const LEASES: &str = "leases";
+pub const QUEUES: &str = "queues";
 /// Every top-level directory above: all that the registry writes under its root or prefix.
 /// `berth purge` removes these from a filesystem root or an unprefixed bucket, where anything
 /// beside them belongs to someone else.
-pub const TOP_LEVEL: [&str; 5] = [BLOBS, REPOSITORIES, UPLOADS, AUTH, LEASES];
+pub const TOP_LEVEL: [&str; 6] = [BLOBS, REPOSITORIES, UPLOADS, AUTH, LEASES, QUEUES];
 
 /// Names of the per-repository bookkeeping directories.
 pub const REPO_BLOBS: &str = "_blobs";
@@ -83,6 +88,86 @@ impl fmt::Display for UploadId {
 impl fmt::Debug for UploadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// The name of a durable event queue (one per replication rule): `[a-z0-9][a-z0-9-]*`, at
+/// most 63 characters, so it is one path component and a metric label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct QueueName(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:?} is not a valid name: use lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters"
+)]
+pub struct QueueNameError(pub String);
+
+impl FromStr for QueueName {
+    type Err = QueueNameError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 63
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if ok {
+            Ok(QueueName(s.to_owned()))
+        } else {
+            Err(QueueNameError(s.to_owned()))
+        }
+    }
+}
+
+impl QueueName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One entry of a queue: a sortable stamp (20 decimal digits of microseconds since the epoch,
+/// made strictly increasing within a process) and 8 hex digits naming the writer, so entries
+/// list in the order they were written and two replicas never collide.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId(String);
+
+impl EntryId {
+    pub fn new(stamp_us: u64, writer: u32) -> Self {
+        EntryId(format!("{stamp_us:020}-{writer:08x}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The stamp: microseconds since the epoch when it was written.
+    pub fn stamp_us(&self) -> u64 {
+        self.0[..20].parse().unwrap_or(0)
+    }
+}
+
+impl FromStr for EntryId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let b = s.as_bytes();
+        let ok = b.len() == 29
+            && b[..20].iter().all(u8::is_ascii_digit)
+            && b[20] == b'-'
+            && b[21..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+        if ok {
+            Ok(EntryId(s.to_owned()))
+        } else {
+            Err(())
+        }
     }
 }
 
@@ -138,6 +223,22 @@ impl MetaKey {
         ))
     }
 
+    /// Which replica delivers the events of `queue`.
+    pub fn queue_lease(queue: &QueueName) -> Self {
+        MetaKey(format!("{LEASES}/queues/{queue}"))
+    }
+
+    /// When `queue`'s rule last compared everything with its destination (milliseconds since
+    /// the epoch, as text).
+    pub fn queue_reconciled(queue: &QueueName) -> Self {
+        MetaKey(format!("{QUEUES}/{queue}.reconciled"))
+    }
+
+    /// An event waiting in `queue`.
+    pub fn queue_entry(queue: &QueueName, entry: &EntryId) -> Self {
+        MetaKey(format!("{}/{}", MetaDir::queue(queue).0, entry.as_str()))
+    }
+
     pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Self {
         MetaKey(format!(
             "{}/{}-{}",
@@ -159,6 +260,10 @@ impl MetaDir {
 
     pub fn fill_leases(alg: Algorithm) -> Self {
         MetaDir(format!("{LEASES}/fills/{alg}"))
+    }
+
+    pub fn queue(queue: &QueueName) -> Self {
+        MetaDir(format!("{QUEUES}/{queue}"))
     }
 
     pub fn repo(repo: &RepoName) -> Self {
@@ -231,5 +336,16 @@ mod tests {
                 .is_err()
         );
         assert!(UploadId::random().as_str().parse::<UploadId>().is_ok());
+        for bad in ["", "-a", "A", "a/b", "..", "a.b", &"a".repeat(64)] {
+            assert!(bad.parse::<QueueName>().is_err(), "{bad:?}");
+        }
+        let e = EntryId::new(1_700_000_000_000_000, 0xabc);
+        assert_eq!(e.as_str().parse::<EntryId>(), Ok(e.clone()));
+        assert_eq!(e.stamp_us(), 1_700_000_000_000_000);
+        assert!(
+            EntryId::new(9, 0) < EntryId::new(10, 0),
+            "entries sort by stamp"
+        );
+        assert!("../../../etc/passwd-00000000".parse::<EntryId>().is_err());
     }
 }

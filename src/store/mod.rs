@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::oci::{Algorithm, Digest, RepoName};
-pub use layout::{MetaDir, MetaKey, UploadId};
+pub use layout::{EntryId, MetaDir, MetaKey, QueueName, UploadId};
 
 /// A stream of body bytes flowing into or out of the store.
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;

@@ -6,6 +6,7 @@ mod gc;
 mod proxy;
 mod purge;
 mod registry;
+mod replication;
 
 pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
 pub use proxy::{upstream_secrets, upstream_volumes};
@@ -16,6 +17,7 @@ pub use registry::{
     pod_disruption_budget, pod_tls_secret, render_config, service, service_dns_names,
     token_key_secret, trusted_issuers, wants_token_key,
 };
+pub use replication::{replication_secrets, replication_volumes};
 
 use std::collections::BTreeMap;
 

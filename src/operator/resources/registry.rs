@@ -294,6 +294,7 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
             })
             .unwrap_or_default(),
         proxy: super::proxy::render_proxy(reg)?,
+        replication: super::replication::render_replication(reg)?,
         allow_sparse_indexes: spec.allow_sparse_indexes,
         ..Config::default()
     })
@@ -445,6 +446,7 @@ pub fn check_spec(reg: &Registry) -> Result<(), BuildError> {
     }
     check_limits(reg)?;
     super::proxy::check_proxy(reg)?;
+    super::replication::check_replication(reg)?;
     check_auth_addresses(reg)
 }
 
@@ -634,7 +636,10 @@ pub fn deployment(
             "readOnly": true,
         }));
     }
-    for (volume, mount) in super::proxy::upstream_volumes(reg) {
+    for (volume, mount) in super::proxy::upstream_volumes(reg)
+        .into_iter()
+        .chain(super::replication::replication_volumes(reg))
+    {
         volumes.push(volume);
         mounts.push(mount);
     }
