@@ -126,6 +126,10 @@ pub struct UpstreamConfig {
     /// Never contact the upstream: serve only what is cached.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub offline: bool,
+    /// PEM file of CA certificates to trust for this upstream beside the system's (a registry
+    /// whose certificate a private CA issued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

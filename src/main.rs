@@ -46,7 +46,7 @@ enum Command {
         after_help = "Examples:\n  berth token create --root ./berth-data --name ci --scope 'repository:team-a/**:pull,push' --expires 90d\n  berth token list --root ./berth-data"
     )]
     Token(TokenCommand),
-    /// Run the Kubernetes operator (Registry and GarbageCollection controllers).
+    /// Run the Kubernetes operator (Registry, GarbageCollection and Mirror controllers).
     #[command(
         after_help = "Examples:\n  berth operator                                  # in-cluster, all namespaces\n  KUBECONFIG=~/.kube/config berth operator --namespace team --leader-elect false"
     )]
@@ -54,7 +54,7 @@ enum Command {
     /// Copy a declared set of images from other registries into this one's storage.
     #[command(subcommand)]
     Mirror(MirrorCommand),
-    /// Print the CustomResourceDefinitions (Registry, GarbageCollection) as YAML.
+    /// Print the CustomResourceDefinitions (Registry, GarbageCollection, Mirror) as YAML.
     #[command(after_help = "Example:\n  berth crd | kubectl apply --server-side -f -")]
     Crd,
 }
@@ -186,6 +186,10 @@ enum MirrorCommand {
         /// Print the report as one JSON line.
         #[arg(long)]
         json: bool,
+        /// Also write the report, errors cut to fit 4 KiB, to this file (a Kubernetes Job's
+        /// /dev/termination-log, where the operator reads it).
+        #[arg(long, value_name = "FILE")]
+        report_file: Option<PathBuf>,
     },
     /// Copy every image of a bundle (from `mirror export`) into a registry; each blob is
     /// verified before it is used, and a failed import is finished by running it again.
@@ -410,6 +414,9 @@ struct MirrorInto {
     /// File holding the password or token for --to-username.
     #[arg(long, requires = "to_username")]
     to_password_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for --to beside the system's (a private CA).
+    #[arg(long, requires = "to")]
+    to_ca_file: Option<PathBuf>,
 }
 
 fn mirror_destination(
@@ -431,6 +438,7 @@ fn mirror_destination(
         url: into.to.unwrap_or_default(),
         username: into.to_username,
         password_file: into.to_password_file,
+        ca_file: into.to_ca_file,
         ..Default::default()
     };
     match berth::proxy::Upstream::from_config(0, &cfg, Default::default()) {
@@ -439,6 +447,7 @@ fn mirror_destination(
             let flag = match e.field {
                 "passwordFile" => "--to-password-file",
                 "username" => "--to-username",
+                "caFile" => "--to-ca-file",
                 _ => "--to",
             };
             eprintln!("berth mirror: {flag}: {}", e.reason);
@@ -464,7 +473,12 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
         })
     };
     let (report, json) = match cmd {
-        MirrorCommand::Sync { config, into, json } => {
+        MirrorCommand::Sync {
+            config,
+            into,
+            json,
+            report_file,
+        } => {
             let mirrors = match load(&config) {
                 Ok(m) => m,
                 Err(c) => return c,
@@ -473,7 +487,13 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
                 Ok(d) => d,
                 Err(c) => return c,
             };
-            (rt.block_on(sync::sync(&mirrors, &dest, !json)), json)
+            let report = rt.block_on(sync::sync(&mirrors, &dest, !json));
+            if let Some(f) = report_file
+                && let Err(e) = std::fs::write(&f, report.compact())
+            {
+                eprintln!("berth mirror: --report-file {}: {e}", f.display());
+            }
+            (report, json)
         }
         MirrorCommand::Import {
             bundle: path,

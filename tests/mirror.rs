@@ -804,3 +804,81 @@ async fn a_sync_killed_mid_copy_is_finished_by_the_next() {
     assert!(r.bytes().await.unwrap() == big, "the layer, whole");
     assert_blob_store_consistent(&root);
 }
+
+/// The operator's Mirror Job, run here as rendered: its set file (the ConfigMap's) and its
+/// command line, with the in-cluster paths and URL swapped for local ones, push into a Berth
+/// with auth as the Registry's generated admin, and the report it writes to the termination
+/// message is the one the operator's status parser reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_mirror_job_runs_as_rendered_and_reports_what_the_status_reads() {
+    use berth::operator::crd::{Mirror, Registry};
+    use berth::operator::resources::{Defaults, mirror_job, set_config_map};
+    let c = client();
+    let dir = tempfile::tempdir().unwrap();
+    let source = Server::start();
+    let (_, want) = push_image(&c, &source, "library/app", "1.0", "app").await;
+    push_image(&c, &source, "library/app", "0.9", "old").await;
+    let htpasswd = dir.path().join("htpasswd");
+    write_htpasswd(&htpasswd, &[("admin", "s3cret")]);
+    let dest = Server::start_with(&["--htpasswd", htpasswd.to_str().unwrap()]);
+
+    let m: Mirror = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Mirror",
+        "metadata": {"name": "apps", "namespace": "team", "uid": "u", "generation": 1},
+        "spec": {"registryRef": {"name": "hub"}, "mirrors": [
+            {"source": source.url("/library/app"), "tags": ["1\\.0"], "destination": "mirror/app"}]},
+    }))
+    .unwrap();
+    let reg: Registry = serde_json::from_value(json!({
+        "apiVersion": "berth.dev/v1alpha1", "kind": "Registry",
+        "metadata": {"name": "hub", "namespace": "team", "uid": "r"},
+        "spec": {"storage": {"pvc": {"size": "1Gi"}}, "auth": {"admin": {}}},
+    }))
+    .unwrap();
+    let set = dir.path().join("set.yaml");
+    let cm = set_config_map(&m).unwrap();
+    std::fs::write(&set, &cm.data.unwrap()["set.yaml"]).unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret").unwrap();
+    let report = dir.path().join("termination-log");
+    let job = serde_json::to_value(mirror_job(&m, &reg, &Defaults { image: "x".into() }).unwrap())
+        .unwrap();
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    let user = container["env"][0]["value"].as_str().unwrap().to_owned();
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| match a.as_str().unwrap() {
+            "/etc/berth-mirror/set.yaml" => set.display().to_string(),
+            "http://hub.team.svc:5000" => dest.url(""),
+            "$(BERTH_MIRROR_USER)" => user.clone(),
+            "/etc/berth-mirror-push/password" => password.display().to_string(),
+            "/dev/termination-log" => report.display().to_string(),
+            other => other.to_owned(),
+        })
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    let r: berth::operator::mirror::SyncReport =
+        berth::operator::jobs::parse_report(&text).expect("the status parser reads the report");
+    assert_eq!((r.images, r.error_count), (1, 0), "{text}");
+    assert!(r.bytes_copied > 0);
+    let head = c
+        .head(dest.url("/v2/mirror/app/manifests/1.0"))
+        .header("authorization", basic("admin", "s3cret"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["docker-content-digest"], want.as_str());
+}

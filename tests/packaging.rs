@@ -182,6 +182,21 @@ fn examples_parse_as_kubernetes_objects() {
                     "{}",
                     p.display()
                 );
+                // Berth's own kinds read as the operator's types.
+                let typed = match v["kind"].as_str() {
+                    Some("Registry") => {
+                        serde_yaml::from_value::<berth::operator::crd::Registry>(v.clone()).err()
+                    }
+                    Some("GarbageCollection") => {
+                        serde_yaml::from_value::<berth::operator::crd::GarbageCollection>(v.clone())
+                            .err()
+                    }
+                    Some("Mirror") => {
+                        serde_yaml::from_value::<berth::operator::crd::Mirror>(v.clone()).err()
+                    }
+                    _ => None,
+                };
+                assert!(typed.is_none(), "{}: {typed:?}", p.display());
             }
         }
     }

@@ -164,7 +164,8 @@ pub fn load(path: &Path) -> Result<Vec<Mirror>, SetError> {
         .collect()
 }
 
-fn validate(spec: &MirrorSpec) -> Result<Mirror, (&'static str, String)> {
+/// Checks one entry (what `load` does for each); the operator checks a Mirror's entries with it.
+pub fn validate(spec: &MirrorSpec) -> Result<Mirror, (&'static str, String)> {
     let url = reqwest::Url::parse(&spec.source)
         .map_err(|e| ("source", format!("{:?}: {e}", spec.source)))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {

@@ -41,6 +41,28 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_compact_report_fits_a_termination_message() {
+        let mut r = super::Report {
+            images: 3,
+            bytes_copied: 1 << 30,
+            ..Default::default()
+        };
+        r.errors = (0..100)
+            .map(|i| format!("image {i}: {}", "x".repeat(500)))
+            .collect();
+        let text = r.compact();
+        assert!(text.len() <= 4000, "{}", text.len());
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["errorCount"], 100);
+        assert_eq!(v["bytesCopied"], 1u64 << 30);
+        assert!(!v["errors"].as_array().unwrap().is_empty());
+        assert!(v["errors"][0].as_str().unwrap().chars().count() <= 300);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("{0}")]
@@ -121,7 +143,34 @@ pub async fn import(
     total
 }
 
+/// The most a compact report holds (a Kubernetes termination message is cut at 4096 bytes).
+const COMPACT_MAX: usize = 4000;
+
 impl Report {
+    /// The report as one JSON line of at most 4000 bytes: the counts, `errorCount`, and as
+    /// many of the errors (each cut to 300 characters) as fit.
+    pub fn compact(&self) -> String {
+        let cut = |e: &String| e.chars().take(300).collect::<String>();
+        let mut errors: Vec<String> = Vec::new();
+        loop {
+            let v = serde_json::json!({
+                "images": self.images,
+                "manifestsCopied": self.manifests_copied,
+                "blobsCopied": self.blobs_copied,
+                "blobsSkipped": self.blobs_skipped,
+                "bytesCopied": self.bytes_copied,
+                "errorCount": self.errors.len(),
+                "errors": errors,
+            });
+            let text = v.to_string();
+            let more = self.errors.get(errors.len());
+            match more {
+                Some(e) if text.len() + e.len().min(300) + 8 < COMPACT_MAX => errors.push(cut(e)),
+                _ => return text,
+            }
+        }
+    }
+
     fn add(&mut self, r: Report) {
         self.images += r.images;
         self.manifests_copied += r.manifests_copied;

@@ -80,6 +80,21 @@ pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
         .any(|c| c.type_ == type_ && c.status == "True")
 }
 
+/// Conditions for something the operator cannot act on until the problem in `message` is
+/// fixed (a bad spec, a missing Registry or Secret).
+pub fn blocked(reason: &str, message: &str) -> Vec<Wanted> {
+    vec![
+        wanted(READY, false, reason, message),
+        wanted(
+            PROGRESSING,
+            false,
+            reason,
+            "waiting for the problem above to be fixed",
+        ),
+        wanted(DEGRADED, true, reason, message),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

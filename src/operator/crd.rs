@@ -722,6 +722,130 @@ pub struct GcRunResult {
     pub message: Option<String>,
 }
 
+/// A mirror set copied into a Registry by `berth mirror sync`: once, or on a cron schedule.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "berth.dev",
+    version = "v1alpha1",
+    kind = "Mirror",
+    plural = "mirrors",
+    category = "berth",
+    namespaced,
+    status = "MirrorStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    crates(schemars = "::schemars1"),
+    doc = "Copies images from other registries into a Registry with `berth mirror sync`, once or on a cron schedule.",
+    printcolumn(
+        name = "Registry",
+        type_ = "string",
+        json_path = ".spec.registryRef.name"
+    ),
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Images", type_ = "integer", json_path = ".status.images"),
+    printcolumn(name = "Bytes", type_ = "integer", json_path = ".status.bytesCopied"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorSpec {
+    /// The Registry (same namespace) the images are copied into, through its Service as any
+    /// client pushes (so its access rules, replication and audit apply).
+    pub registry_ref: RegistryRef,
+    /// A cron schedule (`0 * * * *`): run as a CronJob. Absent: run one Job per generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// What to copy: the entries of a mirror set file.
+    #[schemars(length(min = 1, max = 256))]
+    pub mirrors: Vec<MirrorEntrySpec>,
+    /// A Secret with `username` and `password` keys that may push to the Registry. Default:
+    /// the Registry's generated admin (`spec.auth.admin`); needed when its auth has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_secret: Option<String>,
+}
+
+/// One source repository and what to take of it, as in a mirror set file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorEntrySpec {
+    /// The registry's URL and the repository: `https://ghcr.io/org/app`.
+    #[schemars(regex(pattern = r"^https?://[^\s/]+/\S+$"))]
+    pub source: String,
+    /// Regular expressions; a tag is taken when one matches it whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// A version range such as `>=3.19 <4` (alternatives with `||`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semver: Option<String>,
+    /// Only the newest N of the tags chosen, by version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub newest: Option<u32>,
+    /// From an index, only these platforms (`os/arch[/variant]`): a sparse index, which the
+    /// Registry accepts with `allowSparseIndexes`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<String>,
+    /// Take the images' referrers along (signatures, SBOMs, attestations).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub referrers: bool,
+    /// The repository in the Registry (default: the source repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// User at the source; with `passwordSecret`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// A Secret whose `password` key holds the password or token for `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Of the current run (the most recent one when scheduled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<GcPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// The Job whose report the figures below are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job_name: Option<String>,
+    /// Of the last finished run: tags copied or found up to date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifests_copied: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs_copied: Option<u64>,
+    /// Blobs the Registry already had: nothing moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blobs_skipped: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_copied: Option<u64>,
+    /// Images that failed in the last finished run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    /// The first failure of the last finished run that had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When a run last finished without errors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_time: Option<Time>,
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+}
+
 /// The longest suffix a child's name adds to the Registry's (`<name>-token-key`).
 pub const LONGEST_CHILD_SUFFIX: &str = "-token-key";
 
@@ -782,11 +906,11 @@ const SINGLE_NODE_RULE: &str = "!has(self.spec.storage.pvc) || (has(self.spec.st
 
 pub const SINGLE_NODE_MESSAGE: &str = "more than one replica needs storage.pvc.accessModes [ReadWriteMany] (a ReadWriteOnce volume is mounted by one node), or S3 storage";
 
-/// Both CRDs as one YAML stream, the text `berth crd` prints and `crds/` holds.
+/// Every CRD as one YAML stream, the text `berth crd` prints and `crds/` holds.
 pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
     let mut out = String::new();
-    for crd in [registry_crd(), GarbageCollection::crd()] {
+    for crd in [registry_crd(), GarbageCollection::crd(), Mirror::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, LogParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
@@ -19,8 +18,11 @@ use serde_json::json;
 use tracing::instrument;
 
 use super::apply::{ensure, remove_owned};
-use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, wanted};
+use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, blocked, wanted};
 use super::crd::{GarbageCollection, GarbageCollectionStatus, GcPhase, GcRunResult, Registry};
+use super::jobs::{
+    created, job_phase, latest_job, owned_jobs, parse_report, suspend_cronjob, termination_message,
+};
 use super::resources::{self as build, BuildError, GC_LABEL};
 use super::{Context, Error, FIELD_MANAGER};
 
@@ -32,16 +34,6 @@ pub struct GcReport {
     pub bytes_freed: u64,
 }
 
-/// Finds the JSON report in a termination message or log tail: the whole text, or the last
-/// line that parses.
-pub fn parse_report<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
-    serde_json::from_str(text.trim()).ok().or_else(|| {
-        text.lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l.trim()).ok())
-    })
-}
-
 /// What one Job says about its run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RunState {
@@ -49,25 +41,6 @@ pub struct RunState {
     pub job_name: String,
     pub start_time: Option<Time>,
     pub completion_time: Option<Time>,
-}
-
-pub fn job_phase(job: &Job) -> GcPhase {
-    let st = job.status.clone().unwrap_or_default();
-    let has = |t: &str| {
-        st.conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == t && c.status == "True")
-    };
-    if has("Complete") {
-        GcPhase::Succeeded
-    } else if has("Failed") {
-        GcPhase::Failed
-    } else if st.active.unwrap_or(0) > 0 {
-        GcPhase::Running
-    } else {
-        GcPhase::Pending
-    }
 }
 
 #[instrument(skip(gc, ctx), fields(gc = %gc.name_any(), namespace = gc.namespace().unwrap_or_default()))]
@@ -138,7 +111,7 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
             ctx.event(gc.as_ref(), EventType::Normal, "Scheduled", note)
                 .await;
         }
-        latest_job(&jobs, &gc.name_any()).await?
+        latest_job(&jobs, GC_LABEL, &gc.name_any()).await?
     } else {
         remove_owned(&cronjobs, &gc.name_any(), &gc.uid().unwrap_or_default()).await?;
         let name = build::gc_job_name(&gc)?;
@@ -175,7 +148,7 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
     let mut next = old.clone();
     // Every finished Job is looked at, not only the current one: a CronJob may start the next
     // run right after one ends, and that one's result must still be recorded.
-    let owned = owned_jobs(&jobs, &gc.name_any()).await?;
+    let owned = owned_jobs(&jobs, GC_LABEL, &gc.name_any()).await?;
     let mut recorded = vec![];
     for finished in newest_finished(&owned) {
         let already = [&old.last_result, &old.last_successful_result]
@@ -326,13 +299,6 @@ pub async fn reconcile(gc: Arc<GarbageCollection>, ctx: Arc<Context>) -> Result<
     })
 }
 
-fn created(j: &Job) -> (Option<Timestamp>, String) {
-    (
-        j.metadata.creation_timestamp.clone().map(|t| t.0),
-        j.name_any(),
-    )
-}
-
 /// The newest finished Job and the newest succeeded one (the same Job when it succeeded),
 /// newest first.
 fn newest_finished(jobs: &[Job]) -> Vec<&Job> {
@@ -384,22 +350,6 @@ async fn read_result(client: &kube::Client, ns: &str, j: &Job) -> Result<GcRunRe
     })
 }
 
-/// Suspends the GarbageCollection's CronJob, if there is one and it runs; true when it exists.
-async fn suspend_cronjob(cronjobs: &Api<CronJob>, name: &str) -> Result<bool, Error> {
-    let Some(cron) = cronjobs.get_opt(name).await? else {
-        return Ok(false);
-    };
-    if cron.spec.as_ref().and_then(|s| s.suspend) != Some(true) {
-        let pp = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        let patch = json!({ "spec": { "suspend": true } });
-        cronjobs.patch(name, &pp, &Patch::Merge(&patch)).await?;
-    }
-    Ok(true)
-}
-
 /// The GarbageCollections a Registry event should wake: those in its namespace naming it.
 pub fn collections_for_registry(
     collections: &[Arc<GarbageCollection>],
@@ -429,72 +379,6 @@ async fn build_or_block<T>(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Every Job of one GarbageCollection (its one-shot Jobs and its CronJob's).
-async fn owned_jobs(jobs: &Api<Job>, gc: &str) -> Result<Vec<Job>, Error> {
-    let list = jobs
-        .list(&ListParams::default().labels(&format!("{GC_LABEL}={gc}")))
-        .await?;
-    Ok(list.items)
-}
-
-/// The most recent Job a GarbageCollection's CronJob made.
-async fn latest_job(jobs: &Api<Job>, gc: &str) -> Result<Option<Job>, Error> {
-    Ok(owned_jobs(jobs, gc).await?.into_iter().max_by_key(created))
-}
-
-/// A Job container's termination message, or the tail of its log when that is empty.
-pub(super) async fn termination_message(
-    client: &kube::Client,
-    ns: &str,
-    job: &str,
-    container: &str,
-) -> Result<Option<String>, Error> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={job}")))
-        .await?;
-    let Some(pod) = list
-        .items
-        .into_iter()
-        .max_by_key(|p| p.metadata.creation_timestamp.clone().map(|t| t.0))
-    else {
-        return Ok(None);
-    };
-    let message = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.name == container))
-        .and_then(|c| c.state.as_ref()?.terminated.as_ref()?.message.clone())
-        .filter(|m| !m.trim().is_empty());
-    if message.is_some() {
-        return Ok(message);
-    }
-    let lp = LogParams {
-        container: Some(container.into()),
-        tail_lines: Some(20),
-        ..LogParams::default()
-    };
-    match pods.logs(&pod.name_any(), &lp).await {
-        Ok(text) => Ok(Some(text)),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn blocked(reason: &str, message: &str) -> Vec<Wanted> {
-    vec![
-        wanted(READY, false, reason, message),
-        wanted(
-            PROGRESSING,
-            false,
-            reason,
-            "waiting for the problem above to be fixed",
-        ),
-        wanted(DEGRADED, true, reason, message),
-    ]
 }
 
 async fn write_status(

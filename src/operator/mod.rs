@@ -1,6 +1,6 @@
-//! `berth operator`: reconciles Registry and GarbageCollection resources into the Kubernetes
+//! `berth operator`: reconciles Registry, GarbageCollection and Mirror resources into the Kubernetes
 //! objects that run Berth. Builders are pure (`resources`), reconciles decide and apply
-//! (`registry`, `gc`), `run` wires the Controllers, leader election and the HTTP endpoints.
+//! (`registry`, `gc`, `mirror`; `jobs` is what the Job runners share), `run` wires the Controllers, leader election and the HTTP endpoints.
 //! Never imports the registry or store modules: it only renders config and objects.
 
 pub mod apply;
@@ -8,8 +8,10 @@ pub mod certmanager;
 pub mod conditions;
 pub mod crd;
 pub mod gc;
+pub mod jobs;
 pub mod leader;
 pub mod metrics;
+pub mod mirror;
 pub mod registry;
 pub mod resources;
 pub mod run;
@@ -20,6 +22,8 @@ mod cluster_tests;
 pub(crate) mod fake;
 #[cfg(test)]
 mod gc_tests;
+#[cfg(test)]
+mod mirror_tests;
 #[cfg(test)]
 mod registry_tests;
 

@@ -24,7 +24,7 @@ use tracing::instrument;
 
 use super::apply::{ensure, remove_owned};
 use super::certmanager::{self, Certificate};
-use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, wanted};
+use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, blocked, wanted};
 use super::crd::{DeletionPolicy, GcPhase, Registry, RegistryStatus};
 use super::resources::{self as build, BuildError, Defaults, REGISTRY_PORT, names};
 use super::{Context, Error, FIELD_MANAGER};
@@ -179,7 +179,7 @@ async fn release_finalizer(api: &Api<Registry>, reg: &Registry) -> Result<(), Er
 }
 
 /// Which referenced Secret is missing or incomplete, in words a human can act on.
-async fn check_secrets(
+pub(super) async fn check_secrets(
     client: &kube::Client,
     ns: &str,
     wanted: &[(String, Vec<&'static str>)],
@@ -455,20 +455,6 @@ where
         }
     }
     Ok(())
-}
-
-/// Conditions for a spec the operator cannot act on.
-fn blocked(reason: &str, message: &str) -> Vec<Wanted> {
-    vec![
-        wanted(READY, false, reason, message),
-        wanted(
-            PROGRESSING,
-            false,
-            reason,
-            "waiting for the problem above to be fixed",
-        ),
-        wanted(DEGRADED, true, reason, message),
-    ]
 }
 
 /// Conditions while something outside the operator is expected to finish soon.
@@ -826,18 +812,18 @@ async fn cleanup_bucket(reg: &Registry, ctx: &Context) -> Result<Action, Error> 
             retry: PURGE_POLL,
         });
     };
-    let outcome = super::gc::job_phase(&existing);
+    let outcome = super::jobs::job_phase(&existing);
     if !matches!(outcome, GcPhase::Succeeded | GcPhase::Failed) {
         return Err(Error::Pending {
             what: format!("purge Job {ns}/{name}"),
             retry: PURGE_POLL,
         });
     }
-    let message = super::gc::termination_message(client, &ns, &name, build::PURGE_CONTAINER)
+    let message = super::jobs::termination_message(client, &ns, &name, build::PURGE_CONTAINER)
         .await?
         .unwrap_or_default();
     if outcome == GcPhase::Succeeded {
-        let note = match super::gc::parse_report::<PurgeReport>(&message) {
+        let note = match super::jobs::parse_report::<PurgeReport>(&message) {
             Some(r) => format!(
                 "deletionPolicy is Delete: {} objects ({} bytes) under {place} deleted",
                 r.objects_deleted, r.bytes_freed

@@ -1,5 +1,5 @@
 //! `berth operator`: connect to the API server, serve /metrics, /healthz and /readyz, wait for
-//! the leader Lease, then run the Registry and GarbageCollection controllers until a signal
+//! the leader Lease, then run the Registry, GarbageCollection and Mirror controllers until a signal
 //! (or until the Lease is lost, when the process exits so a fresh replica can take over).
 
 use std::net::SocketAddr;
@@ -19,11 +19,11 @@ use kube::api::Api;
 use kube::runtime::controller::Controller;
 use kube::runtime::watcher;
 
-use super::crd::{GarbageCollection, Registry};
+use super::crd::{GarbageCollection, Mirror, Registry};
 use super::leader::{self, Leadership, LeaseConfig};
 use super::metrics::Metrics;
 use super::resources::Defaults;
-use super::{Context, error_policy, gc, registry};
+use super::{Context, error_policy, gc, mirror, registry};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -145,7 +145,26 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
                 tracing::debug!(error = %e, "gc controller");
             }
         });
-    let controllers = futures::future::join(registries, collections);
+    let mirrors = Controller::new(api::<Mirror>(&client, ns), wc.clone());
+    let mirror_store = mirrors.store();
+    let mirrors = mirrors
+        .owns(api::<Job>(&client, ns), owned.clone())
+        .owns(api::<CronJob>(&client, ns), owned.clone())
+        .owns(api::<ConfigMap>(&client, ns), owned.clone())
+        // A Registry that goes (or comes back) changes where its Mirrors can push.
+        .watches(
+            api::<Registry>(&client, ns),
+            wc.clone(),
+            move |reg: Registry| mirror::mirrors_for_registry(&mirror_store.state(), &reg),
+        )
+        .shutdown_on_signal()
+        .run(mirror::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "mirror controller");
+            }
+        });
+    let controllers = futures::future::join3(registries, collections, mirrors);
     match lease_api {
         Some((api, cfg)) => {
             tokio::select! {

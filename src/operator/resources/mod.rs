@@ -3,12 +3,16 @@
 //! `reconcile` only decides what to apply.
 
 mod gc;
+mod mirror;
 mod proxy;
 mod purge;
 mod registry;
 mod replication;
 
 pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
+pub use mirror::{
+    MIRROR_LABEL, mirror_cronjob, mirror_job, mirror_job_name, mirror_secrets, set_config_map,
+};
 pub use proxy::{upstream_secrets, upstream_volumes};
 pub use purge::{PURGE_CONTAINER, purge_job, purge_job_name};
 pub use registry::{

@@ -35,6 +35,7 @@ pub fn render_proxy(reg: &Registry) -> Result<Option<ProxyConfig>, BuildError> {
                 tag_ttl: u.tag_ttl.clone(),
                 max_connections: u.max_connections.map(|n| n as usize),
                 offline: u.offline,
+                ca_file: None,
             })
             .collect(),
         retention: p.retention.as_ref().map(|r| ProxyRetentionConfig {

@@ -148,10 +148,27 @@ impl Upstream {
         if max == 0 {
             return Err(bad("maxConnections", "must be at least 1".into()));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(reqwest::redirect::Policy::limited(5));
+        if let Some(f) = &cfg.ca_file {
+            let pem =
+                std::fs::read(f).map_err(|e| bad("caFile", format!("{}: {e}", f.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    bad(
+                        "caFile",
+                        format!("{} holds no PEM certificate", f.display()),
+                    )
+                })?;
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| bad("url", format!("cannot build an HTTP client: {e}")))?;
         let host = parsed.host_str().unwrap_or_default();
