@@ -568,6 +568,12 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
         report.blobs_skipped,
         report.errors.len()
     );
+    if report.tags_vanished > 0 {
+        eprintln!(
+            "berth mirror: {} listed tags were gone from their source by the time they were fetched (skipped)",
+            report.tags_vanished
+        );
+    }
     for e in &report.errors {
         eprintln!("berth mirror: {e}");
     }

@@ -882,3 +882,256 @@ async fn the_operators_mirror_job_runs_as_rendered_and_reports_what_the_status_r
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["docker-content-digest"], want.as_str());
 }
+
+/// A tag listed by the source but gone when fetched is skipped and counted, not failed; the
+/// rest of the set is copied. Into CNCF Distribution over its API, which skopeo then reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_gone_from_the_source_is_skipped_and_distribution_takes_the_rest() {
+    common::needs::need("skopeo");
+    let c = client();
+    let source = Server::start();
+    let (_, kept) = push_image(&c, &source, "team/app", "1.0", "kept").await;
+    push_image(&c, &source, "team/app", "1.1", "deleted meanwhile").await;
+    let faults = Faults::start(source.host()).await;
+    faults.set(Mode::Gone("/manifests/1.1"));
+    let dir = tempfile::tempdir().unwrap();
+    let dist = Distribution::start(dir.path());
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    tags: [\"1\\\\..*\"]\n",
+            faults.url()
+        ),
+    )
+    .unwrap();
+    let (ok, report, err) = sync_into(&set, &["--to", &dist.url()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        (report["images"].clone(), report["tagsVanished"].clone()),
+        (json!(1), json!(1)),
+        "{report}"
+    );
+    assert!(err.contains("gone from their source"), "{err}");
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://127.0.0.1:{}/team/app:1.0", dist.port),
+    ]);
+    assert_eq!(sha256(&raw), kept);
+}
+
+/// Unmounts a tmpfs however the test ends.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(
+            ok,
+            "mount a tmpfs at {} (this test runs as root)",
+            at.display()
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A destination whose storage fills up refuses with 507 and says why, keeps nothing torn,
+/// and once it has room the same sync finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_fills_up_refuses_clearly_and_the_next_sync_finishes() {
+    let c = client();
+    let source = Server::start();
+    let big: Vec<u8> = (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    let config = br#"{"os":"linux","architecture":"amd64"}"#;
+    let (_, digest) = push_image_of(&c, &source, "team/app", "1.0", config, &[&big]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Tmpfs::mount(&dir.path().join("disk"), "3m");
+    let root = dir.path().join("disk/data");
+    let dest = Server::start_on(&root, &[]);
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    newest: 1\n",
+            source.url("")
+        ),
+    )
+    .unwrap();
+    let (ok, report, _) = sync_into(&set, &["--to", &dest.url("")]);
+    assert!(!ok, "a full destination fails the sync");
+    let e = report["errors"].to_string();
+    assert!(e.contains("507") && e.contains("storage is full"), "{e}");
+    assert_eq!(
+        status(&c, dest.url("/v2/team/app/manifests/1.0")).await,
+        404
+    );
+    assert_blob_store_consistent(&root);
+
+    disk.grow("64m");
+    let (ok, report, err) = sync_into(&set, &["--to", &dest.url("")]);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 1, "{report}");
+    let r = c
+        .get(dest.url("/v2/team/app/manifests/1.0"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sha256(&r.bytes().await.unwrap()), digest);
+    drop(dest);
+    assert_blob_store_consistent(&root);
+}
+
+/// `mirror import` killed with SIGKILL midway leaves nothing torn or half-visible, and the
+/// same import run again finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_midway_is_finished_by_the_next() {
+    let c = client();
+    let source = Server::start();
+    let mut digests = Vec::new();
+    for i in 0..6u32 {
+        let layer: Vec<u8> = (0..24u32 << 20)
+            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 11) as u8)
+            .collect();
+        let config = format!(r#"{{"os":"linux","architecture":"amd64","n":{i}}}"#);
+        let (_, d) = push_image_of(
+            &c,
+            &source,
+            "team/big",
+            &format!("1.{i}"),
+            config.as_bytes(),
+            &[&layer],
+        )
+        .await;
+        digests.push(d);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/big\n    tags: [\".*\"]\n",
+            source.url("")
+        ),
+    )
+    .unwrap();
+    let bundle = dir.path().join("big.tar");
+    let (ok, _, err) = mirror(&[
+        "export",
+        "--config",
+        set.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let root = dir.path().join("dest");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["mirror", "import", "--json"])
+        .arg(&bundle)
+        .arg("--root")
+        .arg(&root)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once some of the 144 MiB has landed, before all of it has.
+    let landed = |root: &Path| -> u64 {
+        walk(&root.join("blobs"))
+            .iter()
+            .map(|p| p.metadata().map_or(0, |m| m.len()))
+            .sum()
+    };
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || landed(&root)
+            > 24 << 20),
+        "the import started"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(landed(&root) < 140 << 20, "killed midway");
+    assert_blob_store_consistent(&root);
+    {
+        let dest = Server::start_on(&root, &[]);
+        let tags: Value = get_json(&dest.url("/v2/team/big/tags/list")).await;
+        // Whatever is tagged is whole: each tag's manifest and layer are there.
+        for t in tags["tags"].as_array().into_iter().flatten() {
+            let r = c
+                .get(dest.url(&format!("/v2/team/big/manifests/{}", t.as_str().unwrap())))
+                .header("accept", OCI_MANIFEST)
+                .send()
+                .await
+                .unwrap();
+            let m: Value = r.json().await.unwrap();
+            let layer = m["layers"][0]["digest"].as_str().unwrap();
+            let r = c
+                .head(dest.url(&format!("/v2/team/big/blobs/{layer}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "tag {t} is whole");
+        }
+    }
+    let (ok, report, err) = mirror(&[
+        "import",
+        bundle.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 6, "{report}");
+    let dest = Server::start_on(&root, &[]);
+    for (i, d) in digests.iter().enumerate() {
+        let r = c
+            .head(dest.url(&format!("/v2/team/big/manifests/1.{i}")))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["docker-content-digest"], d.as_str());
+    }
+    drop(dest);
+    assert_blob_store_consistent(&root);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -37,6 +37,9 @@ pub struct Report {
     /// Blobs the destination had (by digest): nothing moved.
     pub blobs_skipped: u64,
     pub bytes_copied: u64,
+    /// Tags the source listed but no longer had when asked for them (deleted meanwhile):
+    /// skipped, not failed.
+    pub tags_vanished: u64,
     /// One line per failure; the sync goes on with the rest.
     pub errors: Vec<String>,
 }
@@ -73,6 +76,10 @@ pub enum CopyError {
     Blob { digest: Digest, source: DestError },
     #[error("{0}")]
     Invalid(String),
+    #[error("the source has no manifest {0}")]
+    Missing(String),
+    #[error("the tag is gone from the source")]
+    Vanished,
 }
 
 impl CopyError {
@@ -82,7 +89,7 @@ impl CopyError {
         match self {
             CopyError::Source(e) => e.retryable(),
             CopyError::Dest(e) | CopyError::Blob { source: e, .. } => e.retryable(),
-            CopyError::Invalid(_) => false,
+            CopyError::Invalid(_) | CopyError::Missing(_) | CopyError::Vanished => false,
         }
     }
 }
@@ -159,6 +166,7 @@ impl Report {
                 "blobsCopied": self.blobs_copied,
                 "blobsSkipped": self.blobs_skipped,
                 "bytesCopied": self.bytes_copied,
+                "tagsVanished": self.tags_vanished,
                 "errorCount": self.errors.len(),
                 "errors": errors,
             });
@@ -177,6 +185,7 @@ impl Report {
         self.blobs_copied += r.blobs_copied;
         self.blobs_skipped += r.blobs_skipped;
         self.bytes_copied += r.bytes_copied;
+        self.tags_vanished += r.tags_vanished;
         self.errors.extend(r.errors);
     }
 }
@@ -230,6 +239,13 @@ pub async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress:
                         c.with(|r| r.images += 1);
                         if c.progress {
                             eprintln!("berth mirror: {}:{tag} from {from}", m.destination);
+                        }
+                    }
+                    Err(CopyError::Vanished) => {
+                        c.with(|r| r.tags_vanished += 1);
+                        tracing::info!(source = %from, %tag, "a listed tag is gone from the source; skipped");
+                        if c.progress {
+                            eprintln!("berth mirror: {from}:{tag} is gone from the source; skipped");
                         }
                     }
                     Err(e) => c.error(format!("{from}:{tag}: {e}")),
@@ -300,7 +316,10 @@ impl<'a> Copier<'a> {
         let tag: Tag = tag
             .parse()
             .map_err(|_| CopyError::Invalid(format!("the source's tag {tag:?} is not valid")))?;
-        let (digest, bytes, media) = self.fetch_manifest(tag.as_str(), None).await?;
+        let (digest, bytes, media) = match self.fetch_manifest(tag.as_str(), None).await {
+            Err(CopyError::Missing(_)) => return Err(CopyError::Vanished),
+            r => r?,
+        };
         let m = Manifest::parse(&bytes, media.as_deref())
             .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
         self.copy_manifest(&digest, &bytes, &m).await?;
@@ -318,7 +337,7 @@ impl<'a> Copier<'a> {
             .source
             .manifest(name, reference)
             .await?
-            .ok_or_else(|| CopyError::Invalid(format!("the source has no manifest {reference}")))?;
+            .ok_or_else(|| CopyError::Missing(reference.to_owned()))?;
         let alg = want.map_or(crate::oci::Algorithm::Sha256, |d| d.algorithm());
         let digest = alg.digest_of(&fetched.bytes);
         if let Some(w) = want

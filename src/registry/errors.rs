@@ -70,6 +70,10 @@ pub enum RegistryError {
     Conflict(String),
     #[error("storage error: {0}")]
     Storage(String),
+    /// The storage is full (the disk, or the volume's quota): 507 with DENIED, saying so,
+    /// rather than a bare 500; the write left nothing half-made behind.
+    #[error("{0}")]
+    StorageFull(String),
     /// The storage backend is down or refusing: 503 with `Retry-After`, so clients retry.
     #[error("{0}")]
     Unavailable(String),
@@ -103,6 +107,7 @@ impl RegistryError {
             TooManyRequests { .. } => "TOOMANYREQUESTS",
             InvalidRequest(_) | Conflict(_) => "UNSUPPORTED",
             Storage(_) => "UNKNOWN",
+            StorageFull(_) => "DENIED",
             Unavailable(_) => "UNAVAILABLE",
             UpstreamUnknown { code, .. } => code,
             UpstreamRateLimited { .. } => "TOOMANYREQUESTS",
@@ -137,6 +142,7 @@ impl RegistryError {
             Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -189,6 +195,14 @@ impl IntoResponse for RegistryError {
     }
 }
 
+/// Whether an I/O error says the disk or a quota is full.
+fn is_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
 impl From<StoreError> for RegistryError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -200,6 +214,9 @@ impl From<StoreError> for RegistryError {
             StoreError::LengthMismatch { .. } => RegistryError::SizeInvalid(e.to_string()),
             StoreError::DigestMismatch { .. } => RegistryError::DigestInvalid(e.to_string()),
             StoreError::Body(_) => RegistryError::BlobUploadInvalid(e.to_string()),
+            StoreError::Io(io) if is_full(&io) => RegistryError::StorageFull(format!(
+                "the registry's storage is full ({io}); nothing of this write was kept"
+            )),
             StoreError::Io(_) => RegistryError::Storage(e.to_string()),
             StoreError::Unavailable(_) => RegistryError::Unavailable(e.to_string()),
         }

@@ -21,6 +21,9 @@ pub enum Mode {
     /// Blob GETs are refused with 403 DENIED (an upstream whose manifests name blobs it will
     /// not serve).
     RefuseBlobs,
+    /// Requests whose path contains this answer 404 MANIFEST_UNKNOWN (a tag deleted at the
+    /// source after its tag list was read).
+    Gone(&'static str),
     /// Blob bodies are sent in pieces of 128 KiB every 50 ms (a slow upstream), and with
     /// `cut` stop after half.
     Trickle {
@@ -127,6 +130,16 @@ async fn serve(
     };
     match m {
         Mode::Down => return Ok(()),
+        Mode::Gone(part) if path.contains(part) => {
+            record(404);
+            let body = r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#;
+            let resp = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(resp.as_bytes()).await?;
+            return conn.shutdown().await;
+        }
         Mode::RefuseBlobs if path.contains("/blobs/") => {
             record(403);
             let body = r#"{"errors":[{"code":"DENIED","message":"this blob is not for you"}]}"#;
