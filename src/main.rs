@@ -456,6 +456,16 @@ fn mirror_destination(
     }
 }
 
+/// A bar on a terminal, lines in a log, nothing with `--json`.
+fn progress(json: bool) -> berth::mirror::progress::Progress {
+    use berth::mirror::progress::Progress;
+    if json {
+        Progress::quiet()
+    } else {
+        Progress::for_stderr()
+    }
+}
+
 fn mirror(cmd: MirrorCommand) -> ExitCode {
     use berth::mirror::{bundle, dest::Destination, set, sync};
     let _log_guard = match logging(LogFormat::Plain, "warn") {
@@ -472,6 +482,12 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
             ExitCode::from(2)
         })
     };
+    let json = match &cmd {
+        MirrorCommand::Sync { json, .. }
+        | MirrorCommand::Import { json, .. }
+        | MirrorCommand::Export { json, .. } => *json,
+    };
+    let shown = progress(json);
     let (report, json) = match cmd {
         MirrorCommand::Sync {
             config,
@@ -487,7 +503,7 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
                 Ok(d) => d,
                 Err(c) => return c,
             };
-            let report = rt.block_on(sync::sync(&mirrors, &dest, !json));
+            let report = rt.block_on(sync::sync(&mirrors, &dest, &shown));
             if let Some(f) = report_file
                 && let Err(e) = std::fs::write(&f, report.compact())
             {
@@ -511,7 +527,7 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
                 Ok(d) => d,
                 Err(c) => return c,
             };
-            (rt.block_on(sync::import(reader, &dest, !json)), json)
+            (rt.block_on(sync::import(reader, &dest, &shown)), json)
         }
         MirrorCommand::Export {
             config,
@@ -537,7 +553,7 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut report = rt.block_on(sync::sync(&mirrors, &dest, !json));
+            let mut report = rt.block_on(sync::sync(&mirrors, &dest, &shown));
             let Destination::Bundle(w) = dest else {
                 return ExitCode::FAILURE;
             };
@@ -553,6 +569,7 @@ fn mirror(cmd: MirrorCommand) -> ExitCode {
             (report, json)
         }
     };
+    shown.finish();
     if json {
         match serde_json::to_string(&report) {
             Ok(j) => println!("{j}"),

@@ -1135,3 +1135,137 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// On a terminal (a pty from util-linux's `script`) a sync draws a bar under a line per image;
+/// in a log it prints the lines only, no escape codes; with `--json`, only the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log() {
+    let c = client();
+    let source = Server::start();
+    for t in ["1.0", "1.1", "1.2"] {
+        push_image(&c, &source, "team/app", t, t).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    tags: [\".*\"]\n",
+            source.url("")
+        ),
+    )
+    .unwrap();
+    let cmd = |root: &str| {
+        format!(
+            "{} mirror sync --config {} --root {}",
+            env!("CARGO_BIN_EXE_berth"),
+            set.display(),
+            dir.path().join(root).display()
+        )
+    };
+    let typescript = dir.path().join("typescript");
+    let ok = Command::new("script")
+        .args(["-qec", &cmd("a")])
+        .arg(&typescript)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let seen = std::fs::read_to_string(&typescript).unwrap();
+    assert!(seen.contains("\x1b[2K["), "a bar: {seen:?}");
+    assert!(seen.contains("] 3/3 images"), "{seen:?}");
+    assert_eq!(
+        seen.matches("berth mirror: team/app:1.").count(),
+        3,
+        "{seen:?}"
+    );
+
+    let out = Command::new("sh").args(["-c", &cmd("b")]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success());
+    assert!(!log.contains('\x1b'), "no escape codes in a log: {log:?}");
+    assert_eq!(log.matches("berth mirror: team/app:1.").count(), 3, "{log}");
+
+    let (ok, _, quiet) = sync(&set, &dir.path().join("c"));
+    assert!(ok);
+    assert!(
+        !quiet.contains("team/app:1."),
+        "--json prints no progress: {quiet}"
+    );
+}
+
+/// `newest: N` with `newestBy: created` takes the images built last (their configs'
+/// `created`), whatever their version numbers say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn newest_by_created_takes_the_images_built_last() {
+    let c = client();
+    let source = Server::start();
+    for (tag, created) in [
+        ("9.0", "2024-01-01T00:00:00Z"),
+        ("1.0", "2026-06-01T00:00:00.123456Z"),
+        ("2.0", "2026-03-01T00:00:00Z"),
+        ("3.0", "2025-01-01T00:00:00Z"),
+    ] {
+        let config = format!(r#"{{"os":"linux","architecture":"amd64","created":"{created}"}}"#);
+        let layer = format!("layer of {tag}");
+        push_image_of(
+            &c,
+            &source,
+            "team/app",
+            tag,
+            config.as_bytes(),
+            &[layer.as_bytes()],
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("set.yaml");
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    newest: 2\n    newestBy: created\n",
+            source.url("")
+        ),
+    )
+    .unwrap();
+    let root = dir.path().join("dest");
+    let (ok, report, err) = sync(&set, &root);
+    assert!(ok, "{err}");
+    assert_eq!(report["images"], 2, "{report}");
+    let dest = Server::start_on(&root, &[]);
+    let tags = get_json(&dest.url("/v2/team/app/tags/list")).await;
+    let mut got: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["1.0", "2.0"]);
+    // Without newestBy, newest is by version.
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    newest: 1\n",
+            source.url("")
+        ),
+    )
+    .unwrap();
+    let (ok, _, _) = sync(&set, &dir.path().join("by-version"));
+    assert!(ok);
+    let dest = Server::start_on(&dir.path().join("by-version"), &[]);
+    let tags = get_json(&dest.url("/v2/team/app/tags/list")).await;
+    assert_eq!(tags["tags"], json!(["9.0"]));
+    // newestBy without newest is a mistake named in one line.
+    std::fs::write(
+        &set,
+        format!(
+            "mirrors:\n  - source: {}/team/app\n    tags: [\".*\"]\n    newestBy: created\n",
+            source.url("")
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = sync(&set, &dir.path().join("x"));
+    assert!(!ok && err.contains("mirrors[0].newestBy"), "{err}");
+}

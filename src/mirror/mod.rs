@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod dest;
+pub mod progress;
 pub mod replicate;
 pub mod select;
 pub mod set;

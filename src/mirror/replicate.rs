@@ -442,7 +442,9 @@ impl Replication {
             let Ok(to) = rule.destination(repo) else {
                 continue;
             };
-            let report = sync::sync_one(&Mirror::local(repo, to), &source, &rule.dest, false).await;
+            let quiet = super::progress::Progress::quiet();
+            let report =
+                sync::sync_one(&Mirror::local(repo, to), &source, &rule.dest, &quiet).await;
             images += report.images;
             copied += report.manifests_copied;
             errors += report.errors.len();

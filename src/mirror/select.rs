@@ -14,6 +14,8 @@ pub struct TagSelect {
     /// Alternatives (`||`); a tag satisfies the range when it satisfies one.
     range: Vec<VersionReq>,
     newest: Option<usize>,
+    /// "Newest" by creation time rather than by version.
+    by_created: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,20 +68,46 @@ impl TagSelect {
             regexes,
             range,
             newest,
+            by_created: false,
         })
     }
 
-    /// The chosen tags of `tags`, newest version first when `newest` is set, else in the
-    /// order given.
     /// Every tag.
     pub fn all() -> TagSelect {
         TagSelect {
             regexes: Vec::new(),
             range: Vec::new(),
             newest: None,
+            by_created: false,
         }
     }
 
+    /// Orders "newest N" by when each image was built (its config's `created`) rather than
+    /// by version: what a registry's API tells of an image's age.
+    pub fn by_created(mut self) -> TagSelect {
+        self.by_created = true;
+        self
+    }
+
+    /// How many by creation time, when that is how the newest are chosen: the caller looks
+    /// the times up and calls [`TagSelect::newest_by_time`].
+    pub fn newest_by_created(&self) -> Option<usize> {
+        self.newest.filter(|_| self.by_created)
+    }
+
+    /// Of `candidates` (what [`TagSelect::choose`] returned) with their creation times, the
+    /// newest `n`; tags of unknown age go last, ties go to the higher version.
+    pub fn newest_by_time(
+        candidates: Vec<(String, Option<std::time::SystemTime>)>,
+        n: usize,
+    ) -> Vec<String> {
+        let mut c = candidates;
+        c.sort_by_key(|(t, when)| Reverse((*when, version_of(t))));
+        c.into_iter().take(n).map(|(t, _)| t).collect()
+    }
+
+    /// The chosen tags of `tags`, newest version first when `newest` is set (by version),
+    /// else in the order given; by creation time, every tag that passes the filters.
     pub fn choose<'a>(&self, tags: &'a [String]) -> Vec<&'a str> {
         let mut chosen: Vec<&str> = tags
             .iter()
@@ -90,7 +118,7 @@ impl TagSelect {
                     || version_of(t).is_some_and(|v| self.range.iter().any(|r| r.matches(&v)))
             })
             .collect();
-        if let Some(n) = self.newest {
+        if let Some(n) = self.newest.filter(|_| !self.by_created) {
             // Tags that are not versions (`latest`, `edge`) have no place in "newest N".
             chosen.retain(|t| version_of(t).is_some());
             chosen.sort_by_key(|t| Reverse(version_of(t)));

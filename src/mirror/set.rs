@@ -39,9 +39,13 @@ pub struct MirrorSpec {
     /// A version range such as `>=3.19 <4` (alternatives with `||`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semver: Option<String>,
-    /// Only the newest N of the tags chosen, by version.
+    /// Only the newest N of the tags chosen, by version (or as `newestBy` says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest: Option<usize>,
+    /// What "newest" means: `version` (default) or `created`, when each image was built (its
+    /// config's `created`; the Distribution API tells no push time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_by: Option<NewestBy>,
     /// From an index, only these platforms (`os/arch[/variant]`); the index is kept whole
     /// (a sparse index). Empty: every platform.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -58,6 +62,13 @@ pub struct MirrorSpec {
     /// File holding the password or token for `username`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NewestBy {
+    Version,
+    Created,
 }
 
 /// A mirror entry, validated.
@@ -187,8 +198,15 @@ pub fn validate(spec: &MirrorSpec) -> Result<Mirror, (&'static str, String)> {
         .unwrap_or(&spec.source)
         .trim_end_matches('/')
         .to_owned();
-    let tags = TagSelect::new(&spec.tags, spec.semver.as_deref(), spec.newest)
+    let mut tags = TagSelect::new(&spec.tags, spec.semver.as_deref(), spec.newest)
         .map_err(|e| ("tags", e.to_string()))?;
+    match (spec.newest_by, spec.newest) {
+        (Some(NewestBy::Created), Some(_)) => tags = tags.by_created(),
+        (Some(_), None) => {
+            return Err(("newestBy", "newestBy goes with newest: N".to_owned()));
+        }
+        _ => {}
+    }
     let platforms = spec
         .platforms
         .iter()

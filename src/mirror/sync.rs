@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::dest::{DestError, Destination};
+use super::progress::Progress;
 use super::set::Mirror;
 use super::source::{Source, SourceError};
 use crate::oci::{Descriptor, Digest, Manifest, ManifestKind, Tag};
@@ -99,8 +100,8 @@ struct Copier<'a> {
     mirror: &'a Mirror,
     source: &'a Source,
     dest: &'a Destination,
-    /// A line per image on stderr (off for `--json`).
-    progress: bool,
+    /// What a person watching sees (nothing for `--json`).
+    progress: &'a Progress,
     report: Mutex<Report>,
     /// Manifests done in this run (indexes share children; referrers may repeat).
     done: Mutex<HashSet<Digest>>,
@@ -111,7 +112,7 @@ struct Copier<'a> {
 
 /// Copies every mirror of the set into `dest`; failures are counted in the report, never
 /// fatal to the rest. Each mirror's source is its registry.
-pub async fn sync(mirrors: &[Mirror], dest: &Destination, progress: bool) -> Report {
+pub async fn sync(mirrors: &[Mirror], dest: &Destination, progress: &Progress) -> Report {
     let mut total = Report::default();
     for m in mirrors {
         let source = match Upstream::from_config(0, &m.upstream_config(), ProxyMetrics::default()) {
@@ -133,7 +134,7 @@ pub async fn sync(mirrors: &[Mirror], dest: &Destination, progress: bool) -> Rep
 pub async fn import(
     bundle: std::sync::Arc<super::bundle::Reader>,
     dest: &Destination,
-    progress: bool,
+    progress: &Progress,
 ) -> Report {
     let mut total = Report::default();
     let source = Source::Bundle(bundle.clone());
@@ -200,7 +201,8 @@ pub async fn copy_image(
     digest: &Digest,
     tags: &[Tag],
 ) -> Result<Report, CopyError> {
-    let c = Copier::new(m, source, dest, false);
+    let quiet = Progress::quiet();
+    let c = Copier::new(m, source, dest, &quiet);
     let (digest, bytes, media) = c.fetch_manifest(&digest.to_string(), Some(digest)).await?;
     let parsed = Manifest::parse(&bytes, media.as_deref())
         .map_err(|e| CopyError::Invalid(format!("manifest {digest}: {e}")))?;
@@ -213,7 +215,12 @@ pub async fn copy_image(
 }
 
 /// Copies every chosen tag of one mirror.
-pub async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress: bool) -> Report {
+pub async fn sync_one(
+    m: &Mirror,
+    source: &Source,
+    dest: &Destination,
+    progress: &Progress,
+) -> Report {
     let c = Copier::new(m, source, dest, progress);
     let from = format!("{}/{}", m.registry, m.repository);
     let tags = match c.source.tags(&m.repository).await {
@@ -227,9 +234,26 @@ pub async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress:
             return c.finish();
         }
     };
-    let chosen = m.tags.choose(&tags);
+    let mut chosen: Vec<String> = m
+        .tags
+        .choose(&tags)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if let Some(n) = m.tags.newest_by_created() {
+        let c = &c;
+        let timed: Vec<(String, Option<std::time::SystemTime>)> = futures::stream::iter(chosen)
+            .map(|t| async move {
+                let when = c.created(&t).await;
+                (t, when)
+            })
+            .buffered(BLOB_CONCURRENCY * 2)
+            .collect()
+            .await;
+        chosen = crate::mirror::select::TagSelect::newest_by_time(timed, n);
+    }
     tracing::info!(source = %from, destination = %m.destination, tags = chosen.len(), "mirroring");
-    let chosen: Vec<String> = chosen.into_iter().map(str::to_owned).collect();
+    progress.chosen(chosen.len());
     futures::stream::iter(chosen)
         .for_each_concurrent(TAG_CONCURRENCY, |tag| {
             let (c, from) = (&c, &from);
@@ -237,18 +261,20 @@ pub async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress:
                 match c.copy_tag(&tag).await {
                     Ok(()) => {
                         c.with(|r| r.images += 1);
-                        if c.progress {
-                            eprintln!("berth mirror: {}:{tag} from {from}", m.destination);
-                        }
+                        let line = format!("{}:{tag} from {from}", m.destination);
+                        c.progress.image(&line, false);
                     }
                     Err(CopyError::Vanished) => {
                         c.with(|r| r.tags_vanished += 1);
                         tracing::info!(source = %from, %tag, "a listed tag is gone from the source; skipped");
-                        if c.progress {
-                            eprintln!("berth mirror: {from}:{tag} is gone from the source; skipped");
-                        }
+                        let line = format!("{from}:{tag} is gone from the source; skipped");
+                        c.progress.image(&line, false);
                     }
-                    Err(e) => c.error(format!("{from}:{tag}: {e}")),
+                    Err(e) => {
+                        let line = format!("{from}:{tag}: {e}");
+                        c.progress.image(&line, true);
+                        c.error(line);
+                    }
                 }
             }
         })
@@ -257,7 +283,12 @@ pub async fn sync_one(m: &Mirror, source: &Source, dest: &Destination, progress:
 }
 
 impl<'a> Copier<'a> {
-    fn new(mirror: &'a Mirror, source: &'a Source, dest: &'a Destination, progress: bool) -> Self {
+    fn new(
+        mirror: &'a Mirror,
+        source: &'a Source,
+        dest: &'a Destination,
+        progress: &'a Progress,
+    ) -> Self {
         Copier {
             mirror,
             source,
@@ -267,6 +298,30 @@ impl<'a> Copier<'a> {
             done: Mutex::new(HashSet::new()),
             busy: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// When the image `tag` names was built: its config's `created` (for an index, that of
+    /// the first platform the mirror takes). `None` when the source does not say.
+    async fn created(&self, tag: &str) -> Option<std::time::SystemTime> {
+        let (_, bytes, media) = self.fetch_manifest(tag, None).await.ok()?;
+        let mut m = Manifest::parse(&bytes, media.as_deref()).ok()?;
+        if m.kind == ManifestKind::Index {
+            let child = m.manifests.iter().find(|c| self.wanted(c))?.clone();
+            let (_, bytes, media) = self
+                .fetch_manifest(&child.digest.to_string(), Some(&child.digest))
+                .await
+                .ok()?;
+            m = Manifest::parse(&bytes, media.as_deref().or(Some(&child.media_type))).ok()?;
+        }
+        let config = m.config.as_ref().filter(|c| c.size <= 1 << 20)?;
+        let blob = self
+            .source
+            .blob(&self.mirror.repository, &config.digest)
+            .await
+            .ok()??;
+        let body: Vec<bytes::Bytes> = blob.body.take(64).try_collect().await.ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&body.concat()).ok()?;
+        humantime::parse_rfc3339_weak(v["created"].as_str()?).ok()
     }
 
     /// Points `tag` at the copied manifest, unless it points there already. Done last: a
@@ -455,6 +510,7 @@ impl<'a> Copier<'a> {
         let dest = &self.mirror.destination;
         if self.dest.has_blob(dest, &d.digest).await? {
             self.with(|r| r.blobs_skipped += 1);
+            self.progress.blob_skipped();
             return Ok(());
         }
         let fetched = self
@@ -475,6 +531,7 @@ impl<'a> Copier<'a> {
             r.blobs_copied += 1;
             r.bytes_copied += written;
         });
+        self.progress.blob_copied(written);
         Ok(())
     }
 }

@@ -782,10 +782,13 @@ pub struct MirrorEntrySpec {
     /// A version range such as `>=3.19 <4` (alternatives with `||`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semver: Option<String>,
-    /// Only the newest N of the tags chosen, by version.
+    /// Only the newest N of the tags chosen, by version (or as `newestBy` says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub newest: Option<u32>,
+    /// What "newest" means: `version` (default) or `created`, when each image was built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest_by: Option<NewestBy>,
     /// From an index, only these platforms (`os/arch[/variant]`): a sparse index, which the
     /// Registry accepts with `allowSparseIndexes`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -802,6 +805,13 @@ pub struct MirrorEntrySpec {
     /// A Secret whose `password` key holds the password or token for `username`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NewestBy {
+    Version,
+    Created,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

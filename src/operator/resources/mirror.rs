@@ -44,6 +44,10 @@ pub fn mirror_set(m: &Mirror) -> Result<MirrorSetFile, BuildError> {
             tags: e.tags.clone(),
             semver: e.semver.clone(),
             newest: e.newest.map(|n| n as usize),
+            newest_by: e.newest_by.map(|b| match b {
+                crate::operator::crd::NewestBy::Version => crate::mirror::set::NewestBy::Version,
+                crate::operator::crd::NewestBy::Created => crate::mirror::set::NewestBy::Created,
+            }),
             platforms: e.platforms.clone(),
             referrers: e.referrers,
             destination: e.destination.clone(),
@@ -61,6 +65,7 @@ pub fn mirror_set(m: &Mirror) -> Result<MirrorSetFile, BuildError> {
                 "tags" => "spec.mirrors.tags",
                 "platforms" => "spec.mirrors.platforms",
                 "destination" => "spec.mirrors.destination",
+                "newestBy" => "spec.mirrors.newestBy",
                 _ => "spec.mirrors.passwordSecret",
             },
             reason: format!("entry {i}: {reason}"),
