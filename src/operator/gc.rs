@@ -355,13 +355,7 @@ pub fn collections_for_registry(
     collections: &[Arc<GarbageCollection>],
     reg: &Registry,
 ) -> Vec<kube::runtime::reflector::ObjectRef<GarbageCollection>> {
-    let name = reg.name_any();
-    let ns = reg.namespace();
-    collections
-        .iter()
-        .filter(|g| g.namespace() == ns && g.spec.registry_ref.name == name)
-        .map(|g| kube::runtime::reflector::ObjectRef::from_obj(&**g))
-        .collect()
+    super::jobs::naming_registry(collections, reg, |o| o.spec.registry_ref.name.as_str())
 }
 
 /// A builder's verdict on bad input becomes a condition; other errors propagate.

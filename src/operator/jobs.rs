@@ -120,3 +120,21 @@ pub async fn suspend_cronjob(cronjobs: &Api<CronJob>, name: &str) -> Result<bool
     }
     Ok(true)
 }
+
+/// The objects naming Registry `reg` (same namespace) by `registry_of`: what a Registry event
+/// should wake among a controller's GarbageCollections or Mirrors.
+pub fn naming_registry<K>(
+    objs: &[std::sync::Arc<K>],
+    reg: &super::crd::Registry,
+    registry_of: impl Fn(&K) -> &str,
+) -> Vec<kube::runtime::reflector::ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    let name = reg.name_any();
+    let ns = reg.namespace();
+    objs.iter()
+        .filter(|o| o.namespace() == ns && registry_of(o) == name)
+        .map(|o| kube::runtime::reflector::ObjectRef::from_obj(&**o))
+        .collect()
+}

@@ -292,13 +292,7 @@ pub fn mirrors_for_registry(
     mirrors: &[Arc<Mirror>],
     reg: &Registry,
 ) -> Vec<kube::runtime::reflector::ObjectRef<Mirror>> {
-    let name = reg.name_any();
-    let ns = reg.namespace();
-    mirrors
-        .iter()
-        .filter(|m| m.namespace() == ns && m.spec.registry_ref.name == name)
-        .map(|m| kube::runtime::reflector::ObjectRef::from_obj(&**m))
-        .collect()
+    super::jobs::naming_registry(mirrors, reg, |o| o.spec.registry_ref.name.as_str())
 }
 
 /// A builder's verdict on bad input becomes a condition; other errors propagate.
