@@ -212,38 +212,16 @@ pub fn gc_cronjob(
     reg: &Registry,
     d: &Defaults,
 ) -> Result<CronJob, BuildError> {
-    let (gc_name, ns) = name_ns(gc)?;
+    let (gc_name, _) = name_ns(gc)?;
     let (reg_name, _) = name_ns(reg)?;
     let schedule = gc.spec.schedule.clone().unwrap_or_default();
-    if !super::is_cron(&schedule) {
-        return Err(BuildError::Invalid {
-            field: "spec.schedule",
-            reason: format!("{schedule:?} is not a cron expression such as \"0 3 * * *\""),
-        });
-    }
-    from_json(json!({
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": {
-            "name": gc_name,
-            "namespace": ns,
-            "labels": gc_labels(&gc_name, &reg_name),
-            "ownerReferences": [owner_ref(gc)?],
-        },
-        "spec": {
-            "schedule": schedule,
-            // Set while the Registry is gone (the operator suspends it); applied back to false
-            // when the Registry returns.
-            "suspend": false,
-            "concurrencyPolicy": "Forbid",
-            "successfulJobsHistoryLimit": 3,
-            "failedJobsHistoryLimit": 3,
-            "jobTemplate": {
-                "metadata": { "labels": gc_labels(&gc_name, &reg_name) },
-                "spec": { "backoffLimit": 0, "template": pod_template(gc, reg, d)? },
-            },
-        },
-    }))
+    super::scheduled_job(
+        gc,
+        gc_name.clone(),
+        gc_labels(&gc_name, &reg_name),
+        &schedule,
+        json!({ "backoffLimit": 0, "template": pod_template(gc, reg, d)? }),
+    )
 }
 
 #[cfg(test)]

@@ -285,37 +285,16 @@ pub fn mirror_job(m: &Mirror, reg: &Registry, d: &Defaults) -> Result<Job, Build
 }
 
 pub fn mirror_cronjob(m: &Mirror, reg: &Registry, d: &Defaults) -> Result<CronJob, BuildError> {
-    let (name, ns) = name_ns(m)?;
+    let (name, _) = name_ns(m)?;
     let (reg_name, _) = name_ns(reg)?;
     let schedule = m.spec.schedule.clone().unwrap_or_default();
-    if !super::is_cron(&schedule) {
-        return Err(BuildError::Invalid {
-            field: "spec.schedule",
-            reason: format!("{schedule:?} is not a cron expression such as \"0 * * * *\""),
-        });
-    }
-    from_json(json!({
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": {
-            "name": format!("{name}-sync"),
-            "namespace": ns,
-            "labels": mirror_labels(&name, &reg_name),
-            "ownerReferences": [owner_ref(m)?],
-        },
-        "spec": {
-            "schedule": schedule,
-            "suspend": false,
-            // A sync still running when the next is due finishes; the next copies the rest.
-            "concurrencyPolicy": "Forbid",
-            "successfulJobsHistoryLimit": 3,
-            "failedJobsHistoryLimit": 3,
-            "jobTemplate": {
-                "metadata": { "labels": mirror_labels(&name, &reg_name) },
-                "spec": { "backoffLimit": 1, "template": pod_template(m, reg, d)? },
-            },
-        },
-    }))
+    super::scheduled_job(
+        m,
+        format!("{name}-sync"),
+        mirror_labels(&name, &reg_name),
+        &schedule,
+        json!({ "backoffLimit": 1, "template": pod_template(m, reg, d)? }),
+    )
 }
 
 #[cfg(test)]

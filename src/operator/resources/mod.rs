@@ -166,6 +166,47 @@ pub(crate) fn container_security_context() -> serde_json::Value {
     })
 }
 
+/// The CronJob every scheduled Berth job is (gc, mirror): `template` (a pod template) run on
+/// `schedule`, one run at a time (a run still going when the next is due finishes first),
+/// three of each outcome kept, and `suspend` applied back to false (the operator sets it while
+/// what the runs need is gone).
+pub(crate) fn scheduled_job<K: Resource<DynamicType = ()>>(
+    owner: &K,
+    name: String,
+    labels: serde_json::Value,
+    schedule: &str,
+    job_spec: serde_json::Value,
+) -> Result<k8s_openapi::api::batch::v1::CronJob, BuildError> {
+    if !is_cron(schedule) {
+        return Err(BuildError::Invalid {
+            field: "spec.schedule",
+            reason: format!("{schedule:?} is not a cron expression such as \"0 3 * * *\""),
+        });
+    }
+    let (_, ns) = name_ns(owner)?;
+    from_json(serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": labels,
+            "ownerReferences": [owner_ref(owner)?],
+        },
+        "spec": {
+            "schedule": schedule,
+            "suspend": false,
+            "concurrencyPolicy": "Forbid",
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {
+                "metadata": { "labels": labels },
+                "spec": job_spec,
+            },
+        },
+    }))
+}
+
 /// Typed object from a JSON literal: the builders read like the YAML they produce.
 pub(crate) fn from_json<T: DeserializeOwned>(v: serde_json::Value) -> Result<T, BuildError> {
     serde_json::from_value(v).map_err(|e| BuildError::Serialize(e.to_string()))
