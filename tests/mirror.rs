@@ -741,9 +741,7 @@ async fn a_sync_killed_mid_copy_is_finished_by_the_next() {
     let c = client();
     let source = Server::start();
     // A 4 MiB layer: at the trickle's pace (2.5 MB/s) its copy takes over a second.
-    let big: Vec<u8> = (0..4u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
-        .collect();
+    let big = noise(4 << 20, 0);
     let config = br#"{"os":"linux","architecture":"amd64"}"#;
     let (_, digest) = push_image_of(&c, &source, "team/app", "1.0", config, &[&big]).await;
     let faults = Faults::start(source.host()).await;
@@ -965,9 +963,7 @@ impl Drop for Tmpfs {
 async fn a_destination_that_fills_up_refuses_clearly_and_the_next_sync_finishes() {
     let c = client();
     let source = Server::start();
-    let big: Vec<u8> = (0..6u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect();
+    let big = noise(6 << 20, 0);
     let config = br#"{"os":"linux","architecture":"amd64"}"#;
     let (_, digest) = push_image_of(&c, &source, "team/app", "1.0", config, &[&big]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -1016,9 +1012,7 @@ async fn an_import_killed_midway_is_finished_by_the_next() {
     let source = Server::start();
     let mut digests = Vec::new();
     for i in 0..6u32 {
-        let layer: Vec<u8> = (0..24u32 << 20)
-            .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(i) >> 11) as u8)
-            .collect();
+        let layer = noise(24 << 20, i);
         let config = format!(r#"{{"os":"linux","architecture":"amd64","n":{i}}}"#);
         let (_, d) = push_image_of(
             &c,

@@ -113,11 +113,7 @@ impl Source {
                     return Ok(None);
                 };
                 let size = h.size;
-                let body = if size == 0 {
-                    Box::pin(futures::stream::empty()) as crate::store::ByteStream
-                } else {
-                    h.stream(0, size - 1)
-                };
+                let body = h.stream_all();
                 Ok(Some(FetchedBlob {
                     size: Some(size),
                     body,

@@ -59,6 +59,14 @@ impl BlobHandle {
     pub fn stream(self, start: u64, end: u64) -> ByteStream {
         self.source.stream(start, end)
     }
+
+    /// Streams every byte (nothing for an empty blob, which has no inclusive range).
+    pub fn stream_all(self) -> ByteStream {
+        match self.size {
+            0 => Box::pin(futures::stream::empty()),
+            n => self.stream(0, n - 1),
+        }
+    }
 }
 
 pub trait BlobSource: Send {

@@ -175,6 +175,14 @@ impl Drop for Distribution {
     }
 }
 
+/// `len` bytes that differ with `seed` and do not compress: a layer for tests that need one
+/// of some size.
+pub fn noise(len: u32, seed: u32) -> Vec<u8> {
+    (0..len)
+        .map(|j| (j.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 11) as u8)
+        .collect()
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     Algorithm::Sha256.digest_of(bytes).to_string()
 }
