@@ -58,6 +58,138 @@ pub struct Config {
     /// registry, from a durable queue in the store, with a periodic full reconcile.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<ReplicationRule>,
+    /// Rules that hold without anyone watching: immutable tags, storage quotas, webhooks,
+    /// and signatures required to pull.
+    #[serde(default, skip_serializing_if = "PolicyConfig::is_empty")]
+    pub policy: PolicyConfig,
+}
+
+/// The registry's policy, kept in Git with the rest of the config.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Tags that, once pushed, never move and are never deleted (by clients or retention).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub immutable_tags: Vec<ImmutableTagRule>,
+    /// Storage budgets by repository pattern, each blob counted once per budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaRule>,
+    /// Webhooks told of pushes, deletes and (sampled) pulls, from a durable queue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationRule>,
+    /// Repositories whose images are pulled only with a signature that verifies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<SignatureRule>,
+    /// Write an audit line for requests nobody signed in for, as `anonymous` (default false:
+    /// an open registry audits nothing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit_anonymous: bool,
+}
+
+impl PolicyConfig {
+    pub fn is_empty(&self) -> bool {
+        self == &PolicyConfig::default()
+    }
+}
+
+/// Tags matching `tags` in repositories matching `repository` are immutable.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImmutableTagRule {
+    /// A repository glob, as in access rules (`prod/**`).
+    pub repository: String,
+    /// A regular expression a tag must match to be immutable (`^v[0-9]`); searched, not
+    /// anchored, unless it says `^`/`$`.
+    pub tags: String,
+}
+
+/// A storage budget.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaRule {
+    /// A repository glob: one budget for everything it matches (`team-a/**`).
+    pub repository: String,
+    /// The budget, in bytes: a number or a size (`50G`, `500Gi`).
+    pub max_bytes: ByteSize,
+    /// Fraction of the budget at which a warning is raised (metric, log, Event), default 0.9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warn_at: Option<f64>,
+}
+
+/// A byte count written as a number or as a size string (see [`parse_bytes`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ByteSize {
+    Bytes(u64),
+    Text(String),
+}
+
+impl Default for ByteSize {
+    fn default() -> Self {
+        ByteSize::Bytes(0)
+    }
+}
+
+impl ByteSize {
+    pub fn bytes(&self) -> Result<u64, String> {
+        match self {
+            ByteSize::Bytes(n) => Ok(*n),
+            ByteSize::Text(t) => parse_bytes(t),
+        }
+    }
+}
+
+/// Where webhooks go, in which format, for what.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NotificationRule {
+    /// Names the endpoint's queue and metrics (lowercase letters, digits, `-`); default
+    /// derived from the URL, so reordering the list keeps each queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The receiver, `https://hooks.example.com/registry`.
+    pub url: String,
+    /// File holding the HMAC-SHA256 key; each request carries `X-Berth-Signature-256:
+    /// sha256=<hex of HMAC(body)>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// `push`, `delete`, `pull` (default push and delete).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<Action>,
+    /// Which repositories (a glob, default `**`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repositories: Option<String>,
+    /// `distribution` (CNCF Distribution's envelope, default) or `cloudevents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<NotificationFormat>,
+    /// Fraction of pulls sent, when `pull` is among the actions (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_sample: Option<f64>,
+    /// How long one delivery may take before it counts as failed (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationFormat {
+    #[default]
+    Distribution,
+    Cloudevents,
+}
+
+/// Images in matching repositories need a signature by one of the keys to be pulled.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SignatureRule {
+    /// A repository glob (`prod/**`).
+    pub repository: String,
+    /// PEM file of an ECDSA P-256 public key (`cosign.pub`); a file may hold several keys,
+    /// any of which verifies.
+    pub public_key: PathBuf,
+    /// Also refuse pulls by digest that are not signed (default: only pulls by tag).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_digest: bool,
 }
 
 /// One replication target and what it receives.

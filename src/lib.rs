@@ -8,6 +8,7 @@ pub mod listen;
 pub mod mirror;
 pub mod oci;
 pub mod operator;
+pub mod policy;
 pub mod proxy;
 pub mod purge;
 pub mod registry;

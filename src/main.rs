@@ -806,7 +806,9 @@ fn gc(a: GcArgs) -> ExitCode {
         Err(c) => return c,
     };
     let options = (|| {
-        let mut o = berth::gc::GcOptions::from_config(&file.gc)?.with_proxy(file.proxy.as_ref())?;
+        let mut o = berth::gc::GcOptions::from_config(&file.gc)?
+            .with_proxy(file.proxy.as_ref())?
+            .with_policy(&file.policy)?;
         o.dry_run = a.dry_run;
         o.delete_untagged |= a.delete_untagged;
         if let Some(g) = &a.grace {

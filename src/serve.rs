@@ -31,6 +31,8 @@ pub struct Settings {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Push replication, checked (URLs, patterns, credentials files) at resolve time.
     pub replication: Option<Arc<crate::mirror::replicate::Replication>>,
+    /// `policy`, checked and its files read at resolve time.
+    pub policy: Arc<crate::policy::Policy>,
 }
 
 /// The `limits` section, resolved: what one client may hold and for how long.
@@ -88,7 +90,9 @@ fn duration_option(
 impl Settings {
     pub fn resolve(file: Option<Config>, o: Overrides) -> Result<Settings, ServeError> {
         let file = file.unwrap_or_default();
-        let gc = crate::gc::GcOptions::from_config(&file.gc)?.with_proxy(file.proxy.as_ref())?;
+        let gc = crate::gc::GcOptions::from_config(&file.gc)?
+            .with_proxy(file.proxy.as_ref())?
+            .with_policy(&file.policy)?;
         let gc_interval = o
             .gc_interval
             .or(file.gc.interval.clone())
@@ -137,7 +141,11 @@ impl Settings {
         let replication = crate::mirror::replicate::Replication::from_config(&file.replication)
             .map_err(|e| ServeError::Option(e.to_string()))?
             .map(Arc::new);
+        let policy = crate::policy::Policy::from_config(&file.policy)
+            .map(Arc::new)
+            .map_err(|e| ServeError::Option(e.to_string()))?;
         Ok(Settings {
+            policy,
             gc,
             gc_interval,
             limits,
@@ -376,6 +384,14 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
         r.spawn(registry.store.clone());
     }
     registry.replication = settings.replication.clone();
+    registry.policy = settings.policy.clone();
+    if let Some(n) = &registry.policy.notifications {
+        registry.metrics.register_notifications(&n.metrics);
+        for (name, url) in n.endpoints() {
+            tracing::info!(endpoint = %name, url = %url, "webhook notifications");
+        }
+        n.spawn(registry.store.clone());
+    }
     let registry = Arc::new(registry);
     tokio::spawn(purge_idle_uploads(registry.clone(), settings.gc.upload_ttl));
     if let Some(every) = settings.gc_interval {

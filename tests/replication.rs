@@ -126,7 +126,7 @@ async fn events_wait_for_a_destination_that_is_down_and_survive_kill_and_restart
             .lock()
             .unwrap()
             .iter()
-            .any(|l| l.contains("delivering replication events"))
+            .any(|l| l.contains("delivering queued events"))
     };
     assert!(
         wait_until(Duration::from_secs(10), || holds(&a1)),

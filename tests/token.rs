@@ -38,6 +38,9 @@ auth:
     - repository: "public/*"
       users: [anonymous]
       actions: [pull]
+    - repository: "bob/**"
+      users: [bob]
+      actions: [pull, push]
   token:
     service: berth-test
 {token_extra}
@@ -453,4 +456,90 @@ async fn push_image_bearer(c: &reqwest::Client, s: &Server, token: &str, repo: &
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
+}
+
+/// A cross-repository mount whose token lacks pull on `from`: a holder the rules let pull it
+/// is asked (401 insufficient_scope, both scopes) for the wider token, and then the mount
+/// happens; a user who really may not pull `from` gets a plain upload session.
+#[tokio::test]
+async fn mount_asks_for_pull_on_from_when_the_rules_grant_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let s = Server::start_on(
+        &dir.path().join("data"),
+        &["--config", cfg.to_str().unwrap()],
+    );
+    let c = client();
+    let realm = s.url("/token");
+    let token_for = |who: &'static str, pw: &'static str, scopes: &'static [&'static str]| {
+        let c = c.clone();
+        let realm = realm.clone();
+        async move {
+            let q: String = scopes.iter().map(|s| format!("&scope={s}")).collect();
+            let (st, v) = get_token(
+                &c,
+                &format!("{realm}?service=berth-test{q}"),
+                Some(&basic(who, pw)),
+            )
+            .await;
+            assert_eq!(st, 200, "{v}");
+            v["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let src = token_for("alice", "alice-pw", &["repository:team-a/src:pull,push"]).await;
+    push_image_bearer(&c, &s, &src, "team-a/src").await;
+    let layer = sha256(b"a layer pushed with a token");
+    let mount = |repo: &'static str, token: String| {
+        let c = c.clone();
+        let url = s.url(&format!(
+            "/v2/{repo}/blobs/uploads/?mount={layer}&from=team-a/src"
+        ));
+        async move {
+            c.post(url)
+                .header("authorization", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let narrow = token_for("alice", "alice-pw", &["repository:team-a/dst:pull,push"]).await;
+    let r = mount("team-a/dst", narrow).await;
+    assert_eq!(r.status(), 401);
+    let ch = r.headers()["www-authenticate"].to_str().unwrap().to_owned();
+    assert!(ch.contains("error=\"insufficient_scope\""), "{ch}");
+    assert!(
+        ch.contains("scope=\"repository:team-a/dst:pull,push repository:team-a/src:pull\""),
+        "{ch}"
+    );
+    // The client asks for what the challenge named and the mount happens.
+    let wide = token_for(
+        "alice",
+        "alice-pw",
+        &[
+            "repository:team-a/dst:pull,push",
+            "repository:team-a/src:pull",
+        ],
+    )
+    .await;
+    let r = mount("team-a/dst", wide.clone()).await;
+    assert_eq!(r.status(), 201, "{:?}", r.headers());
+    let got = c
+        .head(s.url(&format!("/v2/team-a/dst/blobs/{layer}")))
+        .header("authorization", format!("Bearer {wide}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+
+    // bob may not pull team-a/src at all: no challenge he could answer, a plain session.
+    let bobs = token_for("bob", "bob-pw", &["repository:bob/dst:pull,push"]).await;
+    let r = mount("bob/dst", bobs).await;
+    assert_eq!(r.status(), 202, "{:?}", r.headers());
+    assert!(
+        r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("/blobs/uploads/")
+    );
 }

@@ -75,6 +75,8 @@ pub struct GcOptions {
     /// The pull-through cache's rules (see `cached`). Local repositories are never touched
     /// by them.
     pub cached: Option<CachedRetention>,
+    /// `policy.immutableTags`: retention never removes a tag these make immutable.
+    pub immutable: std::sync::Arc<crate::policy::immutable::ImmutableTags>,
 }
 
 impl Default for GcOptions {
@@ -86,6 +88,7 @@ impl Default for GcOptions {
             upload_ttl: Duration::from_secs(24 * 3600),
             retention: Vec::new(),
             cached: None,
+            immutable: Default::default(),
         }
     }
 }
@@ -234,6 +237,7 @@ impl GcOptions {
                 .unwrap_or(d.upload_ttl),
             retention: c.retention.clone(),
             cached: None,
+            immutable: Default::default(),
         };
         validate_rules(&opts.retention)?;
         Ok(opts)
@@ -268,6 +272,17 @@ impl GcOptions {
                 max_bytes,
             });
         }
+        Ok(self)
+    }
+
+    /// Adds the policy retention must respect (immutable tags).
+    pub fn with_policy(mut self, p: &crate::config::PolicyConfig) -> Result<GcOptions, GcError> {
+        let rules = crate::policy::immutable::ImmutableTags::from_config(&p.immutable_tags)
+            .map_err(|e| GcError::Option {
+                what: format!("policy.{}", e.field),
+                reason: e.reason,
+            })?;
+        self.immutable = std::sync::Arc::new(rules);
         Ok(self)
     }
 
@@ -459,7 +474,7 @@ pub async fn collect(
             opts.dry_run,
         )
         .await?
-        + crate::proxy::lease::sweep_stale(store, opts.dry_run).await?;
+        + crate::repo::lease::sweep_stale(store, opts.dry_run).await?;
     report.duration_ms = began.elapsed().as_millis() as u64;
     Ok(report)
 }
@@ -545,6 +560,10 @@ async fn mark_repository(
     if let Some(rule) = rules.iter().find(|r| r.repositories.matches(name.as_str())) {
         let pushed: Vec<(Tag, SystemTime)> = tags.iter().map(|(t, _, w)| (t.clone(), *w)).collect();
         for tag in tags_to_remove(rule, &pushed, start) {
+            if let Some(keeps) = opts.immutable.rule_for(name, &tag) {
+                tracing::debug!(repository = %name, %tag, rule = %keeps.describe(), "retention keeps an immutable tag");
+                continue;
+            }
             let gone = opts.dry_run || repo.delete_tag_if_stale(&tag, cutoff).await?;
             if gone {
                 report.tags_deleted += 1;

@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use super::dest::Destination;
@@ -26,21 +25,10 @@ use crate::config::{Action, ReplicationRule, UpstreamConfig};
 use crate::oci::pattern::Pattern;
 use crate::oci::{Digest, Reference, RepoName, Tag};
 use crate::proxy::Upstream;
-use crate::proxy::lease::{self, Claim};
+use crate::repo::deliver::{Deliver, Failure, QueueMetrics, Worker};
 use crate::repo::queue::{self, Entry, Event, Queue};
 use crate::repo::{RepoError, Repository};
 use crate::store::{MetaKey, QueueName, Store};
-
-/// The first wait after a failed delivery; doubled per failure up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// How often a holder looks for events other replicas queued (its own wake it at once).
-const POLL: Duration = Duration::from_secs(1);
-/// How often a replica that does not hold a queue's lease tries to take it over.
-const TAKEOVER: Duration = Duration::from_secs(5);
-/// How long a claimer of a queue waits before reading its claim back: takeovers are rare,
-/// and two holders could deliver out of order.
-const SETTLE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 #[error("replication[{index}].{field}: {reason}")]
@@ -136,16 +124,10 @@ pub struct RuleLabels {
     pub rule: String,
 }
 
-/// Per rule: what waits, how old the oldest waiting event is, what was delivered, failed
-/// (an attempt that will be retried) and dropped (refused for good), and what reconciles
-/// copied.
+/// Per rule: the queue's figures (`repo::deliver`) and what reconciles copied.
 #[derive(Clone, Debug, Default)]
 pub struct ReplicationMetrics {
-    pub queue_depth: Family<RuleLabels, Gauge>,
-    pub lag_seconds: Family<RuleLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub delivered: Family<RuleLabels, Counter>,
-    pub failures: Family<RuleLabels, Counter>,
-    pub dropped: Family<RuleLabels, Counter>,
+    pub queue: QueueMetrics<RuleLabels>,
     pub reconciled: Family<RuleLabels, Counter>,
 }
 
@@ -258,100 +240,25 @@ impl Replication {
         let me = format!("{:016x}", rand::random::<u64>());
         for i in 0..self.rules.len() {
             let (this, store, me) = (self.clone(), store.clone(), me.clone());
-            tokio::spawn(async move { this.run(i, store, me).await });
-        }
-    }
-
-    /// One rule, forever: take the queue's lease when nobody holds it, deliver while holding.
-    async fn run(&self, i: usize, store: Arc<dyn Store>, me: String) {
-        let rule = &self.rules[i];
-        loop {
-            match lease::claim_key(&store, MetaKey::queue_lease(&rule.name), &me, SETTLE).await {
-                Ok(Claim::Mine(l)) => {
-                    tracing::info!(rule = %rule.name, "delivering replication events");
-                    self.hold(rule, &store, &l, &me).await;
-                    l.release().await;
-                }
-                Ok(Claim::Theirs) => {
-                    self.observe(rule, &*store).await;
-                }
-                Err(e) => {
-                    tracing::warn!(rule = %rule.name, error = %e, "cannot claim a replication queue")
-                }
-            }
-            tokio::time::sleep(TAKEOVER).await;
-        }
-    }
-
-    /// Sets the queue's gauges from what the store holds.
-    async fn observe(&self, rule: &Rule, store: &dyn Store) -> Vec<crate::store::EntryId> {
-        let ids = Queue::new(store, &rule.name)
-            .entries()
-            .await
-            .unwrap_or_default();
-        let label = ReplicationMetrics::label(rule);
-        self.metrics
-            .queue_depth
-            .get_or_create(&label)
-            .set(ids.len() as i64);
-        let now_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        let lag = ids
-            .first()
-            .map_or(0.0, |id| now_us.saturating_sub(id.stamp_us()) as f64 / 1e6);
-        self.metrics.lag_seconds.get_or_create(&label).set(lag);
-        ids
-    }
-
-    /// Delivers the queue in order while the lease stays ours; reconciles when it is empty
-    /// and one is due.
-    async fn hold(&self, rule: &Rule, store: &Arc<dyn Store>, held: &lease::Lease, me: &str) {
-        let label = ReplicationMetrics::label(rule);
-        let mut backoff = MIN_BACKOFF;
-        let queue = Queue::new(&**store, &rule.name);
-        loop {
-            let ids = self.observe(rule, &**store).await;
-            if ids.is_empty() {
-                if self.reconcile_due(rule, &**store).await {
-                    self.reconcile(rule, store).await;
-                }
-                let _ = tokio::time::timeout(POLL, rule.wake.notified()).await;
-            }
-            for id in &ids {
-                // Before every delivery: a holder that stalled past the lease's life, or lost
-                // a claim race, stops before it could deliver out of order.
-                if !held.still_held(me).await.unwrap_or(false) {
-                    tracing::warn!(rule = %rule.name, "lost the replication lease; another replica delivers");
-                    return;
-                }
-                let outcome = match queue.get(id).await {
-                    Ok(None) => continue,
-                    Ok(Some(entry)) => self.deliver(rule, store, &entry).await,
-                    Err(RepoError::Store(e)) => Err((true, e.to_string())),
-                    Err(e) => Err((false, e.to_string())),
+            tokio::spawn(async move {
+                let rule = &this.rules[i];
+                let to = RuleDelivery {
+                    repl: &this,
+                    rule,
+                    store: &store,
                 };
-                match outcome {
-                    Ok(()) => {
-                        backoff = MIN_BACKOFF;
-                        self.metrics.delivered.get_or_create(&label).inc();
-                    }
-                    Err((true, why)) => {
-                        self.metrics.failures.get_or_create(&label).inc();
-                        tracing::warn!(rule = %rule.name, entry = id.as_str(), error = %why, retry_in = ?backoff, "replication failed; the event waits");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        break; // the same event again, first
-                    }
-                    Err((false, why)) => {
-                        self.metrics.dropped.get_or_create(&label).inc();
-                        tracing::error!(rule = %rule.name, entry = id.as_str(), error = %why, "replication refused for good; the event is dropped (the next reconcile tries again)");
-                    }
+                Worker {
+                    store: store.clone(),
+                    name: &rule.name,
+                    me: &me,
+                    wake: &rule.wake,
+                    metrics: &this.metrics.queue,
+                    label: ReplicationMetrics::label(rule),
+                    to: &to,
                 }
-                if let Err(e) = queue.remove(id).await {
-                    tracing::warn!(rule = %rule.name, error = %e, "cannot remove a delivered event");
-                }
-            }
+                .run()
+                .await
+            });
         }
     }
 
@@ -380,23 +287,19 @@ impl Replication {
             .is_ok()
     }
 
-    /// Sends one event to the destination. `Err((retry, why))`.
-    async fn deliver(
-        &self,
-        rule: &Rule,
-        store: &Arc<dyn Store>,
-        e: &Entry,
-    ) -> Result<(), (bool, String)> {
-        let to = rule.destination(&e.repository).map_err(|w| (false, w))?;
-        let copy_failed = |err: CopyError| (err.retryable(), err.to_string());
+    /// Sends one event to the destination.
+    async fn deliver(&self, rule: &Rule, store: &Arc<dyn Store>, e: &Entry) -> Result<(), Failure> {
+        let to = rule
+            .destination(&e.repository)
+            .map_err(Failure::permanent)?;
+        let copy_failed = |err: CopyError| Failure {
+            retry: err.retryable(),
+            why: err.to_string(),
+        };
         match (e.action, &e.digest) {
             (queue::Action::Push, Some(digest)) => {
                 let here = Repository::new(&**store, &e.repository);
-                if !here
-                    .has_manifest(digest)
-                    .await
-                    .map_err(|err| (true, err.to_string()))?
-                {
+                if !here.has_manifest(digest).await.map_err(Failure::retry)? {
                     tracing::debug!(rule = %rule.name, repository = %e.repository, %digest, "skipping a push whose manifest is gone");
                     return Ok(());
                 }
@@ -408,17 +311,18 @@ impl Replication {
                 tracing::info!(rule = %rule.name, repository = %e.repository, %digest, tags = e.tags.len(), blobs = r.blobs_copied, bytes = r.bytes_copied, "replicated a push");
                 Ok(())
             }
-            (queue::Action::Push, None) => Err((false, "a push event without a digest".into())),
+            (queue::Action::Push, None) => Err(Failure::permanent("a push event without a digest")),
+            (queue::Action::Pull, _) => Ok(()), // never queued for replication
             (queue::Action::Delete, digest) => {
                 let refs: Vec<Reference> = match digest {
                     Some(d) => vec![Reference::Digest(d.clone())],
                     None => e.tags.iter().cloned().map(Reference::Tag).collect(),
                 };
                 for r in &refs {
-                    rule.dest
-                        .delete(&to, r)
-                        .await
-                        .map_err(|err| (err.retryable(), err.to_string()))?;
+                    rule.dest.delete(&to, r).await.map_err(|err| Failure {
+                        retry: err.retryable(),
+                        why: err.to_string(),
+                    })?;
                     tracing::info!(rule = %rule.name, repository = %e.repository, reference = %r, "replicated a delete");
                 }
                 Ok(())
@@ -457,5 +361,28 @@ impl Replication {
             .get_or_create(&ReplicationMetrics::label(rule))
             .inc_by(copied);
         tracing::info!(rule = %rule.name, images, manifests_copied = copied, errors, "replication reconciled");
+    }
+}
+
+/// One rule's deliveries, for its queue's worker.
+struct RuleDelivery<'a> {
+    repl: &'a Replication,
+    rule: &'a Rule,
+    store: &'a Arc<dyn Store>,
+}
+
+#[async_trait::async_trait]
+impl Deliver for RuleDelivery<'_> {
+    async fn deliver(&self, entries: &[Entry]) -> Result<(), Failure> {
+        for e in entries {
+            self.repl.deliver(self.rule, self.store, e).await?;
+        }
+        Ok(())
+    }
+
+    async fn idle(&self) {
+        if self.repl.reconcile_due(self.rule, &**self.store).await {
+            self.repl.reconcile(self.rule, self.store).await;
+        }
     }
 }

@@ -16,11 +16,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::lease::{self, Claim, Lease};
 use super::spool::Spool;
 use super::{Proxy, ProxyError, Target};
 use crate::oci::Digest;
 use crate::repo::Repository;
+use crate::repo::lease::{self, Claim, Lease};
 use crate::store::{ByteStream, Store, UploadId, UploadReader};
 
 /// Chunks in flight between the upstream, the store and the first client.

@@ -11,7 +11,6 @@
 
 pub mod cache;
 pub mod fill;
-pub mod lease;
 mod memo;
 pub mod metrics;
 mod spool;

@@ -223,6 +223,15 @@ impl From<StoreError> for RegistryError {
     }
 }
 
+impl From<crate::policy::Refusal> for RegistryError {
+    fn from(e: crate::policy::Refusal) -> Self {
+        match e {
+            crate::policy::Refusal::Denied(m) => RegistryError::Denied(m),
+            crate::policy::Refusal::Repo(e) => e.into(),
+        }
+    }
+}
+
 impl From<RepoError> for RegistryError {
     fn from(e: RepoError) -> Self {
         match e {

@@ -13,6 +13,17 @@ use super::request::{Req, header_value};
 use crate::oci::manifest::{MAX_MANIFEST_BYTES, kind_of_media_type};
 use crate::oci::{Algorithm, Digest, Manifest, ManifestKind, Reference, RepoName, Tag};
 use crate::repo::Repository;
+use crate::repo::queue::{Detail, Event};
+
+/// What a webhook says about a request beyond the names.
+fn detail(req: &Req, media_type: &str, size: usize) -> Detail {
+    Detail {
+        media_type: Some(media_type.to_owned()),
+        size: Some(size as u64),
+        actor: req.user.clone(),
+        client: req.client.map(|c| c.to_string()),
+    }
+}
 
 fn too_large() -> RegistryError {
     RegistryError::PayloadTooLarge(format!(
@@ -136,6 +147,18 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &str, req: &Req) ->
     }
     let bytes = bytes_of(reg, &digest).await?;
     let len = bytes.len();
+    if req.method == Method::GET
+        && let Some(n) = &reg.policy.notifications
+    {
+        let tag = match &reference {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        let event = Event::pull(repo, &digest, tag).with(detail(req, &media_type, len));
+        if let Err(e) = n.record(&*reg.store, &event).await {
+            tracing::warn!(error = %e, "cannot queue a pull notification");
+        }
+    }
     let headers = [
         (header::CONTENT_TYPE, header_value(&media_type)?),
         (
@@ -189,12 +212,22 @@ pub async fn put(
     if let Reference::Tag(tag) = &reference {
         tags.insert(0, tag);
     }
-    Repository::new(&*reg.store, repo)
-        .publish(&digest, &bytes, &manifest, &tags, reg.allow_sparse_indexes)
+    let here = Repository::new(&*reg.store, repo);
+    let policy = &reg.policy;
+    // Concurrent pushes of one immutable tag on this replica take turns, so the second sees
+    // what the first wrote.
+    let _turn = policy.immutable.lock_tags(repo, &tags).await;
+    policy.immutable.check_push(&here, &tags, &digest).await?;
+    here.publish(&digest, &bytes, &manifest, &tags, reg.allow_sparse_indexes)
         .await?;
+    let len = bytes.len();
     reg.manifests.insert(digest.clone(), bytes);
     if let Some(r) = &reg.replication {
         r.pushed(&*reg.store, repo, &digest, &tags).await?;
+    }
+    if let Some(n) = &reg.policy.notifications {
+        let event = Event::push(repo, &digest, &tags).with(detail(&req, &manifest.media_type, len));
+        n.record(&*reg.store, &event).await?;
     }
 
     let mut resp = (
@@ -224,13 +257,25 @@ pub async fn put(
     Ok(resp)
 }
 
-pub async fn delete(reg: &Registry, repo: &RepoName, reference: &str) -> Result<Response> {
+pub async fn delete(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &str,
+    req: &Req,
+) -> Result<Response> {
     let reference: Reference = reference.parse()?;
     let name = repo;
     let repo = Repository::new(&*reg.store, name);
     let deleted = match &reference {
-        Reference::Tag(tag) => repo.delete_tag(tag).await?,
+        Reference::Tag(tag) => {
+            reg.policy.immutable.check_delete_tag(name, tag)?;
+            repo.delete_tag(tag).await?
+        }
         Reference::Digest(digest) => {
+            reg.policy
+                .immutable
+                .check_delete_manifest(&repo, digest)
+                .await?;
             let bytes = bytes_of(reg, digest).await.ok();
             repo.delete_manifest(digest, bytes.as_ref()).await?
         }
@@ -240,6 +285,18 @@ pub async fn delete(reg: &Registry, repo: &RepoName, reference: &str) -> Result<
     }
     if let Some(r) = &reg.replication {
         r.deleted(&*reg.store, name, &reference).await?;
+    }
+    if let Some(n) = &reg.policy.notifications {
+        let event = match &reference {
+            Reference::Tag(t) => Event::delete_tag(name, t),
+            Reference::Digest(d) => Event::delete_manifest(name, d),
+        };
+        let who = Detail {
+            actor: req.user.clone(),
+            client: req.client.map(|c| c.to_string()),
+            ..Detail::default()
+        };
+        n.record(&*reg.store, &event.with(who)).await?;
     }
     Ok((StatusCode::ACCEPTED, [(header::CONTENT_LENGTH, "0")]).into_response())
 }

@@ -172,32 +172,64 @@ impl Metrics {
         r.register(
             "replication_queue_depth",
             "Replication events waiting for delivery",
-            m.queue_depth.clone(),
+            m.queue.queue_depth.clone(),
         );
         r.register(
             "replication_lag_seconds",
             "Age of the oldest replication event waiting (0 when none wait)",
-            m.lag_seconds.clone(),
+            m.queue.lag_seconds.clone(),
         );
         r.register(
             "replication_delivered_events",
             "Replication events delivered by this process",
-            m.delivered.clone(),
+            m.queue.delivered.clone(),
         );
         r.register(
             "replication_failures",
             "Replication deliveries that failed and will be retried",
-            m.failures.clone(),
+            m.queue.failures.clone(),
         );
         r.register(
             "replication_dropped_events",
             "Replication events the destination refused for good",
-            m.dropped.clone(),
+            m.queue.dropped.clone(),
         );
         r.register(
             "replication_reconciled_manifests",
             "Manifests a periodic reconcile found missing at the destination and copied",
             m.reconciled.clone(),
+        );
+    }
+
+    pub fn register_notifications(
+        &mut self,
+        m: &crate::repo::deliver::QueueMetrics<crate::policy::notify::EndpointLabels>,
+    ) {
+        let r = &mut self.registry;
+        r.register(
+            "notification_queue_depth",
+            "Webhook events waiting for delivery",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "notification_lag_seconds",
+            "Age of the oldest webhook event waiting (0 when none wait)",
+            m.lag_seconds.clone(),
+        );
+        r.register(
+            "notification_delivered_events",
+            "Webhook events delivered by this process",
+            m.delivered.clone(),
+        );
+        r.register(
+            "notification_failures",
+            "Webhook deliveries that failed and will be retried",
+            m.failures.clone(),
+        );
+        r.register(
+            "notification_dropped_events",
+            "Webhook events the receiver refused for good",
+            m.dropped.clone(),
         );
     }
 

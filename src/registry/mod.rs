@@ -38,6 +38,8 @@ pub struct Registry {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Push replication rules; each push and delete they cover is queued before the answer.
     pub replication: Option<Arc<crate::mirror::replicate::Replication>>,
+    /// Immutable tags, quotas, webhooks and signature requirements (empty: none).
+    pub policy: Arc<crate::policy::Policy>,
 }
 
 impl Registry {
@@ -88,6 +90,7 @@ impl Registry {
             upload_limits: uploads::UploadLimits::default(),
             proxy: None,
             replication: None,
+            policy: Default::default(),
         }
     }
 }

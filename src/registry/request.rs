@@ -202,6 +202,8 @@ pub struct Req {
     pub repo_filter: Option<RepoFilter>,
     /// The signed-in user (`None`: anonymous, or auth off).
     pub user: Option<String>,
+    /// The client's address (a trusted proxy's `X-Forwarded-For` believed).
+    pub client: Option<IpAddr>,
 }
 
 pub type RepoFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;

@@ -119,7 +119,7 @@ async fn dispatch(reg: &Registry, route: Route, req: Req, body: Body) -> Result<
             manifests::get(reg, &repo, &r, &req).await
         }
         (Method::PUT, Manifest(repo, r)) => manifests::put(reg, &repo, &r, req, body).await,
-        (Method::DELETE, Manifest(repo, r)) => manifests::delete(reg, &repo, &r).await,
+        (Method::DELETE, Manifest(repo, r)) => manifests::delete(reg, &repo, &r, &req).await,
         (Method::GET | Method::HEAD, Blob(repo, d)) => blobs::get(reg, &repo, &d, &req).await,
         (Method::DELETE, Blob(repo, d)) => blobs::delete(reg, &repo, &d).await,
         (Method::POST, UploadStart(repo)) => uploads::start(reg, &repo, req, body).await,
@@ -224,6 +224,7 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
         query,
         repo_filter: None,
         user: None,
+        client,
     };
     let mut audit = None;
     let mut who = None;

@@ -9,6 +9,8 @@
 //! A proxied or mirrored repository is then another source behind the same reads.
 
 mod blobs;
+pub mod deliver;
+pub mod lease;
 mod manifests;
 mod publish;
 pub mod queue;

@@ -21,6 +21,8 @@ pub enum Action {
     Push,
     /// A tag (in `tags`) or a manifest (`digest`) was deleted.
     Delete,
+    /// A manifest was pulled (`digest`, by tag when `tags` holds it): webhooks only.
+    Pull,
 }
 
 /// What happened, as stored (JSON). Names are checked again when read back.
@@ -33,6 +35,24 @@ pub struct Event {
     pub digest: Option<Digest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Who and what, for webhooks (replication needs none of it).
+    #[serde(default, flatten)]
+    pub detail: Detail,
+}
+
+/// What a webhook tells beyond the names: the manifest's media type and size, who asked and
+/// from where.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Detail {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// An event read back, its names validated.
@@ -43,15 +63,32 @@ pub struct Entry {
     pub repository: RepoName,
     pub digest: Option<Digest>,
     pub tags: Vec<Tag>,
+    pub detail: Detail,
 }
 
 impl Event {
+    pub fn pull(repo: &RepoName, digest: &Digest, tag: Option<&Tag>) -> Event {
+        Event {
+            action: Action::Pull,
+            repository: repo.to_string(),
+            digest: Some(digest.clone()),
+            tags: tag.map(|t| t.to_string()).into_iter().collect(),
+            detail: Detail::default(),
+        }
+    }
+
+    pub fn with(mut self, detail: Detail) -> Event {
+        self.detail = detail;
+        self
+    }
+
     pub fn push(repo: &RepoName, digest: &Digest, tags: &[&Tag]) -> Event {
         Event {
             action: Action::Push,
             repository: repo.to_string(),
             digest: Some(digest.clone()),
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            detail: Detail::default(),
         }
     }
 
@@ -61,6 +98,7 @@ impl Event {
             repository: repo.to_string(),
             digest: None,
             tags: vec![tag.to_string()],
+            detail: Detail::default(),
         }
     }
 
@@ -70,6 +108,7 @@ impl Event {
             repository: repo.to_string(),
             digest: Some(digest.clone()),
             tags: Vec::new(),
+            detail: Detail::default(),
         }
     }
 }
@@ -108,13 +147,24 @@ impl<'a> Queue<'a> {
 
     /// Appends `event` durably; returns its entry.
     pub async fn push(&self, event: &Event) -> Result<EntryId> {
+        let (id, key, bytes) = self.entry(event)?;
+        self.store.meta_put(&key, &bytes).await?;
+        Ok(id)
+    }
+
+    /// Appends `event` without waiting for the disk: for events a crash may lose (sampled
+    /// pulls), kept off the request's critical path.
+    pub async fn push_volatile(&self, event: &Event) -> Result<EntryId> {
+        let (id, key, bytes) = self.entry(event)?;
+        self.store.meta_put_volatile(&key, &bytes).await?;
+        Ok(id)
+    }
+
+    fn entry(&self, event: &Event) -> Result<(EntryId, MetaKey, Vec<u8>)> {
         let id = EntryId::new(next_stamp(), writer());
         let bytes = serde_json::to_vec(event)
             .map_err(|e| RepoError::Corrupt(format!("cannot encode an event: {e}")))?;
-        self.store
-            .meta_put(&MetaKey::queue_entry(self.name, &id), &bytes)
-            .await?;
-        Ok(id)
+        Ok((id.clone(), MetaKey::queue_entry(self.name, &id), bytes))
     }
 
     /// The waiting entries, oldest first (names that are not entries are left alone).
@@ -159,6 +209,7 @@ impl<'a> Queue<'a> {
             repository,
             digest: e.digest,
             tags,
+            detail: e.detail,
         }))
     }
 

@@ -410,12 +410,24 @@ impl Auth {
         if let Route::UploadStart(_) = route
             && let Some(from) = req.query.get("from")
             && req.query.get("mount").is_some()
+            && !self.allowed(id, from).contains(Actions::PULL)
         {
-            let may_pull = self.allowed(id, from).contains(Actions::PULL);
-            if !may_pull {
-                req.query.remove("mount");
-                req.query.remove("from");
+            // A token of ours that was asked without pull on `from`, held by someone the
+            // rules let pull it: ask for the wider token (both scopes, as Distribution
+            // does), so the client fetches it and the mount happens. Anyone else really
+            // lacks pull there and gets a plain upload session, as the spec allows.
+            let wider = format!("repository:{from}:pull");
+            if matches!(&id.token, Some((_, true))) && self.scope_would_be_granted(id, &wider) {
+                let scope = format!("repository:{repo}:pull,push {wider}");
+                return Err(RegistryError::Unauthorized {
+                    message: format!(
+                        "the token does not grant pull on {from}, which the mount reads"
+                    ),
+                    challenge: Some(self.challenge(Some(&scope), host, true)),
+                });
             }
+            req.query.remove("mount");
+            req.query.remove("from");
         }
         Ok(())
     }
