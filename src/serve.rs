@@ -90,6 +90,9 @@ fn duration_option(
 impl Settings {
     pub fn resolve(file: Option<Config>, o: Overrides) -> Result<Settings, ServeError> {
         let file = file.unwrap_or_default();
+        let policy = crate::policy::Policy::from_config(&file.policy)
+            .map(Arc::new)
+            .map_err(|e| ServeError::Option(e.to_string()))?;
         let gc = crate::gc::GcOptions::from_config(&file.gc)?
             .with_proxy(file.proxy.as_ref())?
             .with_policy(&file.policy)?;
@@ -141,9 +144,6 @@ impl Settings {
         let replication = crate::mirror::replicate::Replication::from_config(&file.replication)
             .map_err(|e| ServeError::Option(e.to_string()))?
             .map(Arc::new);
-        let policy = crate::policy::Policy::from_config(&file.policy)
-            .map(Arc::new)
-            .map_err(|e| ServeError::Option(e.to_string()))?;
         Ok(Settings {
             policy,
             gc,

@@ -14,6 +14,19 @@ use crate::repo::Repository;
 /// The longest tag regex accepted: rules are written by people, not generated.
 const MAX_REGEX: usize = 1024;
 
+/// The regex crate's error drawn on several lines (pattern, caret, reason), on one.
+fn one_line(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(s) => s
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim_start_matches("error: ")
+            .to_owned(),
+        other => other.to_string(),
+    }
+}
+
 #[derive(Debug)]
 pub struct Rule {
     index: usize,
@@ -63,7 +76,7 @@ impl ImmutableTags {
                     .map_err(|e| {
                         bad(
                             "tags",
-                            format!("{:?} is not a regular expression: {e}", r.tags),
+                            format!("{:?} is not a regular expression: {}", r.tags, one_line(&e)),
                         )
                     })?;
                 Ok(Rule {
