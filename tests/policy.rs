@@ -311,7 +311,7 @@ async fn webhooks_wait_out_failing_hanging_and_looping_receivers_and_a_kill() {
         "events delivered: {:?}",
         rx.got.lock().unwrap().bodies
     );
-    let got = rx.got.lock().unwrap();
+    let got = std::mem::take(&mut *rx.got.lock().unwrap());
     let events = distribution_events(&got);
     let pushes: Vec<(&str, &str)> = events
         .iter()
@@ -353,7 +353,6 @@ async fn webhooks_wait_out_failing_hanging_and_looping_receivers_and_a_kill() {
     assert_eq!(ce[0]["type"], "dev.berth.registry.pull");
     assert_eq!(ce[0]["subject"], "team/app:v5");
     assert_eq!(ce[0]["data"]["digest"], digests[5].as_str());
-    drop(got);
 
     // The redirect loop never delivers; its failures are counted and it holds up nobody.
     let metrics = c
