@@ -244,3 +244,233 @@ async fn cosign_signatures_and_an_sbom_are_pushed_as_referrers_and_found_again()
 fn sig_manifest_digest_ref(m: &Value) -> String {
     sha256(&serde_json::to_vec(m).unwrap())
 }
+
+// ---------------------------------------------------------------------------------------------
+// The signature policy: pulls of unsigned or badly signed images refused
+// ---------------------------------------------------------------------------------------------
+
+fn new_key() -> EcdsaKeyPair {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap()
+}
+
+/// `cosign.pub` as `cosign generate-key-pair` writes it: the SubjectPublicKeyInfo in PEM.
+fn cosign_pub(k: &EcdsaKeyPair) -> String {
+    let mut der = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    der.extend_from_slice(k.public_key().as_ref());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
+}
+
+/// Pushes a cosign signature of `digest`: a simple-signing layer of `payload` signed by
+/// `key` (or carrying `signature` as given), under the `.sig` tag or as a referrer.
+async fn push_signature(
+    c: &reqwest::Client,
+    s: &Server,
+    repo: &str,
+    subject: (&str, usize),
+    payload: &[u8],
+    signature: &str,
+    as_referrer: bool,
+) {
+    push_blob(c, s, repo, b"{}").await;
+    push_blob(c, s, repo, payload).await;
+    let mut layer = descriptor(SIMPLE_SIGNING, payload);
+    layer["annotations"] = json!({ COSIGN_ANNOTATION: signature });
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(EMPTY, b"{}"),
+        "layers": [layer],
+    });
+    if as_referrer {
+        m["artifactType"] = json!(COSIGN_SIG_ARTIFACT);
+        m["subject"] = json!({"mediaType": OCI_MANIFEST, "digest": subject.0, "size": subject.1});
+        put_manifest(c, s, repo, &sig_manifest_digest_ref(&m), &m).await;
+    } else {
+        put_manifest(c, s, repo, &(subject.0.replace(':', "-") + ".sig"), &m).await;
+    }
+}
+
+async fn pull(
+    c: &reqwest::Client,
+    s: &Server,
+    repo: &str,
+    reference: &str,
+    head: bool,
+) -> (u16, String) {
+    let url = s.url(&format!("/v2/{repo}/manifests/{reference}"));
+    let rb = if head { c.head(url) } else { c.get(url) };
+    let r = rb
+        .header("accept", format!("{OCI_MANIFEST}, {OCI_INDEX}"))
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        st,
+        v["errors"][0]["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_signature_policy_serves_signed_images_and_refuses_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (trusted, stranger) = (new_key(), new_key());
+    let key_file = dir.path().join("cosign.pub");
+    std::fs::write(&key_file, cosign_pub(&trusted)).unwrap();
+    let cfg = dir.path().join("berth.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "policy:\n  signatures:\n    - repository: \"prod/**\"\n      publicKey: {k}\n    - repository: \"strict/**\"\n      publicKey: {k}\n      byDigest: true\n",
+            k = key_file.display()
+        ),
+    )
+    .unwrap();
+    let s = Server::start_with(&["--config", cfg.to_str().unwrap()]);
+    let c = client();
+    let host = s.host().to_owned();
+    let repo = "prod/app";
+
+    let mut images = Vec::new();
+    for i in 1..=6 {
+        images.push(push_image(&c, &s, repo, &format!("v{i}"), &format!("p{i}")).await);
+    }
+    let subject = |i: usize| (images[i - 1].1.as_str(), images[i - 1].0.len());
+    let signed =
+        |k: &EcdsaKeyPair, i: usize| cosign_sign(k, &format!("{host}/{repo}"), subject(i).0);
+    // v1: cosign's tag scheme; v2: a referrer; v3: unsigned; v4: another key; v5: a valid
+    // signature of another image; v6: a signed payload that is not JSON.
+    let (p, sig) = signed(&trusted, 1);
+    push_signature(&c, &s, repo, subject(1), &p, &sig, false).await;
+    let (p, sig) = signed(&trusted, 2);
+    push_signature(&c, &s, repo, subject(2), &p, &sig, true).await;
+    let (p, sig) = signed(&stranger, 4);
+    push_signature(&c, &s, repo, subject(4), &p, &sig, false).await;
+    let (p, sig) = signed(&trusted, 1);
+    push_signature(&c, &s, repo, subject(5), &p, &sig, true).await;
+    let junk = b"{not json".to_vec();
+    let sig = base64::engine::general_purpose::STANDARD
+        .encode(trusted.sign(&SystemRandom::new(), &junk).unwrap().as_ref());
+    push_signature(&c, &s, repo, subject(6), &junk, &sig, false).await;
+
+    for head in [false, true] {
+        assert_eq!(
+            pull(&c, &s, repo, "v1", head).await.0,
+            200,
+            "v1, head={head}"
+        );
+        assert_eq!(
+            pull(&c, &s, repo, "v2", head).await.0,
+            200,
+            "v2, head={head}"
+        );
+    }
+    for (tag, why) in [
+        ("v3", "no signature is stored"),
+        ("v4", "does not verify with the rule's key"),
+        ("v5", "names sha256:"),
+        ("v6", "not JSON"),
+    ] {
+        let (st, msg) = pull(&c, &s, repo, tag, false).await;
+        assert_eq!(st, 403, "{tag}: {msg}");
+        assert!(
+            msg.contains("policy.signatures[0] (prod/**)"),
+            "{tag}: {msg}"
+        );
+        assert!(msg.contains(why), "{tag}: {msg}");
+        assert_eq!(pull(&c, &s, repo, tag, true).await.0, 403, "HEAD {tag}");
+    }
+    // By digest only where the rule says so; cosign's own tags are never held back.
+    assert_eq!(pull(&c, &s, repo, subject(3).0, false).await.0, 200);
+    let sig_tag = subject(1).0.replace(':', "-") + ".sig";
+    assert_eq!(pull(&c, &s, repo, &sig_tag, false).await.0, 200);
+    // Outside the rule's repositories nothing is required.
+    push_image(&c, &s, "dev/app", "v1", "d").await;
+    assert_eq!(pull(&c, &s, "dev/app", "v1", false).await.0, 200);
+
+    // strict/** refuses unsigned pulls by digest too, but not the signature artifacts.
+    let (m, d) = push_image(&c, &s, "strict/app", "v1", "s1").await;
+    assert_eq!(pull(&c, &s, "strict/app", &d, false).await.0, 403);
+    let (p, sig) = cosign_sign(&trusted, &format!("{host}/strict/app"), &d);
+    push_signature(&c, &s, "strict/app", (&d, m.len()), &p, &sig, true).await;
+    assert_eq!(pull(&c, &s, "strict/app", &d, false).await.0, 200);
+    assert_eq!(pull(&c, &s, "strict/app", "v1", false).await.0, 200);
+    let refs = get_artifact(&c, s.url(&format!("/v2/strict/app/referrers/{d}"))).await;
+    let sig_digest = refs["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    assert_eq!(pull(&c, &s, "strict/app", &sig_digest, false).await.0, 200);
+
+    // A real client sees the same: skopeo reads v1 and is refused v3.
+    common::needs::need("skopeo");
+    let inspect = |tag: &str| {
+        std::process::Command::new("skopeo")
+            .args(["inspect", "--tls-verify=false", "--raw"])
+            .arg(format!("docker://{host}/{repo}:{tag}"))
+            .output()
+            .unwrap()
+    };
+    let ok = inspect("v1");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = inspect("v3");
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("denied"), "{err}");
+}
+
+#[test]
+fn a_bad_public_key_refuses_to_start_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("cosign.pub");
+    for (contents, why) in [
+        ("", "no PUBLIC KEY block"),
+        (
+            "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
+            "only ECDSA P-256 public keys",
+        ),
+        (
+            "-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n",
+            "not base64",
+        ),
+    ] {
+        std::fs::write(&key, contents).unwrap();
+        let cfg = dir.path().join("berth.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "policy:\n  signatures:\n    - repository: \"prod/**\"\n      publicKey: {}\n",
+                key.display()
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("policy.signatures[0].publicKey"), "{err}");
+        assert!(err.contains(why), "{why}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}

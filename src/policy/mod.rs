@@ -8,6 +8,7 @@
 
 pub mod immutable;
 pub mod notify;
+pub mod signature;
 
 use crate::config::PolicyConfig;
 use crate::repo::RepoError;
@@ -44,6 +45,7 @@ impl PolicyError {
 pub fn validate(cfg: &PolicyConfig) -> Result<(), PolicyError> {
     immutable::ImmutableTags::from_config(&cfg.immutable_tags)?;
     notify::Notifications::from_config(&cfg.notifications, false)?;
+    signature::Signatures::from_config(&cfg.signatures, false)?;
     Ok(())
 }
 
@@ -53,6 +55,8 @@ pub struct Policy {
     pub immutable: immutable::ImmutableTags,
     /// Webhooks; `None` when there are none.
     pub notifications: Option<std::sync::Arc<notify::Notifications>>,
+    /// Signatures required to pull.
+    pub signatures: signature::Signatures,
     /// Write audit lines for anonymous requests too.
     pub audit_anonymous: bool,
 }
@@ -64,6 +68,7 @@ impl Policy {
             immutable: immutable::ImmutableTags::from_config(&cfg.immutable_tags)?,
             notifications: notify::Notifications::from_config(&cfg.notifications, true)?
                 .map(std::sync::Arc::new),
+            signatures: signature::Signatures::from_config(&cfg.signatures, true)?,
             audit_anonymous: cfg.audit_anonymous,
         })
     }

@@ -130,6 +130,17 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &str, req: &Req) ->
         Err(e) => return Err(e.into()),
     };
     let (digest, media_type) = resolve(reg, repo, &reference).await?;
+    let by_tag = match &reference {
+        Reference::Tag(t) => Some(t),
+        Reference::Digest(_) => None,
+    };
+    if !reg.policy.signatures.is_empty() {
+        let here = Repository::new(&*reg.store, repo);
+        reg.policy
+            .signatures
+            .check_pull(&here, &digest, by_tag)
+            .await?;
+    }
     // Content negotiation as Distribution does it: a client that lists manifest types but no
     // index type cannot use an index, so it is told the manifest is not available to it.
     let accept = accepted(req);
@@ -150,11 +161,7 @@ pub async fn get(reg: &Registry, repo: &RepoName, reference: &str, req: &Req) ->
     if req.method == Method::GET
         && let Some(n) = &reg.policy.notifications
     {
-        let tag = match &reference {
-            Reference::Tag(t) => Some(t),
-            Reference::Digest(_) => None,
-        };
-        let event = Event::pull(repo, &digest, tag).with(detail(req, &media_type, len));
+        let event = Event::pull(repo, &digest, by_tag).with(detail(req, &media_type, len));
         if let Err(e) = n.record(&*reg.store, &event).await {
             tracing::warn!(error = %e, "cannot queue a pull notification");
         }
