@@ -158,6 +158,17 @@ fn docker_login_push_pull(tokens: bool) {
             .any(|v| v["fields"]["event"] == "pull" && v["fields"]["who"] == "bob"),
         "{audit:?}"
     );
+    // Blobs too: who pushed and pulled which digest, and how many bytes.
+    for (event, who) in [("blob-push", "alice"), ("blob-pull", "bob")] {
+        let line = audit
+            .iter()
+            .find(|v| v["fields"]["event"] == event && v["fields"]["who"] == who)
+            .unwrap_or_else(|| panic!("no {event} by {who}: {audit:?}"));
+        let f = &line["fields"];
+        assert!(f["digest"].as_str().unwrap().starts_with("sha256:"), "{f}");
+        assert!(f["bytes"].as_u64().unwrap() > 0, "{f}");
+        assert_eq!(f["result"], "success", "{f}");
+    }
 }
 
 #[tokio::test]

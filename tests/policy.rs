@@ -432,3 +432,89 @@ fn bad_policy_refuses_to_start_naming_the_field() {
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
+
+#[tokio::test]
+async fn an_open_registry_audits_as_anonymous_when_asked() {
+    let c = client();
+    let quiet = Server::start();
+    push_image(&c, &quiet, "team/app", "v1", "q").await;
+    assert!(
+        audit_lines(&quiet).is_empty(),
+        "an open registry audits nothing by default"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "  auditAnonymous: true\n");
+    let s = Server::start_with(&["--config", cfg.to_str().unwrap()]);
+    // A chunked upload (POST, PATCH, PUT), a monolithic one, a mount, pulls.
+    let layer = noise(100_000, 7);
+    let r = c
+        .post(s.url("/v2/team/app/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let at = r.headers()["location"].to_str().unwrap().to_owned();
+    let at = if at.starts_with('/') { s.url(&at) } else { at };
+    let r = c.patch(&at).body(layer.clone()).send().await.unwrap();
+    let at = r.headers()["location"].to_str().unwrap().to_owned();
+    let at = if at.starts_with('/') { s.url(&at) } else { at };
+    let sep = if at.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{at}{sep}digest={}", sha256(&layer)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (_, d) = push_image(&c, &s, "team/app", "v1", "a").await;
+    let r = c
+        .post(s.url(&format!(
+            "/v2/team/other/blobs/uploads/?mount={}&from=team/app",
+            sha256(&layer)
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .get(s.url(&format!("/v2/team/app/blobs/{}", sha256(&layer))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().len(), layer.len());
+    let r = c
+        .get(s.url("/v2/team/app/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let lines = audit_lines_after(&s, |v| v["fields"]["event"] == "pull");
+    let find = |event: &str, digest: &str| {
+        lines
+            .iter()
+            .map(|v| &v["fields"])
+            .find(|f| f["event"] == event && f["digest"] == digest)
+            .unwrap_or_else(|| panic!("no {event} of {digest} in {lines:?}"))
+            .clone()
+    };
+    let layer_d = sha256(&layer);
+    for event in ["blob-push", "blob-mount", "blob-pull"] {
+        let f = find(event, &layer_d);
+        assert_eq!(f["who"], "anonymous", "{f}");
+        assert_eq!(f["bytes"], layer.len() as u64, "{f}");
+        assert_eq!(f["client"], "127.0.0.1", "{f}");
+    }
+    assert_eq!(find("blob-mount", &layer_d)["repository"], "team/other");
+    assert_eq!(find("push", &d)["reference"], "v1");
+    assert_eq!(find("pull", &d)["status"], 200);
+    // Opening a session stores nothing: no line for it.
+    let opened = lines
+        .iter()
+        .filter(|v| v["fields"]["event"] == "blob-push")
+        .count();
+    assert_eq!(
+        opened, 3,
+        "the chunked layer, and the image's config and layer: {lines:?}"
+    );
+}

@@ -181,18 +181,99 @@ struct AuditEvent {
     reference: String,
 }
 
-fn audit_event(method: &Method, route: &Route) -> Option<AuditEvent> {
+fn audit_event(method: &Method, route: &Route, query: &Query) -> Option<AuditEvent> {
+    let digest_param = || query.get("digest").unwrap_or_default().to_owned();
     let (event, repo, reference) = match (method, route) {
-        (&Method::GET, Route::Manifest(r, x)) => ("pull", r, x),
-        (&Method::PUT, Route::Manifest(r, x)) => ("push", r, x),
-        (&Method::DELETE, Route::Manifest(r, x) | Route::Blob(r, x)) => ("delete", r, x),
+        (&Method::GET, Route::Manifest(r, x)) => ("pull", r, x.clone()),
+        (&Method::PUT, Route::Manifest(r, x)) => ("push", r, x.clone()),
+        (&Method::DELETE, Route::Manifest(r, x) | Route::Blob(r, x)) => ("delete", r, x.clone()),
+        (&Method::GET, Route::Blob(r, x)) => ("blob-pull", r, x.clone()),
+        (&Method::PUT, Route::Upload(r, _)) => ("blob-push", r, digest_param()),
+        // A POST that completes a blob: monolithic (`digest`) or a mount; a POST that only
+        // opens a session says nothing yet.
+        (&Method::POST, Route::UploadStart(r)) => match query.get("mount") {
+            Some(m) => ("blob-mount", r, m.to_owned()),
+            None if query.get("digest").is_some() => ("blob-push", r, digest_param()),
+            None => return None,
+        },
         _ => return None,
     };
     Some(AuditEvent {
         event,
         repo: repo.as_str().to_owned(),
-        reference: reference.clone(),
+        reference,
     })
+}
+
+/// What the audit line takes from the response (read before any await: a response is not
+/// `Sync`).
+struct Answered {
+    status: StatusCode,
+    digest: Option<String>,
+    length: Option<u64>,
+}
+
+impl Answered {
+    fn of(resp: &Response) -> Answered {
+        let h = resp.headers();
+        Answered {
+            status: resp.status(),
+            digest: h
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            length: h
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// Writes the audit line of a finished request.
+async fn audit(
+    reg: &Registry,
+    a: AuditEvent,
+    who: Option<&str>,
+    client: Option<IpAddr>,
+    resp: Answered,
+) {
+    let status = resp.status;
+    // A mount that fell back to an upload session stored nothing yet.
+    if a.event == "blob-mount" && status == StatusCode::ACCEPTED {
+        return;
+    }
+    let digest = resp
+        .digest
+        .as_deref()
+        .unwrap_or(if a.reference.contains(':') {
+            a.reference.as_str()
+        } else {
+            ""
+        });
+    let mut bytes = resp
+        .length
+        .filter(|_| a.event == "blob-pull" || a.event == "pull");
+    if bytes.is_none()
+        && status.is_success()
+        && a.event.starts_with("blob-")
+        && let Ok(d) = digest.parse::<crate::oci::Digest>()
+    {
+        bytes = reg.store.blob_size(&d).await.ok().flatten();
+    }
+    tracing::info!(
+        target: "audit",
+        event = a.event,
+        who = who.unwrap_or("anonymous"),
+        client = %client.map(|c| c.to_string()).unwrap_or_default(),
+        repository = %a.repo,
+        reference = %a.reference,
+        digest = %digest,
+        bytes = bytes.unwrap_or(0),
+        status = status.as_u16(),
+        result = if status.is_success() { "success" } else { "failure" },
+        "audit"
+    );
 }
 
 async fn v2(State(reg): State<App>, request: Request) -> Response {
@@ -230,9 +311,10 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
     let mut who = None;
     let result = match route {
         Ok(route) => {
-            // Audit lines say who did what: they exist where there is a "who" (auth on).
-            if reg.auth.is_some() {
-                audit = audit_event(&req.method, &route);
+            // Audit lines say who did what: they exist where there is a "who" (auth on), or
+            // for everyone as `anonymous` when policy asks.
+            if reg.auth.is_some() || reg.policy.audit_anonymous {
+                audit = audit_event(&req.method, &route, &req.query);
             }
             match check_access(&reg, &route, &mut req, client, peer).await {
                 Ok(id) => {
@@ -247,28 +329,8 @@ async fn v2(State(reg): State<App>, request: Request) -> Response {
     };
     let mut resp = result.unwrap_or_else(|e| e.into_response());
     if let Some(a) = audit {
-        let status = resp.status();
-        let digest = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(if a.reference.contains(':') {
-                a.reference.as_str()
-            } else {
-                ""
-            });
-        tracing::info!(
-            target: "audit",
-            event = a.event,
-            who = who.as_deref().unwrap_or("anonymous"),
-            client = %client.map(|c| c.to_string()).unwrap_or_default(),
-            repository = %a.repo,
-            reference = %a.reference,
-            digest = %digest,
-            status = status.as_u16(),
-            result = if status.is_success() { "success" } else { "failure" },
-            "audit"
-        );
+        let answered = Answered::of(&resp);
+        self::audit(&reg, a, who.as_deref(), client, answered).await;
     }
     resp.headers_mut().insert(
         "docker-distribution-api-version",
