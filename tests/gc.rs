@@ -492,7 +492,9 @@ async fn killed_mid_sweep_then_rerun_finishes_cleanly() {
     }))
     .await;
     let mut killed_midway = false;
-    for attempt in 0..5 {
+    // The first run also prunes the garbage's links before it sweeps, so later attempts wait
+    // longer.
+    for attempt in 0..10 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["gc", "--grace", "0s", "--root"])
             .arg(&s.root)
@@ -500,7 +502,7 @@ async fn killed_mid_sweep_then_rerun_finishes_cleanly() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(40 + attempt * 30));
+        std::thread::sleep(Duration::from_millis(40 + attempt * 60));
         child.kill().unwrap();
         child.wait().unwrap();
         let left = assert_blob_store_consistent(&s.root);

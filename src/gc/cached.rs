@@ -96,7 +96,7 @@ pub async fn over_budget(
 /// (gc's own mark, into a set of its own).
 async fn closure(repo: &Repository<'_>, d: &Digest) -> Result<Vec<Digest>, GcError> {
     let mut kept = HashSet::new();
-    walk(repo, vec![d.clone()], &mut kept).await?;
+    walk(repo, vec![d.clone()], &mut kept, &mut HashSet::new()).await?;
     Ok(kept.into_iter().collect())
 }
 
@@ -142,7 +142,7 @@ pub async fn expire(
             roots.push(d.clone());
         }
     }
-    let (kept, _) = walk(repo, roots, marked).await?;
+    let (kept, _) = walk(repo, roots, marked, &mut HashSet::new()).await?;
     for d in all.iter().filter(|d| !kept.contains(*d)) {
         let pointing: Vec<&Tag> = tags
             .iter()

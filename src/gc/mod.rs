@@ -144,6 +144,10 @@ pub struct GcReport {
     /// Manifests of pull-through cached repositories removed for not being pulled within
     /// `proxy.retention.unpulledFor` (counted in `manifestsDeleted` too).
     pub cached_manifests_expired: usize,
+    /// Repository links to blobs no manifest of that repository uses any more (the blob may
+    /// stay for others); what makes a quota's usage exact after a delete.
+    #[serde(default)]
+    pub links_removed: usize,
     pub duration_ms: u64,
     /// Every deletion, with its reason; filled on dry runs only.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -595,7 +599,8 @@ async fn mark_repository(
         all.clone()
     };
 
-    let (kept, subjects) = walk(&repo, roots, marked).await?;
+    let mut used: HashSet<Digest> = HashSet::new();
+    let (kept, subjects) = walk(&repo, roots, marked, &mut used).await?;
 
     // Manifests nothing keeps (only possible with delete_untagged).
     for d in all.iter().filter(|d| !kept.contains(*d)) {
@@ -639,8 +644,36 @@ async fn mark_repository(
             if let Some(b) = store.blob_read(d).await?
                 && let Ok(m) = Manifest::parse(&b, None)
             {
-                marked.extend(m.required_blobs().map(|b| b.digest.clone()));
+                let needs = m.required_blobs().map(|b| b.digest.clone());
+                let needs: Vec<Digest> = needs.collect();
+                used.extend(needs.iter().cloned());
+                marked.extend(needs);
             }
+        }
+    }
+    prune_links(&repo, &used, mark, report).await
+}
+
+/// Removes the repository's links to blobs none of its kept manifests uses, unless written or
+/// touched since the cutoff (an upload whose manifest is still to come; a push touches the
+/// links it relies on, see `repo::publish`). The blob itself stays while others use it.
+async fn prune_links(
+    repo: &Repository<'_>,
+    used: &HashSet<Digest>,
+    mark: &Mark<'_>,
+    report: &mut GcReport,
+) -> Result<(), GcError> {
+    for d in repo.blob_links().await? {
+        if used.contains(&d) {
+            continue;
+        }
+        let gone = if mark.opts.dry_run {
+            false
+        } else {
+            repo.unlink_blob_if_stale(&d, mark.cutoff).await?
+        };
+        if gone {
+            report.links_removed += 1;
         }
     }
     Ok(())
@@ -652,6 +685,7 @@ async fn walk(
     repo: &Repository<'_>,
     roots: Vec<Digest>,
     marked: &mut HashSet<Digest>,
+    used: &mut HashSet<Digest>,
 ) -> Result<(HashSet<Digest>, HashMap<Digest, Digest>), GcError> {
     let mut kept: HashSet<Digest> = HashSet::new();
     let mut subjects: HashMap<Digest, Digest> = HashMap::new();
@@ -670,7 +704,10 @@ async fn walk(
         };
         match Manifest::parse(&bytes, Some(&media)) {
             Ok(m) => {
-                marked.extend(m.required_blobs().map(|b| b.digest.clone()));
+                for b in m.required_blobs() {
+                    used.insert(b.digest.clone());
+                    marked.insert(b.digest.clone());
+                }
                 queue.extend(m.manifests.iter().map(|c| c.digest.clone()));
                 if let Some(s) = m.subject {
                     subjects.insert(d.clone(), s.digest);

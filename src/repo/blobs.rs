@@ -21,6 +21,14 @@ impl Repository<'_> {
             .await?)
     }
 
+    /// Marks the link as in use now; `false` when there is none.
+    pub async fn touch_blob_link(&self, digest: &Digest) -> Result<bool> {
+        Ok(self
+            .store
+            .meta_touch(&MetaKey::blob_link(self.name, digest))
+            .await?)
+    }
+
     /// Links a blob the store holds (after an upload committed it).
     pub async fn link_blob(&self, digest: &Digest) -> Result<()> {
         self.store

@@ -19,7 +19,9 @@ impl Repository<'_> {
     /// are, touched).
     pub async fn touch_references(&self, m: &Manifest, sparse: bool) -> Result<()> {
         let blob_checks = m.required_blobs().map(|d: &Descriptor| async move {
-            let size = if self.blob_linked(&d.digest).await? {
+            // Touching the link (not only asking for it) keeps gc from pruning it as unused
+            // while this manifest is being recorded.
+            let size = if self.touch_blob_link(&d.digest).await? {
                 self.store.blob_touch(&d.digest).await?
             } else {
                 None
