@@ -385,6 +385,15 @@ pub async fn run(settings: Settings) -> Result<(), ServeError> {
     }
     registry.replication = settings.replication.clone();
     registry.policy = settings.policy.clone();
+    if !registry.policy.quotas.is_empty() {
+        registry
+            .metrics
+            .register_quotas(&registry.policy.quotas.metrics);
+        tokio::spawn(watch_quotas(
+            registry.policy.clone(),
+            registry.store.clone(),
+        ));
+    }
     if let Some(n) = &registry.policy.notifications {
         registry.metrics.register_notifications(&n.metrics);
         for (name, url) in n.endpoints() {
@@ -515,6 +524,20 @@ async fn purge_idle_uploads(registry: Arc<Registry>, ttl: Duration) {
 
 /// `serve --gc-interval`: collect garbage in the background while serving, and report it on
 /// /metrics. Safe beside pushes (see `crate::gc`), and beside other replicas doing the same.
+/// Counts budgets that were never counted (a new rule), then keeps the usage gauges fresh.
+async fn watch_quotas(policy: Arc<crate::policy::Policy>, store: Arc<dyn crate::store::Store>) {
+    if let Err(e) = policy.quotas.recount(&*store, true).await {
+        tracing::warn!(error = %e, "cannot count quota usage; it is counted at the next gc");
+    }
+    for (quota, used, limit) in policy.quotas.usage(&*store).await {
+        tracing::info!(%quota, used, limit, "quota");
+    }
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+        policy.quotas.observe(&*store).await;
+    }
+}
+
 async fn collect_periodically(
     registry: Arc<Registry>,
     every: std::time::Duration,

@@ -518,3 +518,199 @@ async fn an_open_registry_audits_as_anonymous_when_asked() {
         "the chunked layer, and the image's config and layer: {lines:?}"
     );
 }
+
+/// The value of one metric line (`name{labels}`), 0 when absent.
+async fn metric(c: &reqwest::Client, s: &Server, series: &str) -> f64 {
+    let text = c
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A monolithic blob upload: its status and error message.
+async fn upload(c: &reqwest::Client, s: &Server, repo: &str, bytes: &[u8]) -> (u16, String) {
+    let r = c
+        .post(s.url(&format!(
+            "/v2/{repo}/blobs/uploads/?digest={}",
+            sha256(bytes)
+        )))
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    (
+        st,
+        v["errors"][0]["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn quotas_refuse_past_the_budget_count_shared_blobs_once_and_free_after_gc() {
+    needs::need("skopeo");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "  quotas:\n    - repository: \"team-a/**\"\n      maxBytes: 300000\n      warnAt: 0.8\n",
+    );
+    let root = dir.path().join("data");
+    let args = ["--config", cfg.to_str().unwrap()];
+    let a = Server::start_on(&root, &args);
+    let b = Server::start_on(&root, &args); // a second replica on the same volume
+    let c = client();
+    let used = "berth_quota_used_bytes{quota=\"team-a/**\"}";
+    let base = noise(100_000, 1);
+    let config_blob = br#"{"architecture":"amd64","os":"linux"}"#;
+    push_image_of(&c, &a, "team-a/one", "v1", config_blob, &[&base]).await;
+    let after_one = metric(&c, &a, used).await;
+    assert!((100_000.0..101_500.0).contains(&after_one), "{after_one}");
+    // The same image in another repository of the budget (through the other replica) adds
+    // nothing: each blob counts once.
+    push_image_of(&c, &b, "team-a/two", "v1", config_blob, &[&base]).await;
+    // (A gauge moves when its replica admits something: ten bytes through a.)
+    assert_eq!(upload(&c, &a, "team-a/one", b"ten bytes!").await.0, 201);
+    assert_eq!(metric(&c, &a, used).await, after_one + 10.0);
+
+    // 150 kB more passes the warning threshold (240 kB) but not the limit.
+    let big = noise(150_000, 2);
+    push_image_of(&c, &b, "team-a/three", "v1", config_blob, &[&big]).await;
+    let after_three = metric(&c, &b, used).await;
+    assert!(
+        after_three > 250_000.0,
+        "b's count includes a's pushes: {after_three}"
+    );
+    assert_eq!(
+        metric(&c, &b, "berth_quota_warning{quota=\"team-a/**\"}").await,
+        1.0
+    );
+
+    // 100 kB more would pass 300 kB: refused, naming the rule, the usage and the limit, on
+    // either replica; elsewhere nothing is limited.
+    let more = noise(100_000, 3);
+    for s in [&a, &b] {
+        let (st, msg) = upload(&c, s, "team-a/four", &more).await;
+        assert_eq!(st, 403, "{msg}");
+        assert!(
+            msg.contains("quota policy.quotas[0] (team-a/**) exceeded"),
+            "{msg}"
+        );
+        assert!(msg.contains("of 300000 bytes used"), "{msg}");
+    }
+    assert_eq!(upload(&c, &a, "dev/x", &noise(1_000_000, 4)).await.0, 201);
+    // A mount of a blob the budget lacks is refused too; of one it has, free.
+    let r = c
+        .post(a.url(&format!(
+            "/v2/team-a/five/blobs/uploads/?mount={}&from=dev/x",
+            sha256(&noise(1_000_000, 4))
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .post(a.url(&format!(
+            "/v2/team-a/five/blobs/uploads/?mount={}&from=team-a/one",
+            sha256(&base)
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // skopeo copying an image that does not fit is refused with the quota's words.
+    let src = Server::start();
+    push_image_of(
+        &c,
+        &src,
+        "big/img",
+        "v1",
+        config_blob,
+        // Random, so that skopeo's compression of an uncompressed layer cannot shrink it.
+        &[&(0..200_000)
+            .map(|_| rand::random::<u8>())
+            .collect::<Vec<u8>>()],
+    )
+    .await;
+    let out = Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .arg(format!("docker://{}/big/img:v1", src.host()))
+        .arg(format!("docker://{}/team-a/copied:v1", a.host()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "skopeo copy into a full quota succeeded: {err}; used {}",
+        metric(&c, &a, used).await
+    );
+    assert!(err.contains("denied") && err.contains("quota"), "{err}");
+
+    // Deleting frees nothing until gc; after gc usage is exact and the push fits.
+    let r = c
+        .get(a.url("/v2/team-a/three/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap();
+    let three = r.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let r = c
+        .delete(a.url(&format!("/v2/team-a/three/manifests/{three}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(upload(&c, &a, "team-a/four", &more).await.0, 403);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["gc", "--json", "--grace", "0s", "--root"])
+        .arg(&root)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["linksRemoved"].as_u64().unwrap() >= 1, "{report}");
+    // Left: the base layer, the config and the manifests of one, two and five (base only).
+    let one_manifest = c
+        .get(a.url("/v2/team-a/one/manifests/v1"))
+        .header("accept", OCI_MANIFEST)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+        .len() as u64;
+    let exact = (base.len() + config_blob.len()) as u64 + one_manifest;
+    let (st, msg) = upload(&c, &b, "team-a/four", &more).await;
+    assert_eq!(st, 201, "{msg}");
+    // The store's count is exact: base + config + the one manifest both repositories share,
+    // + the new 100 kB.
+    let want = (exact + more.len() as u64) as f64;
+    let mut seen = 0.0;
+    for _ in 0..100 {
+        seen = metric(&c, &b, used).await;
+        if seen == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(seen, want, "exact usage after gc");
+}

@@ -77,6 +77,8 @@ pub struct GcOptions {
     pub cached: Option<CachedRetention>,
     /// `policy.immutableTags`: retention never removes a tag these make immutable.
     pub immutable: std::sync::Arc<crate::policy::immutable::ImmutableTags>,
+    /// `policy.quotas`: counted again from what is left once a collection is done.
+    pub quotas: std::sync::Arc<crate::policy::quota::Quotas>,
 }
 
 impl Default for GcOptions {
@@ -89,6 +91,7 @@ impl Default for GcOptions {
             retention: Vec::new(),
             cached: None,
             immutable: Default::default(),
+            quotas: Default::default(),
         }
     }
 }
@@ -242,6 +245,7 @@ impl GcOptions {
             retention: c.retention.clone(),
             cached: None,
             immutable: Default::default(),
+            quotas: Default::default(),
         };
         validate_rules(&opts.retention)?;
         Ok(opts)
@@ -287,6 +291,12 @@ impl GcOptions {
                 reason: e.reason,
             })?;
         self.immutable = std::sync::Arc::new(rules);
+        let quotas =
+            crate::policy::quota::Quotas::from_config(&p.quotas).map_err(|e| GcError::Option {
+                what: format!("policy.{}", e.field),
+                reason: e.reason,
+            })?;
+        self.quotas = std::sync::Arc::new(quotas);
         Ok(self)
     }
 
@@ -479,6 +489,13 @@ pub async fn collect(
         )
         .await?
         + crate::repo::lease::sweep_stale(store, opts.dry_run).await?;
+    if !opts.dry_run && !opts.quotas.is_empty() {
+        progress("counting quotas");
+        opts.quotas
+            .recount(store, false)
+            .await
+            .map_err(GcError::Repo)?;
+    }
     report.duration_ms = began.elapsed().as_millis() as u64;
     Ok(report)
 }

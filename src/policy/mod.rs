@@ -8,6 +8,7 @@
 
 pub mod immutable;
 pub mod notify;
+pub mod quota;
 pub mod signature;
 
 use crate::config::PolicyConfig;
@@ -46,6 +47,7 @@ pub fn validate(cfg: &PolicyConfig) -> Result<(), PolicyError> {
     immutable::ImmutableTags::from_config(&cfg.immutable_tags)?;
     notify::Notifications::from_config(&cfg.notifications, false)?;
     signature::Signatures::from_config(&cfg.signatures, false)?;
+    quota::Quotas::from_config(&cfg.quotas)?;
     Ok(())
 }
 
@@ -55,6 +57,8 @@ pub struct Policy {
     pub immutable: immutable::ImmutableTags,
     /// Webhooks; `None` when there are none.
     pub notifications: Option<std::sync::Arc<notify::Notifications>>,
+    /// Storage budgets.
+    pub quotas: quota::Quotas,
     /// Signatures required to pull.
     pub signatures: signature::Signatures,
     /// Write audit lines for anonymous requests too.
@@ -69,6 +73,7 @@ impl Policy {
             notifications: notify::Notifications::from_config(&cfg.notifications, true)?
                 .map(std::sync::Arc::new),
             signatures: signature::Signatures::from_config(&cfg.signatures, true)?,
+            quotas: quota::Quotas::from_config(&cfg.quotas)?,
             audit_anonymous: cfg.audit_anonymous,
         })
     }

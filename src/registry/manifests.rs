@@ -225,8 +225,17 @@ pub async fn put(
     // what the first wrote.
     let _turn = policy.immutable.lock_tags(repo, &tags).await;
     policy.immutable.check_push(&here, &tags, &digest).await?;
+    let admitted = if policy.quotas.covers(repo) {
+        let this = [(digest.clone(), bytes.len() as u64)];
+        Some(policy.quotas.admit(&*reg.store, repo, &this).await?)
+    } else {
+        None
+    };
     here.publish(&digest, &bytes, &manifest, &tags, reg.allow_sparse_indexes)
         .await?;
+    if let Some(a) = admitted {
+        a.record().await;
+    }
     let len = bytes.len();
     reg.manifests.insert(digest.clone(), bytes);
     if let Some(r) = &reg.replication {

@@ -233,6 +233,30 @@ impl Metrics {
         );
     }
 
+    pub fn register_quotas(&mut self, m: &crate::policy::quota::QuotaMetrics) {
+        let r = &mut self.registry;
+        r.register(
+            "quota_used_bytes",
+            "Bytes a storage budget counts (each blob once), as the store records it",
+            m.used_bytes.clone(),
+        );
+        r.register(
+            "quota_limit_bytes",
+            "A storage budget's limit",
+            m.limit_bytes.clone(),
+        );
+        r.register(
+            "quota_warning",
+            "1 while a budget's usage is at or past its warnAt threshold",
+            m.warning.clone(),
+        );
+        r.register(
+            "quota_refused",
+            "Uploads, mounts and manifest pushes refused for a budget",
+            m.refused.clone(),
+        );
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {

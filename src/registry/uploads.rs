@@ -262,8 +262,44 @@ impl Drop for InProgress {
     }
 }
 
+/// Links a stored blob into `repo`, once its quotas admit it (refused, the blob stays
+/// unlinked for gc to remove).
 async fn link_blob(reg: &Registry, repo: &RepoName, digest: &Digest) -> Result<()> {
-    Ok(Repository::new(&*reg.store, repo).link_blob(digest).await?)
+    let quotas = &reg.policy.quotas;
+    if !quotas.covers(repo) {
+        return Ok(Repository::new(&*reg.store, repo).link_blob(digest).await?);
+    }
+    let size = reg.store.blob_size(digest).await?.unwrap_or(0);
+    let admitted = quotas
+        .admit(&*reg.store, repo, &[(digest.clone(), size)])
+        .await?;
+    Repository::new(&*reg.store, repo).link_blob(digest).await?;
+    admitted.record().await;
+    Ok(())
+}
+
+/// A mount into `repo`, within its quotas.
+async fn mount_within_quota(
+    reg: &Registry,
+    target: &Repository<'_>,
+    digest: &Digest,
+    from: Option<&Repository<'_>>,
+) -> Result<bool> {
+    let quotas = &reg.policy.quotas;
+    if !quotas.covers(target.name()) {
+        return Ok(target.mount_blob(digest, from).await?);
+    }
+    let Some(size) = reg.store.blob_size(digest).await? else {
+        return Ok(false);
+    };
+    let admitted = quotas
+        .admit(&*reg.store, target.name(), &[(digest.clone(), size)])
+        .await?;
+    let mounted = target.mount_blob(digest, from).await?;
+    if mounted {
+        admitted.record().await;
+    }
+    Ok(mounted)
 }
 
 pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Result<Response> {
@@ -274,10 +310,12 @@ pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Res
             Some(from) => {
                 let from: RepoName = from.parse()?;
                 let from = Repository::new(&*reg.store, &from);
-                target.mount_blob(&digest, Some(&from)).await?
+                mount_within_quota(reg, &target, &digest, Some(&from)).await?
             }
             // No `from`: mount when the registry already holds the bytes, if so configured.
-            None => reg.automatic_cross_mount && target.mount_blob(&digest, None).await?,
+            None => {
+                reg.automatic_cross_mount && mount_within_quota(reg, &target, &digest, None).await?
+            }
         };
         if mounted {
             return created_blob(repo, &digest);

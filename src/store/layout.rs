@@ -20,6 +20,9 @@
 //! queues/<queue>/<entry>                                 an event waiting for delivery (push
 //!                                                        replication); entries sort in order
 //! queues/<queue>.reconciled                              when its rule last reconciled
+//! quotas/<budget>/members/<alg>/<hex>                    a blob counted in the budget (its size)
+//! quotas/<budget>/base                                   the usage a full count found, and its epoch
+//! quotas/<budget>/usage/<replica>                        what one replica added since that count
 //! ```
 //! Repository names cannot contain a component starting with `_`, so the bookkeeping
 //! directories never collide with nested repositories (`a` and `a/b` coexist).
@@ -35,10 +38,11 @@ pub const UPLOADS: &str = "uploads";
 pub const AUTH: &str = "auth";
 pub const LEASES: &str = "leases";
 pub const QUEUES: &str = "queues";
+pub const QUOTAS: &str = "quotas";
 /// Every top-level directory above: all that the registry writes under its root or prefix.
 /// `berth purge` removes these from a filesystem root or an unprefixed bucket, where anything
 /// beside them belongs to someone else.
-pub const TOP_LEVEL: [&str; 6] = [BLOBS, REPOSITORIES, UPLOADS, AUTH, LEASES, QUEUES];
+pub const TOP_LEVEL: [&str; 7] = [BLOBS, REPOSITORIES, UPLOADS, AUTH, LEASES, QUEUES, QUOTAS];
 
 /// Names of the per-repository bookkeeping directories.
 pub const REPO_BLOBS: &str = "_blobs";
@@ -91,8 +95,9 @@ impl fmt::Debug for UploadId {
     }
 }
 
-/// The name of a durable event queue (one per replication rule): `[a-z0-9][a-z0-9-]*`, at
-/// most 63 characters, so it is one path component and a metric label.
+/// The name of a durable event queue (one per replication rule or webhook), of a quota
+/// budget, or of a replica in one: `[a-z0-9][a-z0-9-]*`, at most 63 characters, so it is one
+/// path component and a metric label.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct QueueName(String);
 
@@ -239,6 +244,25 @@ impl MetaKey {
         MetaKey(format!("{}/{}", MetaDir::queue(queue).0, entry.as_str()))
     }
 
+    /// `d` is counted in `budget` (holds its size as text).
+    pub fn quota_member(budget: &QueueName, d: &Digest) -> Self {
+        MetaKey(format!(
+            "{}/{}",
+            MetaDir::quota_members(budget, d.algorithm()).0,
+            d.hex()
+        ))
+    }
+
+    /// The last full count of `budget`.
+    pub fn quota_base(budget: &QueueName) -> Self {
+        MetaKey(format!("{QUOTAS}/{budget}/base"))
+    }
+
+    /// What `replica` added to `budget` since the last full count.
+    pub fn quota_usage(budget: &QueueName, replica: &QueueName) -> Self {
+        MetaKey(format!("{}/{replica}", MetaDir::quota_usages(budget).0))
+    }
+
     pub fn referrer(repo: &RepoName, subject: &Digest, referrer: &Digest) -> Self {
         MetaKey(format!(
             "{}/{}-{}",
@@ -264,6 +288,14 @@ impl MetaDir {
 
     pub fn queue(queue: &QueueName) -> Self {
         MetaDir(format!("{QUEUES}/{queue}"))
+    }
+
+    pub fn quota_members(budget: &QueueName, alg: Algorithm) -> Self {
+        MetaDir(format!("{QUOTAS}/{budget}/members/{alg}"))
+    }
+
+    pub fn quota_usages(budget: &QueueName) -> Self {
+        MetaDir(format!("{QUOTAS}/{budget}/usage"))
     }
 
     pub fn repo(repo: &RepoName) -> Self {
