@@ -1338,6 +1338,82 @@ mod tests {
         assert!(seen >= 5, "only {seen} examples found");
     }
 
+    /// The API server's structural-schema rules that a hand-written node (an int-or-string,
+    /// a CEL rule on a list) can break, for the node at `path` and everything under it.
+    fn structural_problems(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        let Some(o) = v.as_object() else { return };
+        let int_or_string = o.get("x-kubernetes-int-or-string") == Some(&true.into());
+        let free = o.get("x-kubernetes-preserve-unknown-fields") == Some(&true.into());
+        if int_or_string && o.contains_key("type") {
+            out.push(format!("{path}: int-or-string with a type"));
+        }
+        if !int_or_string && !free && !o.contains_key("type") {
+            out.push(format!("{path}: no type"));
+        }
+        for junctor in ["allOf", "anyOf", "oneOf", "not"] {
+            let subs = match o.get(junctor) {
+                Some(serde_json::Value::Array(a)) => a.clone(),
+                Some(other) => vec![other.clone()],
+                None => continue,
+            };
+            let ios = serde_json::json!([{"type": "integer"}, {"type": "string"}]);
+            if int_or_string && junctor == "anyOf" && o[junctor] == ios {
+                continue;
+            }
+            for s in subs.iter().filter_map(|s| s.as_object()) {
+                for k in ["type", "description", "default", "nullable"] {
+                    if s.contains_key(k) {
+                        out.push(format!("{path}.{junctor}: {k} inside a junctor"));
+                    }
+                }
+            }
+        }
+        if let Some(props) = o.get("properties").and_then(|p| p.as_object()) {
+            for (k, sub) in props {
+                structural_problems(sub, &format!("{path}.{k}"), out);
+            }
+        }
+        for k in ["items", "additionalProperties"] {
+            if let Some(sub) = o.get(k).filter(|s| s.is_object()) {
+                structural_problems(sub, &format!("{path}[]"), out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_crd_schema_is_structural() {
+        use kube::CustomResourceExt;
+        let mut caught = vec![];
+        let bad = serde_json::json!({"type": "object", "properties": {
+            "a": {"x-kubernetes-int-or-string": true, "type": "string"},
+            "b": {"anyOf": [{"type": "integer", "minimum": 1}]},
+        }});
+        structural_problems(&bad, "", &mut caught);
+        assert_eq!(
+            caught,
+            [
+                ".a: int-or-string with a type",
+                ".b: no type",
+                ".b.anyOf: type inside a junctor"
+            ]
+        );
+        for crd in [
+            serde_json::to_value(registry_crd()).unwrap(),
+            serde_json::to_value(GarbageCollection::crd()).unwrap(),
+            serde_json::to_value(Mirror::crd()).unwrap(),
+        ] {
+            let mut problems = vec![];
+            let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            structural_problems(root, "", &mut problems);
+            assert_eq!(
+                problems,
+                Vec::<String>::new(),
+                "{}",
+                crd["metadata"]["name"]
+            );
+        }
+    }
+
     #[test]
     fn registry_crd_has_columns_and_the_one_storage_rule() {
         use kube::CustomResourceExt;
