@@ -202,6 +202,47 @@ fn examples_parse_as_kubernetes_objects() {
     }
 }
 
+/// Every example Registry is one the operator deploys: it passes the operator's own checks
+/// (policy regexes, key texts, globs) and renders a config `berth serve` parses. The policy
+/// example is among them.
+#[test]
+fn example_registries_render_into_children() {
+    use berth::operator::crd::Registry;
+    let mut policy_seen = false;
+    for entry in std::fs::read_dir(Path::new(ROOT).join("examples")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        for v in objects(&std::fs::read_to_string(&p).unwrap()).into_values() {
+            if v["kind"] != "Registry" {
+                continue;
+            }
+            let mut reg: Registry = serde_yaml::from_value(v).unwrap();
+            // What the API server sets on a created object.
+            reg.metadata.namespace = Some("team".into());
+            reg.metadata.uid = Some("uid-example".into());
+            let defaults = berth::operator::resources::Defaults {
+                image: "ghcr.io/berth-dev/berth:0.1.0".into(),
+            };
+            let plan = berth::operator::registry::desired(&reg, &defaults)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            let data = plan.config_map.data.unwrap_or_default();
+            let config: berth::config::Config = serde_yaml::from_str(&data["config.yaml"]).unwrap();
+            if !config.policy.is_empty() {
+                policy_seen = true;
+                berth::policy::validate(&config.policy).unwrap();
+                for (i, s) in config.policy.signatures.iter().enumerate() {
+                    let key = format!("signature-{i}.pem");
+                    assert!(s.public_key.ends_with(&key), "{}", p.display());
+                    berth::operator::resources::check_public_key(&data[&key]).unwrap();
+                }
+            }
+        }
+    }
+    assert!(policy_seen, "no example Registry has a policy");
+}
+
 /// A JSON value as a Lua table constructor, the way Argo CD hands `obj` to a health script.
 fn lua(v: &serde_json::Value) -> String {
     match v {

@@ -114,6 +114,10 @@ pub struct RegistrySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub replication: Vec<ReplicationRuleSpec>,
+    /// Rules the registry holds on its own (Berth's `policy`): immutable tags, storage
+    /// quotas, webhooks and signatures required to pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicySpec>,
     /// Accept indexes whose child manifests are not all pushed (Berth's
     /// `allowSparseIndexes`): what a platform-filtered mirror stores. Default false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -482,6 +486,164 @@ pub struct ReplicationRuleSpec {
 pub enum ReplicationAction {
     Push,
     Delete,
+}
+
+/// The registry's policy, kept in Git with the Registry (rendered into Berth's `policy`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySpec {
+    /// Tags that, once pushed, never move and are never deleted (by clients or retention).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub immutable_tags: Vec<ImmutableTagRuleSpec>,
+    /// Storage budgets by repository glob, each blob counted once per budget.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub quotas: Vec<QuotaRuleSpec>,
+    /// Webhooks told of pushes, deletes and (sampled) pulls, from a durable queue.
+    // Unnamed endpoints are named after their URL; `berth serve` (and the operator) refuse
+    // two that end up with one name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        extend("x-kubernetes-validations" = [
+            {"rule": "self.all(n, !has(n.name) || self.exists_one(m, has(m.name) && m.name == n.name))",
+             "message": "two notifications have the same name"}
+        ])
+    )]
+    pub notifications: Vec<NotificationRuleSpec>,
+    /// Repositories whose images are pulled only with a signature that verifies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub signatures: Vec<SignatureRuleSpec>,
+    /// Write an audit line for anonymous requests too (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit_anonymous: bool,
+}
+
+/// Tags matching `tags` in repositories matching `repository` are immutable.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImmutableTagRuleSpec {
+    /// A repository glob (`prod/**`).
+    #[schemars(length(min = 1, max = 256))]
+    pub repository: String,
+    /// A regular expression a tag must match to be immutable (`^v[0-9]`); searched, not
+    /// anchored, unless it says `^`/`$`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub tags: String,
+}
+
+/// One storage budget.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaRuleSpec {
+    /// A repository glob: one budget for everything it matches (`team-a/**`).
+    #[schemars(length(min = 1, max = 256))]
+    pub repository: String,
+    /// The budget: a number of bytes, or a size such as `50Gi` or `2T`.
+    #[schemars(schema_with = "byte_size_schema")]
+    pub max_bytes: crate::config::ByteSize,
+    /// Fraction of the budget at which a warning is raised (default 0.9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub warn_at: Option<f64>,
+}
+
+/// What `parse_bytes` reads, for the string form of a byte size.
+pub const BYTE_SIZE_PATTERN: &str = r"^[0-9]+(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?$";
+
+/// A byte count as the API server checks it: an integer of at least 1 or a size string. An
+/// int-or-string node has no `type` (a structural schema forbids one there; kube's rewriter
+/// would strip the types of an `anyOf`, so none is given, as k8s-openapi's IntOrString does);
+/// the pattern applies to strings only, and CEL keeps integers positive (the operator reads
+/// them as unsigned).
+fn byte_size_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "pattern": BYTE_SIZE_PATTERN,
+        "x-kubernetes-validations": [
+            {"rule": "type(self) == string || self >= 1", "message": "a byte count of at least 1, or a size such as 50Gi"}
+        ],
+    })
+}
+
+/// A webhook endpoint and what it is told.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationRuleSpec {
+    /// Names the endpoint's queue and metrics (default derived from the URL): lowercase
+    /// letters, digits and `-`.
+    // maxLength, not only the pattern, bounds the cost of the list's uniqueness rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63), regex(pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"))]
+    pub name: Option<String>,
+    /// The receiver, `https://hooks.example.com/registry`.
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s/]+(/\S*)?$"))]
+    pub url: String,
+    /// A Secret whose `secret` key holds the HMAC-SHA256 key; each request then carries
+    /// `X-Berth-Signature-256: sha256=<hex of HMAC(body)>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub secret_ref: Option<String>,
+    /// `push`, `delete`, `pull` (default push and delete).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 3), extend("x-kubernetes-list-type" = "set"))]
+    pub actions: Vec<NotificationAction>,
+    /// Which repositories (a glob, default `**`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub repositories: Option<String>,
+    /// `distribution` (CNCF Distribution's envelope, default) or `cloudevents`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<NotificationFormatSpec>,
+    /// Fraction of pulls sent, when `pull` is among the actions (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub pull_sample: Option<f64>,
+    /// How long one delivery may take before it counts as failed (default `5s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]*[1-9][0-9]*(ms|[smhd])$"))]
+    pub timeout: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationAction {
+    Push,
+    Delete,
+    Pull,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationFormatSpec {
+    Distribution,
+    Cloudevents,
+}
+
+/// Images in matching repositories are pulled only with a signature by one of the keys.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureRuleSpec {
+    /// A repository glob (`prod/**`).
+    #[schemars(length(min = 1, max = 256))]
+    pub repository: String,
+    /// The PEM text of an ECDSA P-256 public key (`cosign.pub`), public data that may sit in
+    /// Git; several `PUBLIC KEY` blocks mean any of them verifies.
+    #[schemars(
+        length(max = 16384),
+        regex(
+            pattern = r"^\s*(-----BEGIN PUBLIC KEY-----[A-Za-z0-9+/=\s]+-----END PUBLIC KEY-----\s*)+$"
+        )
+    )]
+    pub public_key: String,
+    /// Also refuse unsigned pulls by digest (default: only pulls by tag are checked).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_digest: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -1174,6 +1336,82 @@ mod tests {
             }
         }
         assert!(seen >= 5, "only {seen} examples found");
+    }
+
+    /// The API server's structural-schema rules that a hand-written node (an int-or-string,
+    /// a CEL rule on a list) can break, for the node at `path` and everything under it.
+    fn structural_problems(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        let Some(o) = v.as_object() else { return };
+        let int_or_string = o.get("x-kubernetes-int-or-string") == Some(&true.into());
+        let free = o.get("x-kubernetes-preserve-unknown-fields") == Some(&true.into());
+        if int_or_string && o.contains_key("type") {
+            out.push(format!("{path}: int-or-string with a type"));
+        }
+        if !int_or_string && !free && !o.contains_key("type") {
+            out.push(format!("{path}: no type"));
+        }
+        for junctor in ["allOf", "anyOf", "oneOf", "not"] {
+            let subs = match o.get(junctor) {
+                Some(serde_json::Value::Array(a)) => a.clone(),
+                Some(other) => vec![other.clone()],
+                None => continue,
+            };
+            let ios = serde_json::json!([{"type": "integer"}, {"type": "string"}]);
+            if int_or_string && junctor == "anyOf" && o[junctor] == ios {
+                continue;
+            }
+            for s in subs.iter().filter_map(|s| s.as_object()) {
+                for k in ["type", "description", "default", "nullable"] {
+                    if s.contains_key(k) {
+                        out.push(format!("{path}.{junctor}: {k} inside a junctor"));
+                    }
+                }
+            }
+        }
+        if let Some(props) = o.get("properties").and_then(|p| p.as_object()) {
+            for (k, sub) in props {
+                structural_problems(sub, &format!("{path}.{k}"), out);
+            }
+        }
+        for k in ["items", "additionalProperties"] {
+            if let Some(sub) = o.get(k).filter(|s| s.is_object()) {
+                structural_problems(sub, &format!("{path}[]"), out);
+            }
+        }
+    }
+
+    #[test]
+    fn every_crd_schema_is_structural() {
+        use kube::CustomResourceExt;
+        let mut caught = vec![];
+        let bad = serde_json::json!({"type": "object", "properties": {
+            "a": {"x-kubernetes-int-or-string": true, "type": "string"},
+            "b": {"anyOf": [{"type": "integer", "minimum": 1}]},
+        }});
+        structural_problems(&bad, "", &mut caught);
+        assert_eq!(
+            caught,
+            [
+                ".a: int-or-string with a type",
+                ".b: no type",
+                ".b.anyOf: type inside a junctor"
+            ]
+        );
+        for crd in [
+            serde_json::to_value(registry_crd()).unwrap(),
+            serde_json::to_value(GarbageCollection::crd()).unwrap(),
+            serde_json::to_value(Mirror::crd()).unwrap(),
+        ] {
+            let mut problems = vec![];
+            let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            structural_problems(root, "", &mut problems);
+            assert_eq!(
+                problems,
+                Vec::<String>::new(),
+                "{}",
+                crd["metadata"]["name"]
+            );
+        }
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
     build::check_spec(reg)?;
     let config = build::render_config(reg)?;
     let text = serde_yaml::to_string(&config).map_err(|e| BuildError::Serialize(e.to_string()))?;
-    let hash = build::config_hash(&text);
+    let hash = build::pod_config_hash(reg, &text);
     let mut referenced_secrets = vec![];
     let certificate = build::certificate(reg)?;
     // The user's Secret (for the pods or the Ingress), or the one cert-manager issues for
@@ -77,6 +77,7 @@ pub fn desired(reg: &Registry, d: &Defaults) -> Result<Desired, BuildError> {
     }
     referenced_secrets.extend(build::upstream_secrets(reg));
     referenced_secrets.extend(build::replication_secrets(reg));
+    referenced_secrets.extend(build::notification_secrets(reg));
     if let Some(s3) = &reg.spec.storage.s3 {
         referenced_secrets.push((
             s3.credentials_secret.clone(),
@@ -871,6 +872,7 @@ pub fn references_secret(reg: &Registry, secret: &str) -> bool {
         || build::upstream_secrets(reg)
             .iter()
             .chain(&build::replication_secrets(reg))
+            .chain(&build::notification_secrets(reg))
             .any(|(s, _)| s == secret)
 }
 

@@ -1260,3 +1260,179 @@ async fn progressing_and_events_say_what_is_true_now() {
         "a stale message repeated: {notes:?}"
     );
 }
+
+const HOOK_SECRET: &str = "/api/v1/namespaces/team/secrets/registry-hooks";
+
+/// A P-256 public key, as examples/registry-policy.yaml carries one.
+const P256_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAGNwvnZFote2Yee5JhrgjTiJtKnV
+hboHrEGCn4VYmKo/7HtmOjRtU76hWqP+ysZI0IRBov3T16Cm9cIIUI4SjA==
+-----END PUBLIC KEY-----
+";
+
+/// A Registry with every kind of policy rule and a webhook signed with a Secret's key.
+fn with_policy() -> Value {
+    json!({
+        "storage": {"pvc": {"size": "1Gi"}},
+        "policy": {
+            "immutableTags": [{"repository": "prod/**", "tags": "^v[0-9]"}],
+            "quotas": [{"repository": "team-a/**", "maxBytes": "50Gi", "warnAt": 0.8}],
+            "notifications": [{"name": "release-hooks", "url": "https://hooks.example.com/registry",
+                               "secretRef": "registry-hooks"}],
+            "signatures": [{"repository": "prod/**", "publicKey": P256_PEM}],
+        },
+    })
+}
+
+fn hook_secret() -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": "registry-hooks", "namespace": "team"},
+           "data": {"secret": "aG1hYy1rZXk="}})
+}
+
+#[tokio::test]
+async fn a_missing_hook_secret_is_a_condition_and_nothing_is_deployed() {
+    let (ctx, fake) = setup(with_policy());
+    let action = run(&ctx, &fake).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let calls = fake.take_calls();
+    assert_eq!(
+        writes(&calls),
+        [format!("PATCH {REG}/status")],
+        "no Deployment that would crash-loop without its HMAC key"
+    );
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "SecretMissing".into())
+    );
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(
+        msg.as_str()
+            .unwrap()
+            .contains("Secret team/registry-hooks does not exist; create it with keys secret"),
+        "{msg}"
+    );
+    // The Secret's arrival wakes this Registry, which then deploys with it mounted.
+    let reg: Registry = serde_json::from_value(fake.get(REG).unwrap()).unwrap();
+    assert!(references_secret(&reg, "registry-hooks"));
+    fake.put(HOOK_SECRET, hook_secret());
+    run(&ctx, &fake).await.unwrap();
+    let pod = &fake.get(DEP).unwrap()["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "notification-0")
+        .cloned()
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], "registry-hooks");
+    let mounts = pod["containers"][0]["volumeMounts"].as_array().unwrap();
+    assert!(mounts.iter().any(|m| m["name"] == "notification-0"
+        && m["mountPath"] == "/etc/berth-policy/notifications/0"
+        && m["readOnly"] == true));
+    let cm = fake.get(CM).unwrap();
+    let config: crate::config::Config =
+        serde_yaml::from_str(cm["data"]["config.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        config.policy.notifications[0].secret_file.as_deref(),
+        Some(std::path::Path::new(
+            "/etc/berth-policy/notifications/0/secret"
+        ))
+    );
+    assert_eq!(
+        config.policy.signatures[0].public_key,
+        std::path::PathBuf::from("/etc/berth/signature-0.pem")
+    );
+    assert_eq!(cm["data"]["signature-0.pem"], P256_PEM);
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("False".into(), "AsExpected".into())
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_tag_regex_is_a_condition_naming_the_field() {
+    let mut spec = with_policy();
+    spec["policy"]["immutableTags"] = json!([
+        {"repository": "prod/**", "tags": "^v[0-9]"},
+        {"repository": "base/*", "tags": "^(stable"},
+    ]);
+    let (ctx, fake) = setup(spec);
+    fake.put(HOOK_SECRET, hook_secret());
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    let calls = fake.take_calls();
+    assert_eq!(writes(&calls), [format!("PATCH {REG}/status")]);
+    assert!(fake.get(DEP).is_none() && fake.get(CM).is_none());
+    assert_eq!(
+        condition(&fake, "Degraded"),
+        ("True".into(), "InvalidSpec".into())
+    );
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(
+        msg.as_str().unwrap().contains(
+            "spec.policy.immutableTags[1].tags: \"^(stable\" is not a regular expression"
+        ),
+        "{msg}"
+    );
+    assert!(
+        event_notes(&calls)
+            .iter()
+            .any(|n| n.contains("immutableTags[1].tags"))
+    );
+    // No hot loop: the same spec again writes nothing.
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::await_change());
+    assert!(writes(&fake.take_calls()).is_empty());
+    // A warnAt of 2 is refused the same way.
+    let mut spec = with_policy();
+    spec["policy"]["quotas"][0]["warnAt"] = json!(2);
+    let (ctx, fake) = setup(spec);
+    fake.put(HOOK_SECRET, hook_secret());
+    run(&ctx, &fake).await.unwrap();
+    let msg = fake.get(REG).unwrap()["status"]["conditions"][0]["message"].clone();
+    assert!(
+        msg.as_str()
+            .unwrap()
+            .contains("spec.policy.quotas[0].warnAt: 2 is not between 0 and 1"),
+        "{msg}"
+    );
+    assert!(fake.get(DEP).is_none());
+}
+
+#[tokio::test]
+async fn a_registry_with_policy_in_steady_state_makes_no_write() {
+    let (ctx, fake) = setup(with_policy());
+    fake.put(HOOK_SECRET, hook_secret());
+    run(&ctx, &fake).await.unwrap();
+    assert!(fake.get(DEP).is_some());
+    pods_ready(&fake, 1);
+    run(&ctx, &fake).await.unwrap();
+    fake.take_calls();
+    assert_eq!(
+        run(&ctx, &fake).await.unwrap(),
+        Action::requeue(Duration::from_secs(600))
+    );
+    let calls = fake.take_calls();
+    assert!(
+        calls.iter().all(|c| !c.is_write()),
+        "steady state wrote: {:?}",
+        writes(&calls)
+    );
+    // A new key, in place under the same file name, rolls the pods.
+    let hash = config_hash(&fake);
+    let mut policy = with_policy()["policy"].clone();
+    policy["signatures"][0]["publicKey"] = json!(format!("{P256_PEM}{P256_PEM}"));
+    fake.edit(
+        REG,
+        json!({"metadata": {"generation": 2}, "spec": {"policy": policy}}),
+    );
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        writes(&fake.take_calls()),
+        [
+            format!("PATCH {CM}"),
+            format!("PATCH {DEP}"),
+            format!("PATCH {REG}/status")
+        ]
+    );
+    assert_ne!(config_hash(&fake), hash);
+}

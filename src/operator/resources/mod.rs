@@ -4,6 +4,7 @@
 
 mod gc;
 mod mirror;
+mod policy;
 mod proxy;
 mod purge;
 mod registry;
@@ -13,13 +14,17 @@ pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
 pub use mirror::{
     MIRROR_LABEL, mirror_cronjob, mirror_job, mirror_job_name, mirror_secrets, set_config_map,
 };
+pub use policy::{
+    HMAC_KEY, NOTIFICATIONS_DIR, check_public_key, notification_secrets, notification_volumes,
+    signature_keys,
+};
 pub use proxy::{upstream_secrets, upstream_volumes};
 pub use purge::{PURGE_CONTAINER, purge_job, purge_job_name};
 pub use registry::{
     admin_secret, admin_username, auth_secret, certificate, check_spec, config_hash, config_map,
     deployment, generate_password, horizontal_pod_autoscaler, ingress, persistent_volume_claim,
-    pod_disruption_budget, pod_tls_secret, render_config, service, service_dns_names,
-    token_key_secret, trusted_issuers, wants_token_key,
+    pod_config_hash, pod_disruption_budget, pod_tls_secret, render_config, service,
+    service_dns_names, token_key_secret, trusted_issuers, wants_token_key,
 };
 pub use replication::{replication_secrets, replication_volumes};
 

@@ -295,6 +295,7 @@ pub fn render_config(reg: &Registry) -> Result<Config, BuildError> {
             .unwrap_or_default(),
         proxy: super::proxy::render_proxy(reg)?,
         replication: super::replication::render_replication(reg)?,
+        policy: super::policy::render_policy(reg)?,
         allow_sparse_indexes: spec.allow_sparse_indexes,
         ..Config::default()
     })
@@ -305,9 +306,24 @@ pub fn config_hash(config_yaml: &str) -> String {
     hex::encode(Sha256::digest(config_yaml.as_bytes()))
 }
 
+/// The pod template annotation's value: the config text and every signature key beside it
+/// in the ConfigMap, since the pods read them all at start-up (a key replaced in place must
+/// roll the pods too). Without keys it is [`config_hash`] of the text, as it always was.
+pub fn pod_config_hash(reg: &Registry, config_yaml: &str) -> String {
+    let mut hashed = config_yaml.to_owned();
+    for (key, pem) in super::policy::signature_keys(reg) {
+        hashed.push_str(&format!("\n--- {key}\n{pem}"));
+    }
+    config_hash(&hashed)
+}
+
+/// The rendered config as `config.yaml`, and the signature rules' public keys beside it
+/// (public data; the whole ConfigMap is the pods' config directory).
 pub fn config_map(reg: &Registry, config: &Config) -> Result<ConfigMap, BuildError> {
     let (name, ns) = name_ns(reg)?;
     let text = serde_yaml::to_string(config).map_err(|e| BuildError::Serialize(e.to_string()))?;
+    let mut data = BTreeMap::from([("config.yaml".to_owned(), text)]);
+    data.extend(super::policy::signature_keys(reg));
     from_json(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -317,7 +333,7 @@ pub fn config_map(reg: &Registry, config: &Config) -> Result<ConfigMap, BuildErr
             "labels": labels(&name, "registry"),
             "ownerReferences": [owner_ref(reg)?],
         },
-        "data": { "config.yaml": text },
+        "data": data,
     }))
 }
 
@@ -447,6 +463,7 @@ pub fn check_spec(reg: &Registry) -> Result<(), BuildError> {
     check_limits(reg)?;
     super::proxy::check_proxy(reg)?;
     super::replication::check_replication(reg)?;
+    super::policy::check_policy(reg)?;
     check_auth_addresses(reg)
 }
 
@@ -639,6 +656,7 @@ pub fn deployment(
     for (volume, mount) in super::proxy::upstream_volumes(reg)
         .into_iter()
         .chain(super::replication::replication_volumes(reg))
+        .chain(super::policy::notification_volumes(reg))
     {
         volumes.push(volume);
         mounts.push(mount);
