@@ -443,7 +443,7 @@ fn a_bad_public_key_refuses_to_start_naming_the_field() {
         ("", "no PUBLIC KEY block"),
         (
             "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n",
-            "only ECDSA P-256 public keys",
+            "this is a private key",
         ),
         (
             "-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----\n",

@@ -99,11 +99,8 @@ impl Quotas {
                 return Err(bad("maxBytes", "a budget must be above 0 bytes".into()));
             }
             let warn_at = r.warn_at.unwrap_or(0.9);
-            if !(warn_at > 0.0 && warn_at <= 1.0) {
-                return Err(bad(
-                    "warnAt",
-                    format!("{warn_at} is not above 0 and at most 1"),
-                ));
+            if !(0.0..=1.0).contains(&warn_at) {
+                return Err(bad("warnAt", format!("{warn_at} is not between 0 and 1")));
             }
             if budgets.iter().any(|b| b.pattern == pattern) {
                 return Err(bad(

@@ -88,6 +88,12 @@ pub fn parse_public_keys(pem: &str) -> Result<Vec<Vec<u8>>, String> {
             .filter(|c| !c.is_whitespace())
             .collect();
         rest = &after[end + end_marker.len()..];
+        if label.contains("PRIVATE KEY") {
+            return Err(
+                "this is a private key: put only the public key (cosign.pub) here, and keep the private one secret"
+                    .into(),
+            );
+        }
         if label != "PUBLIC KEY" {
             return Err(format!(
                 "a {label} block: only ECDSA P-256 public keys (PUBLIC KEY, as cosign.pub) are accepted"
@@ -102,7 +108,7 @@ pub fn parse_public_keys(pem: &str) -> Result<Vec<Vec<u8>>, String> {
         }
     }
     if keys.is_empty() {
-        return Err("no PUBLIC KEY block".into());
+        return Err("no PUBLIC KEY block: give the PEM text of the key (cosign.pub)".into());
     }
     Ok(keys)
 }
@@ -411,7 +417,7 @@ mod tests {
         assert!(
             parse_public_keys(private)
                 .unwrap_err()
-                .contains("PRIVATE KEY block")
+                .contains("this is a private key")
         );
         let short = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n";
         assert!(

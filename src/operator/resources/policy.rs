@@ -5,7 +5,6 @@
 //! `berth serve` makes at start-up run here first, with the same words, so bad policy is a
 //! condition on the Registry naming the field, not a crash-looping Deployment.
 
-use rustls_pki_types::pem::{PemObject, SectionKind};
 use serde_json::{Value, json};
 
 use super::{BuildError, CONFIG_DIR};
@@ -106,33 +105,13 @@ pub fn check_policy(reg: &Registry) -> Result<(), BuildError> {
 }
 
 /// serve's own check first (its words, and whatever it learns to check later), then what it
-/// cannot see from here or does not check yet: the key text the ConfigMap will hold, quota
-/// sizes and warning levels.
+/// cannot see from here: the key text the ConfigMap will hold (serve reads it from a file).
 fn check_rendered(reg: &Registry, cfg: &PolicyConfig) -> Result<(), PolicyError> {
     crate::policy::validate(cfg)?;
-    for (i, q) in cfg.quotas.iter().enumerate() {
-        let bad = |field, why: String| PolicyError::new("quotas", i, field, why);
-        crate::oci::pattern::Pattern::parse(&q.repository)
-            .map_err(|e| bad("repository", e.to_string()))?;
-        match q.max_bytes.bytes() {
-            Ok(0) => return Err(bad("maxBytes", "must be at least 1 byte".into())),
-            Ok(_) => {}
-            Err(why) => return Err(bad("maxBytes", why)),
-        }
-        if let Some(w) = q.warn_at
-            && !(0.0..=1.0).contains(&w)
-        {
-            return Err(bad("warnAt", format!("{w} is not between 0 and 1")));
-        }
-    }
     let keys = policy(reg).map_or(&[][..], |p| &p.signatures[..]);
-    for (i, s) in cfg.signatures.iter().enumerate() {
-        let bad = |field, why: String| PolicyError::new("signatures", i, field, why);
-        crate::oci::pattern::Pattern::parse(&s.repository)
-            .map_err(|e| bad("repository", e.to_string()))?;
-        if let Some(k) = keys.get(i) {
-            check_public_key(&k.public_key).map_err(|why| bad("publicKey", why))?;
-        }
+    for (i, k) in keys.iter().enumerate() {
+        check_public_key(&k.public_key)
+            .map_err(|why| PolicyError::new("signatures", i, "publicKey", why))?;
     }
     Ok(())
 }
@@ -148,44 +127,11 @@ fn invalid(e: PolicyError) -> BuildError {
     }
 }
 
-/// The DER of an ECDSA P-256 SubjectPublicKeyInfo holds these two object identifiers:
-/// id-ecPublicKey (1.2.840.10045.2.1) and prime256v1 (1.2.840.10045.3.1.7).
-const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-
-/// Whether `text` is one or more PEM `PUBLIC KEY` blocks of ECDSA P-256 keys. A shape check
-/// (the registry parses the keys at start-up), but it refuses what people paste by mistake:
-/// a private key (which must never sit in a ConfigMap), a certificate, an RSA key.
+/// Whether `text` is one or more PEM `PUBLIC KEY` blocks of ECDSA P-256 keys, by the parser
+/// the registry uses at start-up; it refuses what people paste by mistake (a private key,
+/// which must never sit in a ConfigMap, a certificate, an RSA key).
 pub fn check_public_key(text: &str) -> Result<(), String> {
-    let mut found = 0;
-    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(text.as_bytes()) {
-        let (kind, der) = section.map_err(|e| format!("not PEM text: {e}"))?;
-        match kind {
-            SectionKind::PublicKey => {}
-            SectionKind::PrivateKey | SectionKind::EcPrivateKey | SectionKind::RsaPrivateKey => {
-                return Err(
-                    "this is a private key: put only the public key (cosign.pub) here, and keep the private one secret"
-                        .into(),
-                );
-            }
-            other => return Err(format!("a {other:?} block, not a PUBLIC KEY")),
-        }
-        let contains = |oid: &[u8]| der.windows(oid.len()).any(|w| w == oid);
-        if der.first() != Some(&0x30) || !contains(EC_PUBLIC_KEY_OID) || !contains(P256_OID) {
-            return Err(format!(
-                "PUBLIC KEY block {} is not an ECDSA P-256 key (cosign generate-key-pair makes one)",
-                found + 1
-            ));
-        }
-        found += 1;
-    }
-    if found == 0 {
-        return Err(
-            "no -----BEGIN PUBLIC KEY----- block: paste the PEM text of the key (cosign.pub)"
-                .into(),
-        );
-    }
-    Ok(())
+    crate::policy::signature::parse_public_keys(text).map(|_| ())
 }
 
 /// The signature keys the config ConfigMap carries: (key, PEM text), in rule order.
@@ -409,7 +355,7 @@ auditAnonymous: true
             ),
             (
                 "quotas: [{ repository: a, maxBytes: 0 }]".into(),
-                "spec.policy.quotas[0].maxBytes: must be at least 1 byte",
+                "spec.policy.quotas[0].maxBytes: a budget must be above 0 bytes",
             ),
             (
                 "notifications: [{ url: \"ftp://x\" }]".into(),
@@ -430,7 +376,7 @@ auditAnonymous: true
             (key(RSA_PEM), "spec.policy.signatures[0].publicKey: "),
             (
                 key("ssh-ed25519 AAAA"),
-                "spec.policy.signatures[0].publicKey: no -----BEGIN PUBLIC KEY----- block",
+                "spec.policy.signatures[0].publicKey: no PUBLIC KEY block",
             ),
             (
                 format!(
