@@ -560,7 +560,7 @@ async fn quotas_refuse_past_the_budget_count_shared_blobs_once_and_free_after_gc
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
         dir.path(),
-        "  quotas:\n    - repository: \"team-a/**\"\n      maxBytes: 300000\n      warnAt: 0.8\n",
+        "  quotas:\n    - repository: \"team-a/**\"\n      maxBytes: 300000\n      warnAt: 0.8\n    - repository: \"tiny\"\n      maxBytes: 1Ki\n",
     );
     let root = dir.path().join("data");
     let args = ["--config", cfg.to_str().unwrap()];
@@ -606,6 +606,26 @@ async fn quotas_refuse_past_the_budget_count_shared_blobs_once_and_free_after_gc
         assert!(msg.contains("of 300000 bytes used"), "{msg}");
     }
     assert_eq!(upload(&c, &a, "dev/x", &noise(1_000_000, 4)).await.0, 201);
+    // A budget filled to the byte takes no new upload session at all.
+    assert_eq!(upload(&c, &a, "tiny", &noise(1024, 9)).await.0, 201);
+    let r = c
+        .post(a.url("/v2/tiny/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Declared up front, a monolithic upload that cannot fit is refused before its body.
+    let r = c
+        .post(a.url(&format!(
+            "/v2/team-a/four/blobs/uploads/?digest={}",
+            sha256(&more)
+        )))
+        .header("content-length", more.len())
+        .body(more.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     // A mount of a blob the budget lacks is refused too; of one it has, free.
     let r = c
         .post(a.url(&format!(

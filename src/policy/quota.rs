@@ -211,6 +211,44 @@ impl Quotas {
         })
     }
 
+    /// Before any bytes are taken: refuses when a budget of `repo` has no room for `bytes`
+    /// more (0: is it full?), so a client is not left to send a large blob only to have it
+    /// refused at the end. `digest`, when known, is free if the budget already counts it.
+    pub async fn precheck(
+        &self,
+        store: &dyn Store,
+        repo: &RepoName,
+        digest: Option<&Digest>,
+        bytes: u64,
+    ) -> Result<(), Refusal> {
+        for (i, b) in self.covering(repo) {
+            if let Some(d) = digest
+                && store
+                    .meta_exists(&MetaKey::quota_member(&b.id, d))
+                    .await
+                    .map_err(RepoError::from)?
+            {
+                continue;
+            }
+            let used = self.used(store, b).await.map_err(RepoError::from)?
+                + self.pending[i].load(Ordering::Acquire);
+            let full = if bytes == 0 {
+                used >= b.max
+            } else {
+                used.saturating_add(bytes) > b.max
+            };
+            if full {
+                self.metrics.refused.get_or_create(&b.label()).inc();
+                return Err(Refusal::Denied(format!(
+                    "quota {} exceeded: {used} of {} bytes used, this push needs {bytes} more",
+                    b.describe(),
+                    b.max
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The budget's usage as the store records it: the full count plus every replica's
     /// additions since (additions from an older count are already in it).
     async fn used(&self, store: &dyn Store, b: &Budget) -> Result<u64, StoreError> {

@@ -325,6 +325,14 @@ pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Res
         let digest: Digest = d.parse()?;
         let _g = InProgress::new(reg);
         let len = req.content_length();
+        if let Some(n) = len
+            && reg.policy.quotas.covers(repo)
+        {
+            reg.policy
+                .quotas
+                .precheck(&*reg.store, repo, Some(&digest), n)
+                .await?;
+        }
         let max = reg.upload_limits.max_blob_bytes;
         check_declared(reg, len, max)?;
         let exceeded = Arc::new(AtomicBool::new(false));
@@ -337,6 +345,12 @@ pub async fn start(reg: &Registry, repo: &RepoName, req: Req, body: Body) -> Res
         return created_blob(repo, &digest);
     }
     reg.upload_limits.admit(repo, req.user.as_deref())?;
+    if reg.policy.quotas.covers(repo) {
+        reg.policy
+            .quotas
+            .precheck(&*reg.store, repo, None, 0)
+            .await?;
+    }
     let id = reg.store.upload_create(repo).await?;
     reg.upload_limits.opened(&id, repo, req.user.as_deref());
     session_response(StatusCode::ACCEPTED, repo, &id, 0)
