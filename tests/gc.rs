@@ -16,18 +16,7 @@ use common::*;
 use serde_json::Value;
 
 fn gc_cli(root: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["gc", "--json", "--root"])
-        .arg(root)
-        .args(args)
-        .output()
-        .expect("run berth gc");
-    assert!(
-        out.status.success(),
-        "berth gc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("gc --json prints JSON")
+    gc_json(root, args)
 }
 
 async fn status(c: &reqwest::Client, url: String) -> u16 {

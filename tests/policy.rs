@@ -134,18 +134,7 @@ async fn immutable_tags_hold_against_docker_deletes_and_retention() {
     push_image(&c, &s, "prod/app", "newest", "e").await;
     // Past gc's clock margin, so the tags are not "just moved".
     std::thread::sleep(Duration::from_millis(200));
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["gc", "--json", "--grace", "0s", "--root"])
-        .arg(&root)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    gc_json(&root, &["--grace", "0s", "--config", cfg.to_str().unwrap()]);
     let tags = get_json(&s.url("/v2/prod/app/tags/list")).await;
     let mut tags: Vec<&str> = tags["tags"]
         .as_array()
@@ -419,17 +408,8 @@ fn bad_policy_refuses_to_start_naming_the_field() {
         ),
     ] {
         let cfg = config(dir.path(), policy);
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["serve", "--addr", "127.0.0.1:0", "--root"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{policy}");
+        let err = serve_refuses(dir.path(), &cfg);
         assert!(err.contains(field), "{field}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     }
 }
 
@@ -693,19 +673,7 @@ async fn quotas_refuse_past_the_budget_count_shared_blobs_once_and_free_after_gc
     assert_eq!(r.status(), 202);
     assert_eq!(upload(&c, &a, "team-a/four", &more).await.0, 403);
     std::thread::sleep(Duration::from_millis(200));
-    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .args(["gc", "--json", "--grace", "0s", "--root"])
-        .arg(&root)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = gc_json(&root, &["--grace", "0s", "--config", cfg.to_str().unwrap()]);
     assert!(report["linksRemoved"].as_u64().unwrap() >= 1, "{report}");
     // Left: the base layer, the config and the manifests of one, two and five (base only).
     let one_manifest = c

@@ -405,3 +405,35 @@ pub fn audit_lines(s: &Server) -> Vec<serde_json::Value> {
         .filter(|v| v["target"] == "audit")
         .collect()
 }
+
+/// `berth gc --json --root <root> <args>`: the report, after checking it succeeded.
+pub fn gc_json(root: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["gc", "--json", "--root"])
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("run berth gc");
+    assert!(
+        out.status.success(),
+        "berth gc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("gc --json prints JSON")
+}
+
+/// Starts `berth serve` on `config` (a root under `dir`) expecting it to refuse: returns its
+/// stderr, after checking it failed and said so in one line.
+pub fn serve_refuses(dir: &Path, config: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--root"])
+        .arg(dir.join("data"))
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run berth serve");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "berth serve started: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    err
+}
