@@ -22,6 +22,10 @@ enum Segment {
 pub struct Pattern {
     text: String,
     segments: Vec<Segment>,
+    /// What every matching name starts with: the text before the first `*`, less a `/` that
+    /// a `**` matching no segment may drop. Most rules are rejected by this alone, which
+    /// matters with a hundred of them asked on every request.
+    prefix: usize,
 }
 
 impl Pattern {
@@ -52,9 +56,16 @@ impl Pattern {
                 segments.push(Segment::Glob(seg.to_owned()));
             }
         }
+        let star = s.find('*').unwrap_or(s.len());
+        let prefix = if s[..star].ends_with('/') {
+            star - 1
+        } else {
+            star
+        };
         Ok(Pattern {
             text: s.to_owned(),
             segments,
+            prefix,
         })
     }
 
@@ -66,32 +77,47 @@ impl Pattern {
     /// name positions reachable so far, so the cost is at most (segments of the pattern) x
     /// (characters of the name) x (pieces of a glob), never exponential.
     pub fn matches(&self, repo: &str) -> bool {
-        let parts: Vec<&str> = repo.split('/').collect();
+        if !repo.starts_with(&self.text[..self.prefix]) {
+            return false;
+        }
+        // Names are at most 255 characters, so at most 128 segments: the state lives on the
+        // stack (a longer name matches nothing, as no valid name is that long).
+        const MAX: usize = 129;
+        let mut parts: [&str; MAX] = [""; MAX];
+        let mut n = 0;
+        for p in repo.split('/') {
+            if n == MAX {
+                return false;
+            }
+            parts[n] = p;
+            n += 1;
+        }
+        let parts = &parts[..n];
         // reachable[j]: the pattern so far can consume exactly parts[..j].
-        let mut reachable = vec![false; parts.len() + 1];
+        let mut reachable = [false; MAX + 1];
         reachable[0] = true;
         for seg in &self.segments {
             match seg {
                 Segment::Deep => {
                     let mut any = false;
-                    for r in reachable.iter_mut() {
+                    for r in reachable[..=n].iter_mut() {
                         any |= *r;
                         *r = any;
                     }
                 }
                 Segment::Glob(g) => {
-                    let mut next = vec![false; parts.len() + 1];
-                    for (j, part) in parts.iter().enumerate() {
-                        next[j + 1] = reachable[j] && glob_segment(g, part);
+                    // Backwards, so each position reads the previous segment's state.
+                    for j in (0..n).rev() {
+                        reachable[j + 1] = reachable[j] && glob_segment(g, parts[j]);
                     }
-                    reachable = next;
+                    reachable[0] = false;
                 }
             }
-            if !reachable.contains(&true) {
+            if !reachable[..=n].contains(&true) {
                 return false;
             }
         }
-        reachable[parts.len()]
+        reachable[n]
     }
 }
 
@@ -105,16 +131,17 @@ fn glob_segment(pat: &str, s: &str) -> bool {
     let Some(mut rest) = s.strip_prefix(first) else {
         return false;
     };
-    let mut middle: Vec<&str> = pieces.collect();
-    let Some(last) = middle.pop() else {
+    let Some(mut last) = pieces.next() else {
         // No star at all: the whole segment is literal.
         return rest.is_empty();
     };
-    for piece in middle {
-        match rest.find(piece) {
-            Some(at) => rest = &rest[at + piece.len()..],
+    // Each piece but the last is found leftmost; the last must be a suffix.
+    for piece in pieces {
+        match rest.find(last) {
+            Some(at) => rest = &rest[at + last.len()..],
             None => return false,
         }
+        last = piece;
     }
     rest.len() >= last.len() && rest.ends_with(last)
 }
