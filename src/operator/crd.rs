@@ -704,6 +704,20 @@ pub struct RegistryStatus {
     pub certificate: Option<String>,
 }
 
+/// One storage budget's usage, as the registry's replicas share it through the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaStatus {
+    /// The budget's repository glob, as `spec.policy.quotas[].repository` names it.
+    pub repository: String,
+    /// Bytes the budget counts (each blob once).
+    pub used_bytes: u64,
+    /// The budget's limit in bytes.
+    pub limit_bytes: u64,
+    /// True while usage is at or past the budget's `warnAt` fraction of the limit.
+    pub warning: bool,
+}
+
 /// A cleanup run of `berth gc` against a Registry's store: once, or on a cron schedule.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -1,6 +1,7 @@
 //! `berth operator`: reconciles Registry, GarbageCollection and Mirror resources into the Kubernetes
 //! objects that run Berth. Builders are pure (`resources`), reconciles decide and apply
-//! (`registry`, `gc`, `mirror`; `jobs` is what the Job runners share), `run` wires the Controllers, leader election and the HTTP endpoints.
+//! (`registry`, `gc`, `mirror`; `jobs` is what the Job runners share; `quota` reads the
+//! registry's quota usage for the Registry's status), `run` wires the Controllers, leader election and the HTTP endpoints.
 //! Never imports the registry or store modules: it only renders config and objects.
 
 pub mod apply;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod mirror;
+pub mod quota;
 pub mod registry;
 pub mod resources;
 pub mod run;
