@@ -702,6 +702,10 @@ pub struct RegistryStatus {
     /// The cert-manager Certificate the pods' TLS Secret is issued from, when the operator made one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// Each `spec.policy.quotas` budget as the registry last reported it on /metrics (read
+    /// about once a minute; a budget the registry has not counted yet is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaStatus>,
 }
 
 /// One storage budget's usage, as the registry's replicas share it through the store.

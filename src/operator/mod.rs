@@ -51,6 +51,8 @@ pub struct Context {
     pub metrics: Arc<metrics::Metrics>,
     /// Whether this replica may act now (see [`leader::Leadership`]).
     pub leadership: Arc<leader::Leadership>,
+    /// Reads each registry's quota usage from its /metrics (tests point it elsewhere).
+    pub quota_reader: Arc<quota::QuotaReader>,
 }
 
 impl Context {
@@ -65,7 +67,14 @@ impl Context {
             defaults,
             metrics,
             leadership: Arc::new(leader::Leadership::unconditional()),
+            quota_reader: Arc::new(quota::QuotaReader::default()),
         }
+    }
+
+    /// The same context, reading quota usage with `reader`.
+    pub fn with_quota_reader(mut self, reader: quota::QuotaReader) -> Context {
+        self.quota_reader = Arc::new(reader);
+        self
     }
 
     /// The same context, acting only while `leadership` is valid.
