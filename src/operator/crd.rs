@@ -702,6 +702,24 @@ pub struct RegistryStatus {
     /// The cert-manager Certificate the pods' TLS Secret is issued from, when the operator made one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<String>,
+    /// Each `spec.policy.quotas` budget as the registry last reported it on /metrics (read
+    /// about once a minute; a budget the registry has not counted yet is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaStatus>,
+}
+
+/// One storage budget's usage, as the registry's replicas share it through the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaStatus {
+    /// The budget's repository glob, as `spec.policy.quotas[].repository` names it.
+    pub repository: String,
+    /// Bytes the budget counts (each blob once).
+    pub used_bytes: u64,
+    /// The budget's limit in bytes.
+    pub limit_bytes: u64,
+    /// True while usage is at or past the budget's `warnAt` fraction of the limit.
+    pub warning: bool,
 }
 
 /// A cleanup run of `berth gc` against a Registry's store: once, or on a cron schedule.

@@ -497,7 +497,9 @@ impl State {
 
 impl Fake {
     /// An operator `Context` whose client talks to a fresh fake API server, with the test
-    /// image as the default registry image.
+    /// image as the default registry image. Quota usage is read from a loopback port nothing
+    /// listens on (no test resolves cluster DNS names); tests that play the registry's
+    /// /metrics swap in their own reader.
     pub fn context() -> (Arc<super::Context>, Fake) {
         let (client, fake) = Fake::start();
         let ctx = super::Context::new(
@@ -506,7 +508,10 @@ impl Fake {
                 image: "ghcr.io/berth-dev/berth:test".into(),
             },
             Arc::new(super::metrics::Metrics::default()),
-        );
+        )
+        .with_quota_reader(super::quota::QuotaReader::with_base_url(
+            "http://127.0.0.1:1",
+        ));
         (Arc::new(ctx), fake)
     }
 

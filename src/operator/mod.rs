@@ -1,6 +1,7 @@
 //! `berth operator`: reconciles Registry, GarbageCollection and Mirror resources into the Kubernetes
 //! objects that run Berth. Builders are pure (`resources`), reconciles decide and apply
-//! (`registry`, `gc`, `mirror`; `jobs` is what the Job runners share), `run` wires the Controllers, leader election and the HTTP endpoints.
+//! (`registry`, `gc`, `mirror`; `jobs` is what the Job runners share; `quota` reads the
+//! registry's quota usage for the Registry's status), `run` wires the Controllers, leader election and the HTTP endpoints.
 //! Never imports the registry or store modules: it only renders config and objects.
 
 pub mod apply;
@@ -12,6 +13,7 @@ pub mod jobs;
 pub mod leader;
 pub mod metrics;
 pub mod mirror;
+pub mod quota;
 pub mod registry;
 pub mod resources;
 pub mod run;
@@ -49,6 +51,8 @@ pub struct Context {
     pub metrics: Arc<metrics::Metrics>,
     /// Whether this replica may act now (see [`leader::Leadership`]).
     pub leadership: Arc<leader::Leadership>,
+    /// Reads each registry's quota usage from its /metrics (tests point it elsewhere).
+    pub quota_reader: Arc<quota::QuotaReader>,
 }
 
 impl Context {
@@ -63,7 +67,14 @@ impl Context {
             defaults,
             metrics,
             leadership: Arc::new(leader::Leadership::unconditional()),
+            quota_reader: Arc::new(quota::QuotaReader::default()),
         }
+    }
+
+    /// The same context, reading quota usage with `reader`.
+    pub fn with_quota_reader(mut self, reader: quota::QuotaReader) -> Context {
+        self.quota_reader = Arc::new(reader);
+        self
     }
 
     /// The same context, acting only while `leadership` is valid.

@@ -1,7 +1,8 @@
 //! reconcile(Registry): render the config, build every child, apply what differs, then write
 //! a status that tells the truth (conditions, ready replicas, endpoint). Specs the operator
 //! cannot act on become a Degraded condition and an Event and wait for the next edit; missing
-//! Secrets are retried when they appear (the controller watches Secrets).
+//! Secrets are retried when they appear (the controller watches Secrets). A Registry with
+//! storage quotas also has its usage read from the registry and is looked at every minute.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +26,8 @@ use tracing::instrument;
 use super::apply::{ensure, remove_owned};
 use super::certmanager::{self, Certificate};
 use super::conditions::{self, DEGRADED, PROGRESSING, READY, Wanted, blocked, wanted};
-use super::crd::{DeletionPolicy, GcPhase, Registry, RegistryStatus};
+use super::crd::{DeletionPolicy, GcPhase, QuotaStatus, Registry, RegistryStatus};
+use super::quota;
 use super::resources::{self as build, BuildError, Defaults, REGISTRY_PORT, names};
 use super::{Context, Error, FIELD_MANAGER};
 
@@ -224,7 +226,16 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
                 .status
                 .as_ref()
                 .and_then(|s| s.credentials_secret.clone());
-            write_status(reg, ctx, blocked("InvalidSpec", &msg), None, None, creds).await?;
+            write_status(
+                reg,
+                ctx,
+                blocked("InvalidSpec", &msg),
+                None,
+                None,
+                creds,
+                &[],
+            )
+            .await?;
             // Nothing changes until the spec does: no requeue, no hot loop.
             return Ok(Action::await_change());
         }
@@ -241,7 +252,16 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
     // Status for a reconcile that stops short of the Deployment.
     let stopped = async |conditions: Vec<Wanted>| {
         let endpoint = Some(plan.endpoint.clone());
-        write_status(reg, ctx, conditions, None, endpoint, credentials.clone()).await
+        write_status(
+            reg,
+            ctx,
+            conditions,
+            None,
+            endpoint,
+            credentials.clone(),
+            &[],
+        )
+        .await
     };
     let mut applied: Vec<&'static str> = vec![];
     let mut pending_certificate = None;
@@ -325,6 +345,19 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
 
     let (wanted, ready, want) = rollout_conditions(&dep.object);
     let all_ready = conditions_ready(&wanted);
+    let budgets = quota_budgets(reg);
+    let available = dep
+        .object
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0)
+        > 0;
+    let quotas = if !budgets.is_empty() && available {
+        read_quotas(reg, ctx).await
+    } else {
+        vec![]
+    };
     write_status(
         reg,
         ctx,
@@ -332,14 +365,75 @@ async fn apply(reg: &Registry, ctx: &Context) -> Result<Action, Error> {
         Some((ready, want)),
         Some(plan.endpoint),
         credentials,
+        &quotas,
     )
     .await?;
-    Ok(if all_ready {
+    Ok(if !budgets.is_empty() {
+        // Usage moves without any object changing: look again so the status follows it.
+        Action::requeue(QUOTA_POLL)
+    } else if all_ready {
         Action::requeue(Duration::from_secs(600))
     } else {
         // Deployment changes wake us through the owns() watch; this bounds the wait.
         Action::requeue(Duration::from_secs(60))
     })
+}
+
+/// How often a Registry with quotas has its usage read again.
+pub const QUOTA_POLL: Duration = Duration::from_secs(60);
+
+/// The repository patterns of the spec's budgets, in order.
+fn quota_budgets(reg: &Registry) -> Vec<&str> {
+    reg.spec
+        .policy
+        .iter()
+        .flat_map(|p| p.quotas.iter().map(|q| q.repository.as_str()))
+        .collect()
+}
+
+/// The registry's own figures for its budgets, read through its Service; empty when it
+/// cannot be asked or does not answer (the status then keeps what it last knew). Never an
+/// error: quota usage is news, not a reason to fail or retry a reconcile.
+async fn read_quotas(reg: &Registry, ctx: &Context) -> Vec<QuotaStatus> {
+    let ns = reg.namespace().unwrap_or_default();
+    let registry = format!("{ns}/{}", reg.name_any());
+    let service_url = match build::registry_url(reg) {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(registry, error = %e, "no in-cluster URL; quota usage not read");
+            return vec![];
+        }
+    };
+    let ca = match build::pod_tls_secret(reg) {
+        None => None,
+        Some(secret) => match registry_ca(&ctx.client, &ns, &secret).await {
+            Some(pem) => Some(pem),
+            None => {
+                // Verification stays on: without the CA there is nothing to check against.
+                tracing::debug!(
+                    registry,
+                    secret,
+                    "the registry serves HTTPS and its TLS Secret has no ca.crt; quota usage not read"
+                );
+                return vec![];
+            }
+        },
+    };
+    let base = ctx.quota_reader.base_url(service_url);
+    ctx.quota_reader.read(&registry, &base, ca.as_deref()).await
+}
+
+/// The CA that issued the pods' certificate (`ca.crt` of their TLS Secret, as cert-manager
+/// writes it), when the Secret has one and can be read.
+async fn registry_ca(client: &kube::Client, ns: &str, secret: &str) -> Option<Vec<u8>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    match api.get_opt(secret).await {
+        Ok(s) => s?.data?.remove("ca.crt").map(|b| b.0),
+        Err(e) => {
+            tracing::debug!(secret, error = %e, "cannot read the registry's TLS Secret");
+            None
+        }
+    }
 }
 
 /// One Normal Event naming the kinds of child written, when any was.
@@ -568,7 +662,8 @@ pub fn rollout_conditions(dep: &Deployment) -> (Vec<Wanted>, i32, i32) {
 }
 
 /// Writes the status only when it differs from what is stored, and publishes an Event for
-/// every condition that changed.
+/// every condition that changed and every budget whose warning flipped. `quotas` are fresh
+/// figures from the registry (empty when none were read: the last known ones stay).
 async fn write_status(
     reg: &Registry,
     ctx: &Context,
@@ -576,6 +671,7 @@ async fn write_status(
     replicas: Option<(i32, i32)>,
     endpoint: Option<String>,
     credentials_secret: Option<String>,
+    quotas: &[QuotaStatus],
 ) -> Result<(), Error> {
     let old = reg.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
@@ -593,6 +689,7 @@ async fn write_status(
             Err(_) => old.certificate.clone(),
         },
         conditions,
+        quotas: quota::merge(&old.quotas, quotas, &quota_budgets(reg)),
     };
     if new == old {
         return Ok(());
@@ -640,6 +737,9 @@ async fn write_status(
             format!("{} is {}: {}", c.type_, c.status, c.message),
         )
         .await;
+    }
+    for e in quota::transitions(&old.quotas, &new.quotas) {
+        ctx.event(reg, e.type_, e.reason, e.note).await;
     }
     Ok(())
 }

@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::Context;
 use super::crd::Registry;
 use super::fake::{Fake, event_notes, event_reasons, writes};
-use super::registry::{FINALIZER, reconcile, references_secret};
+use super::quota::QuotaReader;
+use super::registry::{FINALIZER, QUOTA_POLL, reconcile, references_secret};
 use super::resources::CONFIG_HASH_ANNOTATION;
 
 const REG: &str = "/apis/berth.dev/v1alpha1/namespaces/team/registries/hub";
@@ -1407,10 +1408,8 @@ async fn a_registry_with_policy_in_steady_state_makes_no_write() {
     pods_ready(&fake, 1);
     run(&ctx, &fake).await.unwrap();
     fake.take_calls();
-    assert_eq!(
-        run(&ctx, &fake).await.unwrap(),
-        Action::requeue(Duration::from_secs(600))
-    );
+    // Quotas are configured: looked at every minute, so the status follows usage.
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::requeue(QUOTA_POLL));
     let calls = fake.take_calls();
     assert!(
         calls.iter().all(|c| !c.is_write()),
@@ -1435,4 +1434,388 @@ async fn a_registry_with_policy_in_steady_state_makes_no_write() {
         ]
     );
     assert_ne!(config_hash(&fake), hash);
+}
+
+/// Plays the registry's `/metrics`: answers what the test last set (status, body, delay) and
+/// counts the requests.
+struct RegistryMetrics {
+    base: String,
+    answer: Arc<std::sync::Mutex<(u16, String, Duration)>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RegistryMetrics {
+    async fn start() -> RegistryMetrics {
+        use std::sync::atomic::Ordering;
+        let answer = Arc::new(std::sync::Mutex::new((200, String::new(), Duration::ZERO)));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (a, h) = (answer.clone(), hits.clone());
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (a, h) = (a.clone(), h.clone());
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let (code, body, delay) = a.lock().unwrap().clone();
+                    tokio::time::sleep(delay).await;
+                    (axum::http::StatusCode::from_u16(code).unwrap(), body)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        RegistryMetrics { base, answer, hits }
+    }
+
+    fn answer(&self, code: u16, body: impl Into<String>) {
+        *self.answer.lock().unwrap() = (code, body.into(), Duration::ZERO);
+    }
+
+    fn stall(&self, delay: Duration) {
+        self.answer.lock().unwrap().2 = delay;
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `ctx` with its quota reads sent here.
+    fn context(&self, ctx: &Arc<Context>) -> Arc<Context> {
+        Arc::new(
+            (**ctx)
+                .clone()
+                .with_quota_reader(QuotaReader::with_base_url(self.base.clone())),
+        )
+    }
+}
+
+/// The registry's gauges for team-a/** (limit 1000) and base/* (limit 1 GiB, 5 bytes used).
+fn quota_metrics(team_a_used: u64, team_a_warning: bool) -> String {
+    format!(
+        "# HELP berth_requests Requests served.\n# TYPE berth_requests counter\n\
+         berth_requests_total{{route=\"manifest_get\",status=\"200\"}} 3\n\
+         # TYPE berth_quota_used_bytes gauge\n\
+         berth_quota_used_bytes{{quota=\"team-a/**\"}} {team_a_used}\n\
+         berth_quota_used_bytes{{quota=\"base/*\"}} 5\n\
+         # TYPE berth_quota_limit_bytes gauge\n\
+         berth_quota_limit_bytes{{quota=\"team-a/**\"}} 1000\n\
+         berth_quota_limit_bytes{{quota=\"base/*\"}} 1073741824\n\
+         # TYPE berth_quota_warning gauge\n\
+         berth_quota_warning{{quota=\"team-a/**\"}} {}\n\
+         berth_quota_warning{{quota=\"base/*\"}} 0\n# EOF\n",
+        u8::from(team_a_warning)
+    )
+}
+
+fn with_quotas() -> Value {
+    json!({
+        "storage": {"pvc": {"size": "1Gi"}},
+        "policy": {"quotas": [
+            {"repository": "team-a/**", "maxBytes": 1000, "warnAt": 0.9},
+            {"repository": "base/*", "maxBytes": "1Gi"},
+        ]},
+    })
+}
+
+fn status_quotas(fake: &Fake) -> Value {
+    fake.get(REG).unwrap()["status"]["quotas"].clone()
+}
+
+/// A Registry with quotas, deployed and available, whose status shows team-a/** at
+/// `used` bytes (below the threshold) and base/* at 5; calls so far taken.
+async fn quotas_in_status(used: u64) -> (Arc<Context>, Fake, RegistryMetrics) {
+    let (ctx, fake) = setup(with_quotas());
+    let registry = RegistryMetrics::start().await;
+    let ctx = registry.context(&ctx);
+    registry.answer(200, quota_metrics(used, false));
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(
+        registry.hits(),
+        0,
+        "no Deployment available yet: nothing to ask"
+    );
+    pods_ready(&fake, 1);
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(registry.hits(), 1);
+    fake.take_calls();
+    (ctx, fake, registry)
+}
+
+#[tokio::test]
+async fn quota_usage_appears_in_status_in_spec_order_and_is_looked_at_every_minute() {
+    let (ctx, fake) = setup(with_quotas());
+    let registry = RegistryMetrics::start().await;
+    let ctx = registry.context(&ctx);
+    registry.answer(200, quota_metrics(420, false));
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::requeue(QUOTA_POLL));
+    assert!(status_quotas(&fake).is_null());
+    pods_ready(&fake, 1);
+    fake.take_calls();
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::requeue(QUOTA_POLL));
+    let calls = fake.take_calls();
+    assert_eq!(writes(&calls), [format!("PATCH {REG}/status")]);
+    let patch = calls.iter().find(|c| c.path.ends_with("/status")).unwrap();
+    assert!(
+        patch.content_type.contains("apply-patch"),
+        "server-side apply"
+    );
+    assert_eq!(
+        status_quotas(&fake),
+        json!([
+            {"repository": "team-a/**", "usedBytes": 420, "limitBytes": 1000, "warning": false},
+            {"repository": "base/*", "usedBytes": 5, "limitBytes": 1073741824u64, "warning": false},
+        ])
+    );
+    assert!(
+        !event_reasons(&calls).iter().any(|r| r.starts_with("Quota")),
+        "below the threshold is no news"
+    );
+    // Same figures: the registry is asked, nothing is written.
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::requeue(QUOTA_POLL));
+    let calls = fake.take_calls();
+    assert!(calls.iter().all(|c| !c.is_write()), "{:?}", writes(&calls));
+    assert_eq!(registry.hits(), 2);
+    // New usage is written.
+    registry.answer(200, quota_metrics(500, false));
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(writes(&fake.take_calls()), [format!("PATCH {REG}/status")]);
+    assert_eq!(status_quotas(&fake)[0]["usedBytes"], 500);
+    // Quotas gone from the spec: gone from the status, and back to the slow requeue.
+    fake.edit(
+        REG,
+        json!({"metadata": {"generation": 2}, "spec": {"policy": null}}),
+    );
+    assert_eq!(
+        run(&ctx, &fake).await.unwrap(),
+        Action::requeue(Duration::from_secs(600))
+    );
+    assert!(status_quotas(&fake).is_null());
+    assert_eq!(registry.hits(), 3, "not asked without quotas");
+}
+
+#[tokio::test]
+async fn crossing_the_warning_threshold_is_one_warning_event_and_falling_back_one_normal() {
+    let (ctx, fake, registry) = quotas_in_status(500).await;
+    registry.answer(200, quota_metrics(950, true));
+    run(&ctx, &fake).await.unwrap();
+    let calls = fake.take_calls();
+    assert_eq!(writes(&calls), [format!("PATCH {REG}/status")]);
+    assert_eq!(event_reasons(&calls), ["QuotaNearlyFull"]);
+    let event = calls
+        .iter()
+        .find(|c| c.is_event() && c.method != "GET")
+        .unwrap();
+    assert_eq!(event.body["type"], "Warning");
+    let note = &event_notes(&calls)[0];
+    assert!(
+        note.contains("quota team-a/** uses 950 of 1000 bytes (95%)"),
+        "{note}"
+    );
+    assert_eq!(status_quotas(&fake)[0]["warning"], true);
+    // The same figures again: no write, no second Event.
+    run(&ctx, &fake).await.unwrap();
+    let calls = fake.take_calls();
+    assert!(calls.iter().all(|c| !c.is_write()), "{:?}", writes(&calls));
+    assert!(event_reasons(&calls).is_empty());
+    // Usage moves while still past the threshold: the status follows, no Event.
+    registry.answer(200, quota_metrics(960, true));
+    run(&ctx, &fake).await.unwrap();
+    let calls = fake.take_calls();
+    assert_eq!(writes(&calls), [format!("PATCH {REG}/status")]);
+    assert!(event_reasons(&calls).is_empty());
+    // Space freed: one Normal Event.
+    registry.answer(200, quota_metrics(100, false));
+    run(&ctx, &fake).await.unwrap();
+    let calls = fake.take_calls();
+    assert_eq!(event_reasons(&calls), ["QuotaBelowWarning"]);
+    let event = calls
+        .iter()
+        .find(|c| c.is_event() && c.method != "GET")
+        .unwrap();
+    assert_eq!(event.body["type"], "Normal");
+    assert_eq!(status_quotas(&fake)[0]["warning"], false);
+}
+
+#[tokio::test]
+async fn a_registry_that_fails_garbles_or_stalls_keeps_the_last_quota_status() {
+    let (ctx, fake, registry) = quotas_in_status(420).await;
+    let before = status_quotas(&fake);
+    assert_eq!(before[0]["usedBytes"], 420);
+    let garbage = [
+        (500, "internal error".to_owned()),
+        (404, "404 page not found".to_owned()),
+        (
+            200,
+            "<html><body>an Ingress default backend</body></html>".to_owned(),
+        ),
+        (200, quota_metrics(999, true).replace("} 999", "} lots")),
+        (
+            200,
+            "berth_quota_used_bytes{quota=\"team-a/**\"} 1\n".repeat(2),
+        ),
+    ];
+    for (code, body) in garbage {
+        registry.answer(code, body.clone());
+        assert_eq!(
+            run(&ctx, &fake).await.unwrap(),
+            Action::requeue(QUOTA_POLL),
+            "{code} {body}"
+        );
+        let calls = fake.take_calls();
+        assert!(
+            calls.iter().all(|c| !c.is_write()),
+            "{code} {body}: {:?}",
+            writes(&calls)
+        );
+        assert_eq!(status_quotas(&fake), before, "{code} {body}");
+    }
+    // Slower than the read's 2 s timeout: the reconcile goes on without it.
+    registry.answer(200, quota_metrics(999, true));
+    registry.stall(Duration::from_secs(10));
+    let started = std::time::Instant::now();
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::requeue(QUOTA_POLL));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(writes(&fake.take_calls()).is_empty());
+    assert_eq!(status_quotas(&fake), before);
+    // Nothing listening at all.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let unreachable = Arc::new(
+        (*ctx)
+            .clone()
+            .with_quota_reader(QuotaReader::with_base_url(closed)),
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            run(&unreachable, &fake).await.unwrap(),
+            Action::requeue(QUOTA_POLL)
+        );
+        assert!(writes(&fake.take_calls()).is_empty());
+    }
+    assert_eq!(status_quotas(&fake), before);
+    // Back to health: the figures move again.
+    registry.answer(200, quota_metrics(430, false));
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(status_quotas(&fake)[0]["usedBytes"], 430);
+}
+
+#[tokio::test]
+async fn https_without_a_known_ca_skips_the_quota_read() {
+    let mut spec = with_quotas();
+    spec["tls"] = json!({"secretName": "hub-cert"});
+    let (ctx, fake) = setup(spec);
+    fake.put(
+        "/api/v1/namespaces/team/secrets/hub-cert",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-cert", "namespace": "team"},
+               "type": "kubernetes.io/tls", "data": {"tls.crt": "Y3J0", "tls.key": "a2V5"}}),
+    );
+    let registry = RegistryMetrics::start().await;
+    let ctx = registry.context(&ctx);
+    registry.answer(200, quota_metrics(420, false));
+    run(&ctx, &fake).await.unwrap();
+    pods_ready(&fake, 1);
+    fake.take_calls();
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::requeue(QUOTA_POLL));
+    assert_eq!(registry.hits(), 0, "verification is never turned off");
+    assert!(status_quotas(&fake).is_null());
+    fake.take_calls();
+    run(&ctx, &fake).await.unwrap();
+    assert!(writes(&fake.take_calls()).is_empty(), "steady state");
+}
+
+/// Plays a registry serving HTTPS: every connection gets `body` as the answer, under a
+/// certificate for 127.0.0.1 signed by a fresh CA. Returns the base URL and the CA's PEM.
+async fn https_registry_metrics(body: String) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, body) = (acceptor.clone(), body.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(head.as_bytes()).await;
+                let _ = tls.write_all(body.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (base, ca.pem())
+}
+
+#[tokio::test]
+async fn https_is_read_trusting_only_the_ca_in_the_tls_secret() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut spec = with_quotas();
+    spec["tls"] = json!({"secretName": "hub-cert"});
+    let (ctx, fake) = setup(spec);
+    let (base, ca) = https_registry_metrics(quota_metrics(420, false)).await;
+    let (_, other_ca) = https_registry_metrics(String::new()).await;
+    let secret = |ca: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hub-cert", "namespace": "team"},
+               "type": "kubernetes.io/tls",
+               "data": {"tls.crt": "Y3J0", "tls.key": "a2V5", "ca.crt": b64(ca)}})
+    };
+    let ctx = Arc::new(
+        (*ctx)
+            .clone()
+            .with_quota_reader(QuotaReader::with_base_url(base)),
+    );
+    // A CA that did not sign the registry's certificate: the read fails, nothing is written.
+    fake.put(
+        "/api/v1/namespaces/team/secrets/hub-cert",
+        secret(&other_ca),
+    );
+    run(&ctx, &fake).await.unwrap();
+    pods_ready(&fake, 1);
+    assert_eq!(run(&ctx, &fake).await.unwrap(), Action::requeue(QUOTA_POLL));
+    assert!(status_quotas(&fake).is_null());
+    // The CA that did (as cert-manager writes it into ca.crt).
+    fake.put("/api/v1/namespaces/team/secrets/hub-cert", secret(&ca));
+    run(&ctx, &fake).await.unwrap();
+    assert_eq!(status_quotas(&fake)[0]["usedBytes"], 420);
 }

@@ -112,7 +112,7 @@ fn push_secret(m: &Mirror, reg: &Registry) -> Result<Option<(String, Option<Stri
     Ok(None)
 }
 
-/// The Registry's in-cluster URL, as the Job reaches it.
+/// The Registry's in-cluster URL, as a mirror Job (or the operator reading /metrics) reaches it.
 pub fn registry_url(reg: &Registry) -> Result<String, BuildError> {
     let (name, ns) = name_ns(reg)?;
     let scheme = if pod_tls_secret(reg).is_some() {

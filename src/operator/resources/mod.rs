@@ -12,7 +12,8 @@ mod replication;
 
 pub use gc::{GC_LABEL, GcArgs, gc_cronjob, gc_job, gc_job_name};
 pub use mirror::{
-    MIRROR_LABEL, mirror_cronjob, mirror_job, mirror_job_name, mirror_secrets, set_config_map,
+    MIRROR_LABEL, mirror_cronjob, mirror_job, mirror_job_name, mirror_secrets, registry_url,
+    set_config_map,
 };
 pub use policy::{
     HMAC_KEY, NOTIFICATIONS_DIR, check_public_key, notification_secrets, notification_volumes,
