@@ -183,12 +183,8 @@ impl Quotas {
             if adding == 0 {
                 continue;
             }
-            let used = self.used(store, b).await.map_err(RepoError::from)?
-                + self.pending[i].load(Ordering::Acquire);
-            self.metrics
-                .used_bytes
-                .get_or_create(&b.label())
-                .set(used as i64);
+            let (stored, epoch) = self.used_since(store, b).await.map_err(RepoError::from)?;
+            let used = stored + self.pending[i].load(Ordering::Acquire);
             if used.saturating_add(adding) > b.max {
                 self.metrics.refused.get_or_create(&b.label()).inc();
                 return Err(Refusal::Denied(format!(
@@ -202,6 +198,8 @@ impl Quotas {
                 budget: i,
                 new,
                 bytes: adding,
+                stored,
+                epoch,
             });
         }
         Ok(Admitted {
@@ -252,6 +250,11 @@ impl Quotas {
     /// The budget's usage as the store records it: the full count plus every replica's
     /// additions since (additions from an older count are already in it).
     async fn used(&self, store: &dyn Store, b: &Budget) -> Result<u64, StoreError> {
+        Ok(self.used_since(store, b).await?.0)
+    }
+
+    /// [`Self::used`] and the epoch of the full count it builds on.
+    async fn used_since(&self, store: &dyn Store, b: &Budget) -> Result<(u64, String), StoreError> {
         let base = read_count(store, &MetaKey::quota_base(&b.id))
             .await?
             .unwrap_or_default();
@@ -266,7 +269,7 @@ impl Quotas {
                 total += c.bytes;
             }
         }
-        Ok(total)
+        Ok((total, base.epoch))
     }
 
     /// Counts every budget again from what the repositories link and hold (gc's last step,
@@ -370,11 +373,15 @@ impl Quotas {
     }
 }
 
-/// What one budget admitted: its index, the blobs new to it, and their bytes.
+/// What one budget admitted: its index, the blobs new to it and their bytes, and the usage
+/// the store showed then (with the epoch of its full count), so recording needs no second
+/// read.
 struct Hold {
     budget: usize,
     new: Vec<(Digest, u64)>,
     bytes: u64,
+    stored: u64,
+    epoch: String,
 }
 
 /// Bytes admitted into budgets, held until recorded.
@@ -392,44 +399,42 @@ impl Admitted<'_> {
         for h in &held {
             let q = self.quotas;
             let b = &q.budgets[h.budget];
-            if let Err(e) = self.record_one(b, &h.new).await {
+            if let Err(e) = self.record_one(b, h).await {
                 tracing::warn!(quota = %b.pattern.as_str(), error = %e, "cannot record quota usage");
             }
             q.pending[h.budget].fetch_sub(h.bytes, Ordering::AcqRel);
         }
     }
 
-    async fn record_one(&self, b: &Budget, new: &[(Digest, u64)]) -> Result<(), StoreError> {
+    /// Two writes: the members (admission checked they were new; a blob another replica
+    /// counted in the same instant is counted twice until the next full count), and this
+    /// replica's addition.
+    async fn record_one(&self, b: &Budget, h: &Hold) -> Result<(), StoreError> {
         let store = self.store;
         let Some(replica) = &self.quotas.replica else {
             return Ok(());
         };
-        let mut added = 0;
-        for (d, size) in new {
-            let key = MetaKey::quota_member(&b.id, d);
-            if !store.meta_exists(&key).await? {
-                store
-                    .meta_put_volatile(&key, size.to_string().as_bytes())
-                    .await?;
-                added += size;
-            }
+        for (d, size) in &h.new {
+            store
+                .meta_put_volatile(
+                    &MetaKey::quota_member(&b.id, d),
+                    size.to_string().as_bytes(),
+                )
+                .await?;
         }
-        let base = read_count(store, &MetaKey::quota_base(&b.id))
-            .await?
-            .unwrap_or_default();
         let count = {
             let mut mine = b.added.lock().unwrap_or_else(|p| p.into_inner());
-            if mine.epoch != base.epoch {
+            if mine.epoch != h.epoch {
                 *mine = Count {
-                    epoch: base.epoch.clone(),
+                    epoch: h.epoch.clone(),
                     bytes: 0,
                 };
             }
-            mine.bytes += added;
+            mine.bytes += h.bytes;
             mine.clone()
         };
         write_count(store, &MetaKey::quota_usage(&b.id, replica), &count).await?;
-        let used = self.quotas.used(store, b).await?;
+        let used = h.stored + h.bytes;
         self.quotas
             .metrics
             .used_bytes
