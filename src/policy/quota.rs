@@ -62,6 +62,25 @@ struct Budget {
     /// What this replica added since the full count of `epoch`.
     added: Mutex<Count>,
     warned: AtomicBool,
+    /// The usage last read or written here, and when: enough for [`Quotas::precheck`], which
+    /// only spares clients a doomed transfer (admission reads the store).
+    recent: Mutex<Option<(std::time::Instant, u64)>>,
+}
+
+/// How old a usage figure [`Quotas::precheck`] takes may be.
+const PRECHECK_STALENESS: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Budget {
+    fn note(&self, used: u64) {
+        *self.recent.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((std::time::Instant::now(), used));
+    }
+
+    fn recent(&self) -> Option<u64> {
+        let r = *self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        r.filter(|(at, _)| at.elapsed() < PRECHECK_STALENESS)
+            .map(|(_, u)| u)
+    }
 }
 
 impl Budget {
@@ -120,6 +139,7 @@ impl Quotas {
                 warn_at,
                 added: Mutex::default(),
                 warned: AtomicBool::new(false),
+                recent: Mutex::default(),
             });
         }
         let replica = format!("{:016x}", rand::random::<u64>()).parse().ok();
@@ -184,6 +204,7 @@ impl Quotas {
                 continue;
             }
             let (stored, epoch) = self.used_since(store, b).await.map_err(RepoError::from)?;
+            b.note(stored);
             let used = stored + self.pending[i].load(Ordering::Acquire);
             if used.saturating_add(adding) > b.max {
                 self.metrics.refused.get_or_create(&b.label()).inc();
@@ -228,14 +249,24 @@ impl Quotas {
             {
                 continue;
             }
-            let used = self.used(store, b).await.map_err(RepoError::from)?
-                + self.pending[i].load(Ordering::Acquire);
-            let full = if bytes == 0 {
-                used >= b.max
-            } else {
-                used.saturating_add(bytes) > b.max
+            let pending = self.pending[i].load(Ordering::Acquire);
+            let full = |stored: u64| {
+                let used = stored + pending;
+                if bytes == 0 {
+                    used >= b.max
+                } else {
+                    used.saturating_add(bytes) > b.max
+                }
             };
-            if full {
+            // A recent figure with room lets the request through (admission decides); only a
+            // refusal is worth a fresh read, so staleness never refuses anyone.
+            if b.recent().is_some_and(|u| !full(u)) {
+                continue;
+            }
+            let stored = self.used(store, b).await.map_err(RepoError::from)?;
+            b.note(stored);
+            let used = stored + pending;
+            if full(stored) {
                 self.metrics.refused.get_or_create(&b.label()).inc();
                 return Err(Refusal::Denied(format!(
                     "quota {} exceeded: {used} of {} bytes used, this push needs {bytes} more",
@@ -435,6 +466,7 @@ impl Admitted<'_> {
         };
         write_count(store, &MetaKey::quota_usage(&b.id, replica), &count).await?;
         let used = h.stored + h.bytes;
+        b.note(used);
         self.quotas
             .metrics
             .used_bytes
