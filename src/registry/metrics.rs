@@ -166,71 +166,68 @@ impl Metrics {
         );
     }
 
-    /// Adds push replication's gauges and counters (per rule) to /metrics.
-    pub fn register_replication(&mut self, m: &crate::mirror::replicate::ReplicationMetrics) {
+    /// A durable queue's figures (`repo::deliver`) under `<prefix>_...`; `what` names its
+    /// events and `other` the end that receives them, in the help texts.
+    fn register_queue<L>(
+        &mut self,
+        prefix: &str,
+        what: &str,
+        other: &str,
+        m: &crate::repo::deliver::QueueMetrics<L>,
+    ) where
+        L: prometheus_client::encoding::EncodeLabelSet
+            + Clone
+            + std::hash::Hash
+            + Eq
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static,
+    {
         let r = &mut self.registry;
         r.register(
-            "replication_queue_depth",
-            "Replication events waiting for delivery",
-            m.queue.queue_depth.clone(),
+            format!("{prefix}_queue_depth"),
+            format!("{what} events waiting for delivery"),
+            m.queue_depth.clone(),
         );
         r.register(
-            "replication_lag_seconds",
-            "Age of the oldest replication event waiting (0 when none wait)",
-            m.queue.lag_seconds.clone(),
+            format!("{prefix}_lag_seconds"),
+            format!("Age of the oldest {what} event waiting (0 when none wait)"),
+            m.lag_seconds.clone(),
         );
         r.register(
-            "replication_delivered_events",
-            "Replication events delivered by this process",
-            m.queue.delivered.clone(),
+            format!("{prefix}_delivered_events"),
+            format!("{what} events delivered by this process"),
+            m.delivered.clone(),
         );
         r.register(
-            "replication_failures",
-            "Replication deliveries that failed and will be retried",
-            m.queue.failures.clone(),
+            format!("{prefix}_failures"),
+            format!("{what} deliveries that failed and will be retried"),
+            m.failures.clone(),
         );
         r.register(
-            "replication_dropped_events",
-            "Replication events the destination refused for good",
-            m.queue.dropped.clone(),
+            format!("{prefix}_dropped_events"),
+            format!("{what} events the {other} refused for good"),
+            m.dropped.clone(),
         );
-        r.register(
+    }
+
+    /// Adds push replication's gauges and counters (per rule) to /metrics.
+    pub fn register_replication(&mut self, m: &crate::mirror::replicate::ReplicationMetrics) {
+        self.register_queue("replication", "replication", "destination", &m.queue);
+        self.registry.register(
             "replication_reconciled_manifests",
             "Manifests a periodic reconcile found missing at the destination and copied",
             m.reconciled.clone(),
         );
     }
 
+    /// Adds the webhooks' queue figures (per endpoint) to /metrics.
     pub fn register_notifications(
         &mut self,
         m: &crate::repo::deliver::QueueMetrics<crate::policy::notify::EndpointLabels>,
     ) {
-        let r = &mut self.registry;
-        r.register(
-            "notification_queue_depth",
-            "Webhook events waiting for delivery",
-            m.queue_depth.clone(),
-        );
-        r.register(
-            "notification_lag_seconds",
-            "Age of the oldest webhook event waiting (0 when none wait)",
-            m.lag_seconds.clone(),
-        );
-        r.register(
-            "notification_delivered_events",
-            "Webhook events delivered by this process",
-            m.delivered.clone(),
-        );
-        r.register(
-            "notification_failures",
-            "Webhook deliveries that failed and will be retried",
-            m.failures.clone(),
-        );
-        r.register(
-            "notification_dropped_events",
-            "Webhook events the receiver refused for good",
-            m.dropped.clone(),
-        );
+        self.register_queue("notification", "webhook", "receiver", m);
     }
 
     pub fn register_quotas(&mut self, m: &crate::policy::quota::QuotaMetrics) {
