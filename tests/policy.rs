@@ -702,3 +702,74 @@ async fn quotas_refuse_past_the_budget_count_shared_blobs_once_and_free_after_gc
     }
     assert_eq!(seen, want, "exact usage after gc");
 }
+
+/// Two replicas on one store, each pushing a different manifest under the same new immutable
+/// tag at the same instant: one wins, the other is refused, and the tag stays the winner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_pushes_of_an_immutable_tag_on_two_replicas_cannot_both_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "  immutableTags:\n    - repository: \"prod/**\"\n      tags: \"^v\"\n",
+    );
+    let root = dir.path().join("data");
+    let args = ["--config", cfg.to_str().unwrap()];
+    let (a, b) = (
+        Server::start_on(&root, &args),
+        Server::start_on(&root, &args),
+    );
+    let c = client();
+    let layer = push_blob(&c, &a, "prod/app", b"the one layer").await;
+    let manifest = |seed: String| {
+        let (c, a, layer) = (&c, &a, &layer);
+        async move {
+            let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
+            let cd = push_blob(c, a, "prod/app", config.as_bytes()).await;
+            image_manifest((&cd, config.len()), &[(layer, 13)], "")
+        }
+    };
+    let put = |s: &Server, tag: String, m: String| {
+        let url = s.url(&format!("/v2/prod/app/manifests/{tag}"));
+        let c = c.clone();
+        async move {
+            let r = c
+                .put(url)
+                .header("content-type", OCI_MANIFEST)
+                .body(m)
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    for i in 0..10 {
+        let tag = format!("v{i}");
+        let (ma, mb) = (
+            manifest(format!("a{i}")).await,
+            manifest(format!("b{i}")).await,
+        );
+        let (sa, sb) = tokio::join!(
+            put(&a, tag.clone(), ma.clone()),
+            put(&b, tag.clone(), mb.clone())
+        );
+        let mut got = [sa, sb];
+        got.sort();
+        assert_eq!(
+            got,
+            [201, 403],
+            "round {i}: both first pushes of {tag} passed"
+        );
+        let winner = if sa == 201 { &ma } else { &mb };
+        let r = c
+            .head(a.url(&format!("/v2/prod/app/manifests/{tag}")))
+            .header("accept", OCI_MANIFEST)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.headers()["docker-content-digest"].to_str().unwrap(),
+            sha256(winner.as_bytes()),
+            "round {i}: the tag is the winner's"
+        );
+    }
+}

@@ -3,13 +3,18 @@
 //! one, a delete of the tag, a delete of the manifest it names and gc's retention are all
 //! refused, each with the rule's words.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use regex::Regex;
 
 use super::{PolicyError, Refusal};
 use crate::config::ImmutableTagRule;
 use crate::oci::pattern::Pattern;
 use crate::oci::{Digest, RepoName, Tag};
-use crate::repo::Repository;
+use crate::repo::lease::{self, Claim, Lease};
+use crate::repo::{RepoError, Repository};
+use crate::store::{MetaKey, Store};
 
 /// The longest tag regex accepted: rules are written by people, not generated.
 const MAX_REGEX: usize = 1024;
@@ -46,13 +51,47 @@ impl Rule {
     }
 }
 
-#[derive(Debug, Default)]
+/// How long a first push of an immutable tag waits for another replica's (a dead holder's
+/// lease expires well before).
+const CLAIM_PATIENCE: Duration = Duration::from_secs(30);
+/// The read-back wait of a tag lease: first pushes of release tags are rare, and a moment
+/// more makes two holders rarer still.
+const LEASE_SETTLE: Duration = Duration::from_millis(20);
+
+/// Held from the check to the write of a push naming immutable tags.
+pub struct Turn<'a> {
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+    leases: Vec<Lease>,
+}
+
+impl Turn<'_> {
+    /// Ends the turn once the tags are written (or the push failed).
+    pub async fn release(self) {
+        for l in self.leases {
+            l.release().await;
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct ImmutableTags {
     rules: Vec<Rule>,
     /// Held from the check to the write of a push that names an immutable tag, so two
     /// first pushes of one tag on this replica cannot both pass (pushes of immutable tags
     /// are rare enough to take turns registry-wide).
     turn: tokio::sync::Mutex<()>,
+    /// This replica in tag leases.
+    me: String,
+}
+
+impl Default for ImmutableTags {
+    fn default() -> Self {
+        ImmutableTags {
+            rules: Vec::new(),
+            turn: tokio::sync::Mutex::new(()),
+            me: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
 }
 
 impl ImmutableTags {
@@ -88,7 +127,7 @@ impl ImmutableTags {
             .collect::<Result<_, _>>()?;
         Ok(ImmutableTags {
             rules,
-            turn: tokio::sync::Mutex::new(()),
+            ..ImmutableTags::default()
         })
     }
 
@@ -110,16 +149,61 @@ impl ImmutableTags {
             .any(|r| r.repository.matches(repo.as_str()))
     }
 
-    /// The turn a push of `tags` waits for when one of them is immutable (see `turn`).
+    /// The turn a push of `tags` waits for when one of them is immutable: this replica's
+    /// (see `turn`), and for a tag that does not exist yet, the tag's lease in the store, so
+    /// two replicas' first pushes of one tag cannot both pass. Drop the turn after the write.
     pub async fn lock_tags(
         &self,
+        store: &Arc<dyn Store>,
         repo: &RepoName,
         tags: &[&Tag],
-    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        if tags.iter().any(|t| self.rule_for(repo, t).is_some()) {
-            Some(self.turn.lock().await)
-        } else {
-            None
+    ) -> Result<Option<Turn<'_>>, Refusal> {
+        let immutable: Vec<&Tag> = tags
+            .iter()
+            .copied()
+            .filter(|t| self.rule_for(repo, t).is_some())
+            .collect();
+        if immutable.is_empty() {
+            return Ok(None);
+        }
+        let guard = self.turn.lock().await;
+        let here = Repository::new(&**store, repo);
+        let mut leases = Vec::new();
+        for tag in immutable {
+            if here.tag(tag).await?.is_some() {
+                continue; // it exists: the check compares digests, no race to lose
+            }
+            leases.push(self.claim(store, repo, tag).await?);
+        }
+        Ok(Some(Turn {
+            _guard: guard,
+            leases,
+        }))
+    }
+
+    /// Waits for the lease of `tag` (another replica's first push of it ends, or its lease
+    /// expires).
+    async fn claim(
+        &self,
+        store: &Arc<dyn Store>,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Lease, Refusal> {
+        let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+        loop {
+            let key = MetaKey::tag_lease(repo, tag);
+            match lease::claim_key(store, key, &self.me, LEASE_SETTLE).await {
+                Ok(Claim::Mine(l)) => return Ok(l),
+                Ok(Claim::Theirs) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(lease::POLL).await;
+                }
+                Ok(Claim::Theirs) => {
+                    return Err(Refusal::Repo(RepoError::Corrupt(format!(
+                        "another replica has been writing immutable tag {tag} of {repo} for over {CLAIM_PATIENCE:?}"
+                    ))));
+                }
+                Err(e) => return Err(Refusal::Repo(e.into())),
+            }
         }
     }
 

@@ -220,22 +220,18 @@ pub async fn put(
         tags.insert(0, tag);
     }
     let here = Repository::new(&*reg.store, repo);
-    let policy = &reg.policy;
-    // Concurrent pushes of one immutable tag on this replica take turns, so the second sees
-    // what the first wrote.
-    let _turn = policy.immutable.lock_tags(repo, &tags).await;
-    policy.immutable.check_push(&here, &tags, &digest).await?;
-    let admitted = if policy.quotas.covers(repo) {
-        let this = [(digest.clone(), bytes.len() as u64)];
-        Some(policy.quotas.admit(&*reg.store, repo, &this).await?)
-    } else {
-        None
-    };
-    here.publish(&digest, &bytes, &manifest, &tags, reg.allow_sparse_indexes)
+    // Pushes naming one immutable tag take turns (within this replica, and across replicas
+    // for a tag's first push), so the second sees what the first wrote.
+    let turn = reg
+        .policy
+        .immutable
+        .lock_tags(&reg.store, repo, &tags)
         .await?;
-    if let Some(a) = admitted {
-        a.record().await;
+    let published = publish_checked(reg, &here, &digest, &bytes, &manifest, &tags).await;
+    if let Some(t) = turn {
+        t.release().await;
     }
+    published?;
     let len = bytes.len();
     reg.manifests.insert(digest.clone(), bytes);
     if let Some(r) = &reg.replication {
@@ -271,6 +267,31 @@ pub async fn put(
             .insert("oci-tag", header_value(&list.join(", "))?);
     }
     Ok(resp)
+}
+
+/// The policy checks and the record of a push, while its immutable tags' turn is held.
+async fn publish_checked(
+    reg: &Registry,
+    here: &Repository<'_>,
+    digest: &Digest,
+    bytes: &Bytes,
+    manifest: &Manifest,
+    tags: &[&Tag],
+) -> Result<()> {
+    let policy = &reg.policy;
+    policy.immutable.check_push(here, tags, digest).await?;
+    let admitted = if policy.quotas.covers(here.name()) {
+        let this = [(digest.clone(), bytes.len() as u64)];
+        Some(policy.quotas.admit(&*reg.store, here.name(), &this).await?)
+    } else {
+        None
+    };
+    here.publish(digest, bytes, manifest, tags, reg.allow_sparse_indexes)
+        .await?;
+    if let Some(a) = admitted {
+        a.record().await;
+    }
+    Ok(())
 }
 
 pub async fn delete(

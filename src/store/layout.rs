@@ -17,6 +17,7 @@
 //! leases/fills/<alg>/<hex>                               which replica is filling this blob from
 //!                                                        an upstream (the pull-through cache)
 //! leases/queues/<queue>                                  which replica delivers a queue's events
+//! leases/tags/<name>/_tags/<tag>                         which replica writes an immutable tag
 //! queues/<queue>/<entry>                                 an event waiting for delivery (push
 //!                                                        replication); entries sort in order
 //! queues/<queue>.reconciled                              when its rule last reconciled
@@ -231,6 +232,11 @@ impl MetaKey {
     /// Which replica delivers the events of `queue`.
     pub fn queue_lease(queue: &QueueName) -> Self {
         MetaKey(format!("{LEASES}/queues/{queue}"))
+    }
+
+    /// Which replica is writing immutable tag `tag` of `repo` for the first time.
+    pub fn tag_lease(repo: &RepoName, tag: &Tag) -> Self {
+        MetaKey(format!("{LEASES}/tags/{}/{REPO_TAGS}/{tag}", repo.as_str()))
     }
 
     /// When `queue`'s rule last compared everything with its destination (milliseconds since
