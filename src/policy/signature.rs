@@ -72,36 +72,27 @@ pub struct Signatures {
 
 /// The P-256 points of every `PUBLIC KEY` block in `pem`.
 pub fn parse_public_keys(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::pem::{self, PemObject, SectionKind};
     let mut keys = Vec::new();
-    let mut rest = pem;
-    while let Some(start) = rest.find("-----BEGIN ") {
-        let after = &rest[start + 11..];
-        let label_end = after.find("-----").ok_or("a PEM header is not closed")?;
-        let label = &after[..label_end];
-        let body_start = label_end + 5;
-        let end_marker = format!("-----END {label}-----");
-        let end = after
-            .find(&end_marker)
-            .ok_or_else(|| format!("the {label} block has no END line"))?;
-        let body: String = after[body_start..end]
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .collect();
-        rest = &after[end + end_marker.len()..];
-        if label.contains("PRIVATE KEY") {
-            return Err(
-                "this is a private key: put only the public key (cosign.pub) here, and keep the private one secret"
-                    .into(),
-            );
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
+        let (kind, der) = section.map_err(|e| match e {
+            pem::Error::Base64Decode(why) => format!("a PEM block is not base64: {why}"),
+            other => format!("not PEM text: {other}"),
+        })?;
+        match kind {
+            SectionKind::PublicKey => {}
+            SectionKind::PrivateKey | SectionKind::EcPrivateKey | SectionKind::RsaPrivateKey => {
+                return Err(
+                    "this is a private key: put only the public key (cosign.pub) here, and keep the private one secret"
+                        .into(),
+                );
+            }
+            other => {
+                return Err(format!(
+                    "a {other:?} block: only ECDSA P-256 public keys (PUBLIC KEY, as cosign.pub) are accepted"
+                ));
+            }
         }
-        if label != "PUBLIC KEY" {
-            return Err(format!(
-                "a {label} block: only ECDSA P-256 public keys (PUBLIC KEY, as cosign.pub) are accepted"
-            ));
-        }
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(body)
-            .map_err(|e| format!("a PUBLIC KEY block is not base64: {e}"))?;
         match der.strip_prefix(&P256_SPKI_PREFIX[..]) {
             Some(point) if point.len() == 65 && point[0] == 4 => keys.push(point.to_vec()),
             _ => return Err("a PUBLIC KEY that is not an ECDSA P-256 key".into()),
