@@ -526,12 +526,7 @@ async fn upload(c: &reqwest::Client, s: &Server, repo: &str, bytes: &[u8]) -> (u
         .send()
         .await
         .unwrap();
-    let st = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        st,
-        v["errors"][0]["message"].as_str().unwrap_or("").to_owned(),
-    )
+    status_and_message(r).await
 }
 
 #[tokio::test]

@@ -318,12 +318,7 @@ async fn pull(
         .send()
         .await
         .unwrap();
-    let st = r.status().as_u16();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    (
-        st,
-        v["errors"][0]["message"].as_str().unwrap_or("").to_owned(),
-    )
+    status_and_message(r).await
 }
 
 #[tokio::test]

@@ -437,3 +437,13 @@ pub fn serve_refuses(dir: &Path, config: &Path) -> String {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     err
 }
+
+/// A response's status and the message of its first OCI error (empty when it has none).
+pub async fn status_and_message(r: reqwest::Response) -> (u16, String) {
+    let st = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    (
+        st,
+        v["errors"][0]["message"].as_str().unwrap_or("").to_owned(),
+    )
+}
