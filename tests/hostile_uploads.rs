@@ -78,3 +78,74 @@ async fn stored_files_are_not_world_readable() {
         & 0o777;
     assert_eq!(dir & 0o007, 0, "dir mode {dir:o}");
 }
+
+/// 32 MiB of body in 64 KiB pieces, streamed (no Content-Length) or declared.
+fn big_body(declared: bool) -> reqwest::Body {
+    let piece = vec![7u8; 64 << 10];
+    if declared {
+        return reqwest::Body::from(piece.repeat(512));
+    }
+    let chunks = (0..512).map(move |_| Ok::<_, std::io::Error>(piece.clone()));
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+}
+
+/// A client still sending when the upload is refused reads the refusal, not a reset: the
+/// server reads what is left of the body before answering (what hyper alone does not).
+#[tokio::test]
+async fn a_refused_upload_still_being_sent_gets_its_answer() {
+    let s = Server::start_with(&["--max-blob-bytes", "1000"]);
+    let c = common::client();
+    let digest = common::sha256(b"never stored");
+    for declared in [false, true, false, true] {
+        let r = c
+            .post(s.url(&format!("/v2/a/blobs/uploads/?digest={digest}")))
+            .header("content-type", "application/octet-stream")
+            .body(big_body(declared))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("declared={declared}: {e:?}"));
+        assert_eq!(r.status(), 413, "declared={declared}");
+        assert!(r.text().await.unwrap().contains("SIZE_INVALID"));
+    }
+}
+
+/// After a refused body was read to its end, the same connection serves the next request.
+#[test]
+fn the_connection_of_a_drained_refusal_stays_usable() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s = Server::start_with(&["--max-blob-bytes", "1000"]);
+    let mut conn = std::net::TcpStream::connect(s.host()).unwrap();
+    let body = vec![1u8; 4 << 20];
+    let digest = common::sha256(&body);
+    write!(
+        conn,
+        "POST /v2/a/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let sent = std::thread::spawn(move || writer.write_all(&body));
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+    sent.join().unwrap().unwrap();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    reader.read_exact(&mut vec![0; length]).unwrap();
+    conn.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut next = String::new();
+    reader.read_line(&mut next).unwrap();
+    assert!(next.starts_with("HTTP/1.1 200"), "{next}");
+}

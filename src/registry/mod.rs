@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod cache;
 pub mod catalog;
 pub mod errors;
+pub mod linger;
 pub mod manifests;
 pub mod metrics;
 pub mod proxies;

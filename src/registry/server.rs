@@ -22,7 +22,7 @@ use super::auth::{Identity, endpoints};
 use super::errors::{RegistryError, Result};
 use super::metrics::{self, RequestLabels, RouteLabels};
 use super::request::{Query, Req, Route, client_ip, peer_ip};
-use super::{Registry, blobs, catalog, manifests, referrers, tags, uploads};
+use super::{Registry, blobs, catalog, linger, manifests, referrers, tags, uploads};
 use crate::oci::RepoName;
 
 /// Route information attached to a response for the metrics middleware.
@@ -49,6 +49,7 @@ pub fn router(registry: App) -> Router {
         )
         .route("/admin/robots/{name}", delete(endpoints::revoke_robot))
         .layer(middleware::from_fn_with_state(registry.clone(), observe))
+        .layer(middleware::from_fn(linger::drain_unread))
         .with_state(registry)
 }
 
